@@ -1,0 +1,40 @@
+"""ModelMora: every model in its own worker process, memory measured, release verified.
+
+The public API is imported lazily, so ``import modelmora`` (and every worker's start) stays
+cheap and never pulls in an ML framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Worker": "modelmora.runtime",
+    "ModelSpec": "modelmora.models",
+    "Adapter": "modelmora.models",
+    "MemoryInfo": "modelmora.memory",
+    "ReleaseReport": "modelmora.memory",
+    "TreeSampler": "modelmora.memory",
+    "ModelMoraError": "modelmora.errors",
+    "WorkerError": "modelmora.errors",
+    "WorkerCrashed": "modelmora.errors",
+    "WorkerTimeout": "modelmora.errors",
+    "WorkerStopped": "modelmora.errors",
+    "ModelLoadError": "modelmora.errors",
+    "MemoryLimitExceeded": "modelmora.errors",
+    "MemoryBudgetExceeded": "modelmora.errors",
+    "ResultNotPicklable": "modelmora.errors",
+    "RemoteTraceback": "modelmora.errors",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelmora' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

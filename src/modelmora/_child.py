@@ -1,0 +1,167 @@
+"""The worker process: ``python -m modelmora._child FD PARENT_PID``.
+
+Data flow (one worker = one model)::
+
+    parent (runtime.Worker)                       child (this module)
+    ───────────────────────                       ───────────────────
+    Popen(new session, env with thread caps) ──▶  prctl(PDEATHSIG=SIGKILL)
+    Init(kind, params)  ───── socket ─────────▶   resolve adapter, load()
+                        ◀────────────────────── Ready(pid, load_s, memory) | LoadFailed(tb)
+    Call(id, inputs)    ───── socket (+shm) ──▶   adapter.predict(inputs)
+                        ◀──── socket (+shm) ───── Result(id, outputs, memory) | Failure(id, tb)
+    Stop()              ─────────────────────▶    adapter.close(); exit 0
+    (sentinel: pidfd of the child, waited on together with the socket)
+
+The child never decides anything: it loads, answers, and exits when told or when its parent
+dies. Everything it returns carries its own memory figures so the parent can see what the
+model really took.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .memory import MemoryInfo, peak_rss_mb, process_rss_mb
+from .protocol import Call, Failure, Init, LoadFailed, Ready, Result, Stop, decode, encode
+
+logger = logging.getLogger("modelmora.worker")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL us when the parent dies; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: fall back to the watchdog alone
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(70)
+    # PDEATHSIG fires when the parent *thread* that spawned us ends, or when the parent
+    # process does; the watchdog covers platforms without prctl.
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="modelmora-parent-watch", daemon=True).start()
+
+
+def _memory(nvml: bool) -> MemoryInfo:
+    vram = None
+    if nvml:
+        from .memory import vram_by_pid_mb
+
+        vram = vram_by_pid_mb().get(os.getpid(), 0.0)
+    return MemoryInfo(rss_mb=process_rss_mb(), peak_rss_mb=peak_rss_mb(), vram_mb=vram)
+
+
+def _portable(exc: BaseException) -> BaseException | None:
+    """The exception itself if it survives pickling, else None (the message still travels)."""
+    try:
+        decode(encode(exc))
+    except Exception:
+        return None
+    return exc
+
+
+def _send(conn: Connection, msg: Any) -> None:
+    conn.send_bytes(encode(msg))
+
+
+def _apply_threads(threads: int | None) -> None:
+    if not threads:
+        return
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def _load(init: Init) -> Any:
+    from .models import resolve_adapter
+
+    cls = resolve_adapter(init.kind)
+    model = cls(**init.params)
+    model.load()
+    _apply_threads(init.threads)
+    return model
+
+
+def _serve(conn: Connection, model: Any, nvml: bool) -> None:
+    while True:
+        try:
+            msg = decode(conn.recv_bytes())
+        except EOFError:  # parent closed the socket: nothing more to do
+            return
+        if isinstance(msg, Stop):
+            close = getattr(model, "close", None)
+            if close is not None:
+                close()
+            return
+        assert isinstance(msg, Call), f"unexpected message {type(msg).__name__}"
+        t0 = time.perf_counter()
+        try:
+            outputs = model.predict(msg.inputs)
+        except BaseException as exc:
+            failure = Failure(
+                id=msg.id,
+                error=_portable(exc),
+                message=f"{type(exc).__name__}: {exc}",
+                tb=traceback.format_exc(),
+                memory=_memory(nvml),
+            )
+            _send(conn, failure)
+            continue
+        reply = Result(msg.id, outputs, _memory(nvml), time.perf_counter() - t0)
+        try:
+            frame = encode(reply)
+        except Exception as exc:
+            kinds = sorted({type(o).__name__ for o in outputs}) if isinstance(outputs, list) else []
+            failure = Failure(
+                id=msg.id,
+                error=None,
+                message=f"the model returned a result that cannot be pickled ({kinds}): {exc}",
+                tb=traceback.format_exc(),
+                memory=_memory(nvml),
+                unpicklable=True,
+            )
+            _send(conn, failure)
+            continue
+        conn.send_bytes(frame)
+
+
+def main(argv: list[str]) -> int:
+    fd, parent_pid = int(argv[1]), int(argv[2])
+    _die_with_parent(parent_pid)
+    logging.basicConfig(
+        level=os.environ.get("MODELMORA_WORKER_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s [worker %(process)d] %(name)s %(levelname)s: %(message)s",
+    )
+    nvml = os.environ.get("MODELMORA_NVML") == "1"
+    conn = Connection(fd)
+    init = decode(conn.recv_bytes())
+    assert isinstance(init, Init), f"expected Init, got {type(init).__name__}"
+    t0 = time.perf_counter()
+    try:
+        model = _load(init)
+    except BaseException as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+        _send(conn, LoadFailed(_portable(exc), msg, traceback.format_exc()))
+        return 1
+    _send(conn, Ready(os.getpid(), time.perf_counter() - t0, _memory(nvml)))
+    _serve(conn, model, nvml)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,124 @@
+"""Toy models: real processes with real memory, for tests and benchmarks without weights.
+
+``ToyModel`` takes its behaviour from its parameters (what happens at load) and from each
+input (what happens on a call). An input that is a dict with an ``"op"`` key is a command;
+anything else is echoed back.
+
+Load parameters:
+    alloc_mb: megabytes to allocate and touch at load (held until the process exits).
+    leak_mb: megabytes leaked on every call (kept in a module-level list, never freed).
+    load_s: seconds to sleep while loading.
+    load_error: raise ``RuntimeError(load_error)`` while loading.
+    load_exit: ``os._exit(load_exit)`` while loading.
+
+Call ops (``{"op": ...}``):
+    echo (value), raise (message), exit (code), segfault, hang, sleep (seconds),
+    alloc (mb: allocate and keep), unpicklable (return a lock), pid (return the worker's PID),
+    spawn (start a grandchild ``sleep`` process and return its PID).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import threading
+import time
+from typing import Any
+
+from . import Adapter
+
+__all__ = ["ToyCudaModel", "ToyModel", "allocate_mb"]
+
+_MB = 1024 * 1024
+_leaks: list[bytearray] = []  # what the "leak" behaviour keeps alive, on purpose
+
+
+def allocate_mb(mb: float) -> bytearray:
+    """Allocate ``mb`` megabytes and touch every page so the RSS really grows."""
+    block = bytearray(int(mb * _MB))  # calloc'd: zero pages are not resident yet
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    return block
+
+
+class ToyModel(Adapter):
+    """A model whose memory, load and failures are set by its parameters (see module doc)."""
+
+    def __init__(
+        self,
+        alloc_mb: float = 0,
+        leak_mb: float = 0,
+        load_s: float = 0,
+        load_error: str = "",
+        load_exit: int | None = None,
+    ) -> None:
+        self.alloc_mb = alloc_mb
+        self.leak_mb = leak_mb
+        self.load_s = load_s
+        self.load_error = load_error
+        self.load_exit = load_exit
+        self.weights: bytearray | None = None
+        self.kept: list[bytearray] = []
+
+    def load(self) -> None:
+        if self.load_s:
+            time.sleep(self.load_s)
+        if self.load_error:
+            raise RuntimeError(self.load_error)
+        if self.load_exit is not None:
+            os._exit(self.load_exit)
+        if self.alloc_mb:
+            self.weights = allocate_mb(self.alloc_mb)
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        if self.leak_mb:
+            _leaks.append(allocate_mb(self.leak_mb))
+        return [self._one(item) for item in batch]
+
+    def _one(self, item: Any) -> Any:
+        if not (isinstance(item, dict) and "op" in item):
+            return item
+        op = item["op"]
+        if op == "echo":
+            return item.get("value")
+        if op == "raise":
+            raise ValueError(item.get("message", "toy model failure"))
+        if op == "exit":
+            os._exit(int(item.get("code", 3)))
+        if op == "segfault":
+            ctypes.string_at(0)
+        if op == "hang":
+            threading.Event().wait()
+        if op == "sleep":
+            time.sleep(float(item.get("seconds", 1.0)))
+            return None
+        if op == "alloc":
+            self.kept.append(allocate_mb(float(item["mb"])))
+            return len(self.kept)
+        if op == "unpicklable":
+            return threading.Lock()
+        if op == "pid":
+            return os.getpid()
+        if op == "spawn":
+            return subprocess.Popen(["sleep", "300"]).pid
+        raise ValueError(f"unknown toy op {op!r}")
+
+
+class ToyCudaModel(Adapter):
+    """Allocates ``alloc_mb`` of GPU memory with torch at load (for GPU release checks)."""
+
+    def __init__(self, alloc_mb: float = 2048, device: str = "cuda") -> None:
+        self.alloc_mb = alloc_mb
+        self.device = device
+        self.tensor: Any = None
+
+    def load(self) -> None:
+        import torch
+
+        n = int(self.alloc_mb * _MB)
+        self.tensor = torch.ones(n, dtype=torch.uint8, device=self.device)
+        torch.cuda.synchronize()
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [int(self.tensor.sum().item()) for _ in batch]
