@@ -278,6 +278,9 @@ class Worker:
             if self._proc.poll() is None:
                 stage = self._staged_stop(timeout)
             self._reap()
+            for pid in pids[1:]:  # descendants that outlived the worker (left its group)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             report = verify_release(pids, timeout=max(timeout, 1.0), started=started)
             report.exitcode, report.stage = self.exitcode, stage
             logger.debug("worker %s stopped (%s): %s", self.name, stage, report)
@@ -356,6 +359,9 @@ class Worker:
             self._killpg(signal.SIGKILL)
         self.exitcode = self._proc.wait()
         pid = self._proc.pid
+        # Whatever is left of the worker's process group (grandchildren) goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
         if self._conn is not None:
             self._conn.close()
         if self._pidfd is not None:

@@ -10,17 +10,21 @@ Load parameters:
     load_s: seconds to sleep while loading.
     load_error: raise ``RuntimeError(load_error)`` while loading.
     load_exit: ``os._exit(load_exit)`` while loading.
+    close_s: seconds ``close()`` takes (a worker slow to stop).
+    ignore_sigterm: ignore SIGTERM (a worker that only SIGKILL stops).
 
 Call ops (``{"op": ...}``):
     echo (value), raise (message), exit (code), segfault, hang, sleep (seconds),
     alloc (mb: allocate and keep), unpicklable (return a lock), pid (return the worker's PID),
-    spawn (start a grandchild ``sleep`` process and return its PID).
+    spawn (start a grandchild ``sleep`` process and return its PID), env (name: return that
+    environment variable), rss (return the worker's RSS in MB).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -52,12 +56,16 @@ class ToyModel(Adapter):
         load_s: float = 0,
         load_error: str = "",
         load_exit: int | None = None,
+        close_s: float = 0,
+        ignore_sigterm: bool = False,
     ) -> None:
         self.alloc_mb = alloc_mb
         self.leak_mb = leak_mb
         self.load_s = load_s
         self.load_error = load_error
         self.load_exit = load_exit
+        self.close_s = close_s
+        self.ignore_sigterm = ignore_sigterm
         self.weights: bytearray | None = None
         self.kept: list[bytearray] = []
 
@@ -70,6 +78,12 @@ class ToyModel(Adapter):
             os._exit(self.load_exit)
         if self.alloc_mb:
             self.weights = allocate_mb(self.alloc_mb)
+        if self.ignore_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def close(self) -> None:
+        if self.close_s:
+            time.sleep(self.close_s)
 
     def predict(self, batch: list[Any]) -> list[Any]:
         if self.leak_mb:
@@ -102,6 +116,12 @@ class ToyModel(Adapter):
             return os.getpid()
         if op == "spawn":
             return subprocess.Popen(["sleep", "300"]).pid
+        if op == "env":
+            return os.environ.get(str(item["name"]))
+        if op == "rss":
+            from ..memory import process_rss_mb
+
+            return process_rss_mb()
         raise ValueError(f"unknown toy op {op!r}")
 
 

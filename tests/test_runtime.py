@@ -1,0 +1,278 @@
+"""The worker runtime, with toy models in real processes (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from modelmora import (
+    MemoryLimitExceeded,
+    ModelLoadError,
+    ModelSpec,
+    RemoteTraceback,
+    ResultNotPicklable,
+    Worker,
+    WorkerCrashed,
+    WorkerStopped,
+    WorkerTimeout,
+)
+from modelmora.memory import TreeSampler, process_rss_mb
+from modelmora.protocol import SHM_DIR, Call, discard, encode
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pid: int, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gone(pid):
+            return True
+        time.sleep(0.02)
+    return gone(pid)
+
+
+def test_call_round_trip_and_verified_release():
+    worker = Worker("toy").start()
+    pid = worker.pid
+    assert pid != os.getpid() and worker.alive
+    assert worker.call([1, "two", {"op": "echo", "value": 3}]) == [1, "two", 3]
+    assert worker.call([{"op": "pid"}]) == [pid]
+    assert worker.memory is not None and worker.memory.peak_rss_mb > 5
+    report = worker.stop()
+    assert report.released and report.stage == "graceful" and report.exitcode == 0
+    assert report.pids == [pid] and 0 <= report.release_s < 5
+    assert gone(pid)
+    with pytest.raises(WorkerStopped):
+        worker.call([1])
+
+
+def test_load_failure_raises_with_child_traceback():
+    with pytest.raises(ModelLoadError, match="no weights here") as info:
+        Worker("toy:load_error=no weights here").start()
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "RuntimeError: no weights here" in cause.tb and "toy.py" in cause.tb
+
+
+def test_unknown_adapter_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown adapter kind 'nope'.*toy"):
+        ModelSpec("nope")
+    with pytest.raises(ModelLoadError, match="ModuleNotFoundError"):
+        Worker(ModelSpec("no_such_pkg.mod:Model")).start()
+
+
+def test_exit_during_load_is_a_crash():
+    with pytest.raises(WorkerCrashed, match="exited with code 7") as info:
+        Worker("toy:load_exit=7").start()
+    assert info.value.exitcode == 7
+
+
+def test_load_timeout_kills_the_child():
+    worker = Worker("toy:load_s=30", load_timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(WorkerTimeout, match="during loading"):
+        worker.start()
+    assert time.monotonic() - t0 < 5
+    assert not worker.alive
+
+
+def test_remote_exception_keeps_type_and_traceback_and_worker_survives():
+    with Worker("toy") as worker:
+        with pytest.raises(ValueError, match="bad input") as info:
+            worker.call([{"op": "raise", "message": "bad input"}])
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "_one" in info.value.__cause__.tb
+        assert worker.call(["still alive"]) == ["still alive"]
+
+
+def test_unpicklable_result_is_a_clear_error_not_a_hang():
+    with Worker("toy") as worker:
+        with pytest.raises(ResultNotPicklable, match="cannot be pickled.*lock"):
+            worker.call([{"op": "unpicklable"}], timeout=10)
+        assert worker.call([5]) == [5]
+
+
+def test_unpicklable_input_is_refused_in_the_parent():
+    with Worker("toy") as worker:
+        with pytest.raises((TypeError, AttributeError, Exception), match="pickle"):
+            worker.call([threading.Lock()])
+        assert worker.call([1]) == [1]
+
+
+@pytest.mark.parametrize(
+    ("op", "pattern", "code"),
+    [
+        ({"op": "exit", "code": 3}, "exited with code 3", 3),
+        ({"op": "segfault"}, "SIGSEGV", -signal.SIGSEGV),
+    ],
+)
+def test_crash_during_call(op, pattern, code):
+    worker = Worker("toy").start()
+    with pytest.raises(WorkerCrashed, match=pattern) as info:
+        worker.call([op], timeout=30)
+    assert info.value.exitcode == code
+    assert not worker.alive
+    with pytest.raises(WorkerStopped):
+        worker.call([1])
+
+
+def test_sigkill_from_outside_is_noticed_at_once():
+    worker = Worker("toy").start()
+    pid = worker.pid
+    assert pid is not None
+    threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
+    t0 = time.monotonic()
+    with pytest.raises(WorkerCrashed, match="SIGKILL.*OOM") as info:
+        worker.call([{"op": "hang"}])  # no timeout: only the sentinel can end this
+    assert time.monotonic() - t0 < 2.0
+    assert info.value.exitcode == -signal.SIGKILL
+
+
+def test_call_timeout_kills_the_child():
+    worker = Worker("toy").start()
+    pid = worker.pid
+    with pytest.raises(WorkerTimeout, match="within 0.5 s"):
+        worker.call([{"op": "hang"}], timeout=0.5)
+    assert wait_gone(pid)
+
+
+def test_memory_cap_kills_and_names_cap_and_size():
+    worker = Worker("toy", memory_limit_mb=200).start()
+    with pytest.raises(MemoryLimitExceeded, match="over its cap of 200 MB") as info:
+        worker.call([{"op": "alloc", "mb": 600}], timeout=60)
+    assert info.value.limit_mb == 200
+    assert info.value.measured_mb > 200
+    assert not worker.alive
+
+
+def test_memory_cap_applies_while_loading():
+    with pytest.raises(MemoryLimitExceeded):
+        Worker("toy:alloc_mb=600", memory_limit_mb=150).start()
+
+
+def test_thread_caps_reach_the_child():
+    with Worker("toy", threads=2) as worker:
+        assert worker.call([{"op": "env", "name": "OMP_NUM_THREADS"}]) == ["2"]
+        assert worker.call([{"op": "env", "name": "MKL_NUM_THREADS"}]) == ["2"]
+    with Worker("toy", env={"CUDA_VISIBLE_DEVICES": ""}) as worker:
+        assert worker.call([{"op": "env", "name": "CUDA_VISIBLE_DEVICES"}]) == [""]
+
+
+def test_staged_stop_sigterm_then_sigkill():
+    slow = Worker("toy:close_s=30", stop_timeout=0.5).start()
+    report = slow.stop()
+    assert report.stage == "sigterm" and report.released
+    assert report.exitcode == -signal.SIGTERM
+
+    stubborn = Worker("toy:close_s=30,ignore_sigterm=true", stop_timeout=0.5).start()
+    report = stubborn.stop()
+    assert report.stage == "sigkill" and report.released
+    assert report.exitcode == -signal.SIGKILL
+
+
+def test_stop_takes_grandchildren_too():
+    worker = Worker("toy").start()
+    (grandchild,) = worker.call([{"op": "spawn"}])
+    assert not gone(grandchild)
+    report = worker.stop()
+    assert report.released, report
+    assert grandchild in report.pids
+    assert gone(grandchild)
+
+
+def test_stop_of_a_dead_worker_reports_release():
+    worker = Worker("toy").start()
+    pid = worker.pid
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid)
+    report = worker.stop()
+    assert report.released and report.exitcode == -signal.SIGKILL
+
+
+def test_large_array_travels_through_shared_memory():
+    audio = np.random.default_rng(1).standard_normal(10 * 60 * 16_000, dtype=np.float32)
+    assert audio.nbytes > 38_000_000
+    before = set(os.listdir(SHM_DIR))
+    with Worker("toy") as worker:
+        (echo,) = worker.call([{"op": "echo", "value": audio}])
+        assert echo.dtype == np.float32 and np.array_equal(echo, audio)
+        # Only the small pickle went through the socket: the frame was tiny.
+        frame = encode(Call(1, [audio]))
+        assert len(frame) < 4096
+        discard(frame)
+    assert set(os.listdir(SHM_DIR)) - before == set(), "shared-memory files left behind"
+
+
+def test_no_orphan_when_parent_is_kill9ed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from modelmora import Worker
+            w = Worker("toy:alloc_mb=50").start()
+            print(w.pid, flush=True)
+            time.sleep(600)
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child_pid = int(parent.stdout.readline())
+    assert psutil.Process(child_pid).ppid() == parent.pid
+    parent.kill()
+    parent.wait()
+    assert wait_gone(child_pid, timeout=2.0), "worker outlived its kill -9'd parent"
+    ours = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and "modelmora._child" in " ".join(p.info["cmdline"])
+        and str(parent.pid) in p.info["cmdline"]
+    ]
+    assert ours == []
+
+
+def test_worker_started_from_a_short_lived_thread_survives_it():
+    box: dict[str, Worker] = {}
+    thread = threading.Thread(target=lambda: box.setdefault("w", Worker("toy").start()))
+    thread.start()
+    thread.join()
+    time.sleep(0.3)  # PDEATHSIG would have fired when the thread ended
+    worker = box["w"]
+    assert worker.call([1]) == [1]
+    assert worker.stop().released
+
+
+def test_tree_sampler_sees_worker_memory():
+    with TreeSampler(interval=0.02) as sampler:
+        with Worker("toy:alloc_mb=300") as worker:
+            worker.call([1])
+    assert sampler.peak_mb > process_rss_mb() + 250
+
+
+@pytest.mark.slow
+def test_parent_rss_flat_over_20_cycles_of_a_500mb_model():
+    def cycle():
+        with Worker("toy:alloc_mb=500") as worker:
+            worker.call([1])
+            assert worker.memory is not None and worker.memory.peak_rss_mb > 500
+
+    cycle()  # first cycle warms up imports and the spawner thread
+    before = process_rss_mb()
+    for _ in range(20):
+        cycle()
+    assert process_rss_mb() - before < 5.0
