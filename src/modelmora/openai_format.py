@@ -1,0 +1,296 @@
+"""Request checks and response bodies in the shapes OpenAI's API (and its clients) use.
+
+Pure functions between the HTTP routes of :mod:`modelmora.server` and the adapters' outputs:
+embedding vectors become ``{"object": "list", "data": [...]}`` (floats or base64 float32),
+transcript dicts become json/text/srt/vtt/verbose_json, chat results become
+``chat.completion`` objects or server-sent ``chat.completion.chunk`` events. Subtitles are
+written by :func:`modelmora.transcript.write_outputs`, the same writers the CLI uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from .config import ModelConfig
+from .transcript import Transcript, write_outputs
+
+__all__ = [
+    "RESPONSE_FORMATS",
+    "chat_completion",
+    "chat_stream",
+    "check_json_input",
+    "check_transcription_options",
+    "embeddings",
+    "flatten_message",
+    "job_input",
+    "model_entry",
+    "model_list",
+    "transcription",
+]
+
+#: ``response_format`` values of ``/v1/audio/transcriptions``.
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+_GRANULARITIES = ("word", "segment")
+_STARTED = int(time.time())
+
+
+class InputError(ValueError):
+    """A request value the server cannot use; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def model_entry(model: ModelConfig) -> dict[str, Any]:
+    """One ``/v1/models`` entry."""
+    return {"id": model.name, "object": "model", "created": _STARTED, "owned_by": "modelmora"}
+
+
+def model_list(models: Iterable[ModelConfig]) -> dict[str, Any]:
+    """The ``/v1/models`` body."""
+    return {"object": "list", "data": [model_entry(m) for m in models]}
+
+
+def _approx_tokens(text: str) -> int:
+    # The parent never loads a tokenizer (no ML framework here): words and punctuation marks
+    # are close to what sub-word tokenizers count for English.
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def embeddings(
+    model: str, texts: list[str], vectors: list[list[float]], encoding: str
+) -> dict[str, Any]:
+    """The ``/v1/embeddings`` body.
+
+    Args:
+        model: the model name.
+        texts: the inputs (for the usage count).
+        vectors: one vector per input.
+        encoding: ``float`` (lists of numbers) or ``base64`` (little-endian float32 bytes).
+    """
+    data = []
+    for index, vector in enumerate(vectors):
+        value: Any = vector
+        if encoding == "base64":
+            value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    tokens = sum(_approx_tokens(t) for t in texts)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def check_transcription_options(
+    response_format: str, granularities: list[str], language: str | None
+) -> None:
+    """Validate the transcription form fields.
+
+    Raises:
+        InputError: an unknown format or granularity, word timestamps without verbose_json,
+            or a language that is not a short code.
+    """
+    if response_format not in RESPONSE_FORMATS:
+        raise InputError(
+            f"unknown response_format {response_format!r}: "
+            f"use one of {', '.join(RESPONSE_FORMATS)}",
+            "response_format",
+        )
+    for name in granularities:
+        if name not in _GRANULARITIES:
+            raise InputError(
+                f"unknown timestamp granularity {name!r}: use word or segment",
+                "timestamp_granularities[]",
+            )
+    if granularities and response_format != "verbose_json":
+        raise InputError(
+            "timestamp_granularities needs response_format=verbose_json",
+            "timestamp_granularities[]",
+        )
+    if language is not None and not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z]{2,4})?", language):
+        message = f"bad language {language!r}: give an ISO-639 code such as 'en'"
+        raise InputError(message, "language")
+
+
+def _subtitles(transcript: Transcript, kind: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="modelmora-sub-") as folder:
+        (path,) = write_outputs(transcript, folder, "transcript", [kind])
+        return path.read_text(encoding="utf-8")
+
+
+def transcription(
+    result: dict[str, Any], response_format: str, granularities: list[str], temperature: float
+) -> Response:
+    """The ``/v1/audio/transcriptions`` response for one whisper worker result.
+
+    Args:
+        result: the transcript dict (:meth:`Transcript.to_dict` shape).
+        response_format: one of :data:`RESPONSE_FORMATS`.
+        granularities: ``word`` and/or ``segment`` (verbose_json only).
+        temperature: echoed in verbose_json segments.
+    """
+    transcript = Transcript.from_dict(result)
+    if response_format == "json":
+        return JSONResponse({"text": transcript.text})
+    if response_format == "text":
+        return PlainTextResponse(transcript.text + "\n")
+    if response_format in ("srt", "vtt"):
+        return PlainTextResponse(_subtitles(transcript, response_format))
+    body: dict[str, Any] = {
+        "task": "transcribe",
+        "language": transcript.language or "",
+        "duration": round(transcript.duration, 3),
+        "text": transcript.text,
+    }
+    if "segment" in granularities or not granularities:
+        body["segments"] = [
+            {
+                "id": seg.id,
+                "seek": 0,
+                "start": round(seg.start, 3),
+                "end": round(seg.end, 3),
+                "text": seg.text,
+                "tokens": [],
+                "temperature": temperature,
+                "avg_logprob": 0.0,
+                "compression_ratio": 0.0,
+                "no_speech_prob": 0.0,
+            }
+            for seg in transcript.segments
+        ]
+    if "word" in granularities:
+        body["words"] = [
+            {"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)}
+            for seg in transcript.segments
+            for w in seg.words
+        ]
+    return JSONResponse(body)
+
+
+def flatten_message(role: str, content: str | list[dict[str, Any]] | None) -> dict[str, str]:
+    """A chat message with its content as one string (text parts joined).
+
+    Raises:
+        InputError: a content part that is not text.
+    """
+    if content is None or isinstance(content, str):
+        return {"role": role, "content": content or ""}
+    texts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise InputError(
+                f"content part of type {part.get('type')!r} is not supported: only text",
+                "messages",
+            )
+        texts.append(part["text"])
+    return {"role": role, "content": "\n".join(texts)}
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def chat_completion(model: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The non-streaming ``chat.completion`` body for one LLM worker result."""
+    return {
+        "id": _completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result["text"]},
+                "finish_reason": result.get("finish_reason") or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": result.get("usage"),
+    }
+
+
+def _chunks(model: str, result: dict[str, Any], include_usage: bool) -> Iterator[str]:
+    base = {"id": _completion_id(), "object": "chat.completion.chunk", "created": int(time.time())}
+    base["model"] = model
+
+    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    for piece in re.findall(r"\s*\S+", result["text"]) or []:
+        yield event({"content": piece})
+    yield event({}, result.get("finish_reason") or "stop")
+    if include_usage:
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': result.get('usage')})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def chat_stream(model: str, result: dict[str, Any], *, include_usage: bool) -> Response:
+    """Server-sent ``chat.completion.chunk`` events for one finished LLM result.
+
+    The worker protocol returns whole results, so the text is sent word by word once it is
+    generated: clients that stream work unchanged; the first token waits for the last.
+    """
+    return StreamingResponse(
+        _chunks(model, result, include_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+def check_json_input(value: Any) -> None:
+    """Refuse inputs that name files on the server (``audio`` paths).
+
+    Raises:
+        InputError: a dict input with a string ``audio`` value.
+    """
+    if isinstance(value, dict) and isinstance(value.get("audio"), str):
+        raise InputError(
+            "server-side file paths are not accepted: send the audio as audio_base64, or use "
+            "/v1/audio/transcriptions",
+            "input.audio",
+        )
+
+
+def job_input(value: Any, uploads: Path) -> Any:
+    """A job's input as stored: ``audio_base64`` is decoded into a file under ``uploads``.
+
+    Args:
+        value: the JSON input of the request.
+        uploads: the folder of uploaded audio (next to the jobs database).
+
+    Returns:
+        The input, with ``{"audio_base64": ...}`` replaced by ``{"audio": <path>}``.
+
+    Raises:
+        InputError: a server path in ``audio``, or ``audio_base64`` that is not base64.
+    """
+    check_json_input(value)
+    if not (isinstance(value, dict) and "audio_base64" in value):
+        return value
+    try:
+        data = base64.b64decode(str(value["audio_base64"]), validate=True)
+    except ValueError:
+        raise InputError("audio_base64 is not valid base64", "input.audio_base64") from None
+    if not data:
+        raise InputError("audio_base64 is empty", "input.audio_base64")
+    path = uploads / f"job-{uuid.uuid4().hex}.audio"
+    path.write_bytes(data)
+    item = {k: v for k, v in value.items() if k != "audio_base64"}
+    item["audio"] = str(path)
+    return item
