@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -72,6 +73,83 @@ def bench_overhead(
 
 
 # Commands of the other workflows are added below this line.
+
+
+@app.command("serve")
+def serve(
+    config: Path | None = typer.Option(None, help="YAML model registry (default: packaged)."),
+    host: str | None = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port to listen on (default 8000)."),
+) -> None:
+    """Serve models over HTTP (OpenAI-compatible and native routes) under a memory budget."""
+    from .config import ConfigError, default_config, load_config
+    from .server import serve as run_server
+
+    try:
+        settings = load_config(config) if config is not None else default_config()
+        overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+        settings = settings.model_copy(update=overrides)
+    except ConfigError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    run_server(settings)
+
+
+@bench_app.command("server")
+def bench_server(
+    requests: int = typer.Option(1000, help="Mixed requests in the churn test."),
+    clients: int = typer.Option(32, help="Concurrent clients in the throughput test."),
+    overhead_calls: int = typer.Option(300, help="Sequential calls timed for the overhead."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """HTTP overhead over a direct worker call, batching throughput, churn under a budget."""
+    from .bench_server import ServerBenchOptions, format_table, run_server_bench
+
+    try:
+        options = ServerBenchOptions(
+            churn_requests=requests, clients=clients, overhead_calls=overhead_calls
+        )
+    except ValueError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    result = run_server_bench(options)
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    files: int = typer.Option(10, help="Generated two-speaker conversations (~30 s each)."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda, for every design."),
+    audio_dir: Path | None = typer.Option(None, help="Cache folder for the generated audio."),
+    jfk: Path | None = typer.Option(None, help="Optional real recording of JFK's 'ask not'."),
+    meeting: Path | None = typer.Option(None, help="Optional real meeting wav (DER)."),
+    meeting_rttm: Path | None = typer.Option(None, help="The meeting's reference RTTM."),
+    work_dir: Path | None = typer.Option(None, help="Keep outputs and logs here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Memory, wall time and quality of the workflow against in-process and per-file designs."""
+    from .bench_pipeline import format_table, run_pipeline_bench
+
+    try:
+        result = run_pipeline_bench(
+            files=files,
+            device=device,
+            audio_dir=audio_dir,
+            jfk=jfk,
+            meeting=meeting,
+            meeting_rttm=meeting_rttm,
+            work_dir=work_dir,
+        )
+    except ValueError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
 
 
 def main() -> None:
