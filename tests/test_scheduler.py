@@ -1,0 +1,372 @@
+"""The scheduler against real worker processes running toy models.
+
+Toy models allocate real memory (``alloc_mb``), leak it (``leak_mb``), crash and fail to load
+on request, so admission, eviction, recycling and fault handling are tested for real.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from modelmora.config import ModelConfig, ServerConfig
+from modelmora.errors import MemoryBudgetExceeded, ModelLoadError, WorkerCrashed, WorkerStopped
+from modelmora.metrics import Metrics
+from modelmora.scheduler import ModelUnhealthy, QueueFull, Scheduler, UnknownModel
+
+MakeScheduler = Callable[..., Scheduler]
+
+
+def toy(
+    name: str, alloc_mb: float = 0, params: dict[str, Any] | None = None, **kw: Any
+) -> ModelConfig:
+    kw.setdefault("keep_alive_s", None)
+    return ModelConfig(
+        name=name, adapter="toy", params={"alloc_mb": alloc_mb, **(params or {})}, **kw
+    )
+
+
+@pytest.fixture
+def make_scheduler(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[MakeScheduler]:
+    """Builds started schedulers; at the end closes them and checks every release."""
+    created: list[Scheduler] = []
+    caplog.set_level(logging.INFO, logger="modelmora.scheduler")
+
+    def make(models: list[ModelConfig], **kw: Any) -> Scheduler:
+        kw.setdefault("cache_dir", tmp_path)
+        kw.setdefault("memory_budget_mb", 4000)
+        scheduler = Scheduler(ServerConfig(models=models, **kw), Metrics()).start()
+        created.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in created:
+        scheduler.close(drain=False, timeout=10)
+        for model in scheduler.models():
+            assert model["state"] != "resident", model
+            if model["last_release"] is not None:
+                assert model["last_release"]["released"], model
+    unloads = [r for r in caplog.records if r.getMessage().startswith("unloaded ")]
+    assert all("released=True" in r.getMessage() for r in unloads)
+    assert not psutil.Process().children(recursive=True), "a worker outlived its scheduler"
+
+
+def info(scheduler: Scheduler, name: str) -> dict[str, Any]:
+    return next(m for m in scheduler.models() if m["name"] == name)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def batches(scheduler: Scheduler, name: str) -> float:
+    assert scheduler.metrics is not None
+    value = scheduler.metrics.registry.get_sample_value(
+        "modelmora_batch_size_count", {"model": name}
+    )
+    return value or 0.0
+
+
+# --- admission ------------------------------------------------------------------------------
+
+
+def test_echo_and_measured_footprint_persisted(
+    make_scheduler: MakeScheduler, tmp_path: Path
+) -> None:
+    scheduler = make_scheduler([toy("a", alloc_mb=60)])
+    assert info(scheduler, "a")["footprint_source"] == "estimated"
+    assert scheduler.submit("a", {"x": 1}).result(30) == {"x": 1}
+    a = info(scheduler, "a")
+    assert a["state"] == "resident" and a["loads"] == 1 and a["pid"]
+    assert a["footprint_source"] == "measured" and a["footprint_mb"] >= 60
+    assert a["rss_mb"] >= 60 and a["last_used"] <= time.time()
+    status = scheduler.status()
+    assert status["resident"] == ["a"] and status["used_mb"] >= 60 and status["ready"]
+    report = scheduler.unload("a")
+    assert report["released"] and report["pids"]
+    assert info(scheduler, "a")["state"] == "unloaded"
+    assert (tmp_path / "footprints.json").exists()
+
+    again = make_scheduler([toy("a", alloc_mb=60)])  # a later run knows the footprint
+    known = info(again, "a")
+    assert known["footprint_source"] == "measured"
+    assert known["footprint_mb"] == pytest.approx(a["footprint_mb"], abs=5)
+
+
+def test_model_that_can_never_fit_is_refused(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("big", footprint_mb=5000)], memory_budget_mb=1000)
+    with pytest.raises(
+        MemoryBudgetExceeded, match=r"needs 5000 MB \(declared\).*budget is 1000 MB"
+    ):
+        scheduler.submit("big", "x")
+    with pytest.raises(MemoryBudgetExceeded):
+        scheduler.load("big")
+
+
+def test_unknown_model_names_the_known_ones(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a"), toy("b")])
+    with pytest.raises(UnknownModel, match="use one of a, b"):
+        scheduler.submit("c", "x")
+    with pytest.raises(ValueError, match="critical, high, normal, low"):
+        scheduler.submit("a", "x", priority="urgent")
+
+
+def test_queue_limit(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("slow", params={"load_s": 1.0})], queue_limit=2)
+    futures = [scheduler.submit("slow", i) for i in range(2)]
+    with pytest.raises(QueueFull) as info_:
+        scheduler.submit("slow", 2)
+    assert info_.value.retry_after_s > 0
+    assert [f.result(30) for f in futures] == [0, 1]
+
+
+# --- eviction -------------------------------------------------------------------------------
+
+
+def three(priorities: tuple[str, str, str], **kw: Any) -> list[ModelConfig]:
+    """Three toy models of 200 MB each (declared), under a budget that fits two."""
+    return [
+        toy(name, alloc_mb=80, footprint_mb=200, priority=p, **kw)
+        for name, p in zip("abc", priorities, strict=True)
+    ]
+
+
+def test_eviction_lower_priority_before_lru(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler(three(("normal", "low", "normal")), memory_budget_mb=450)
+    scheduler.submit("a", 1).result(30)
+    scheduler.submit("b", 1).result(30)  # b is the most recently used, but low priority
+    scheduler.submit("c", 1).result(30)
+    assert sorted(scheduler.status()["resident"]) == ["a", "c"]
+    assert info(scheduler, "b")["evictions"] == 1
+
+    scheduler.submit("c", 2).result(30)
+    scheduler.submit("a", 2).result(30)  # same priority: the least recently used (c) goes
+    scheduler.submit("b", 2).result(30)
+    assert sorted(scheduler.status()["resident"]) == ["a", "b"]
+    assert info(scheduler, "c")["evictions"] == 1
+    assert scheduler.status()["used_mb"] <= 450
+
+
+def test_pinned_model_is_never_evicted(make_scheduler: MakeScheduler) -> None:
+    models = three(("low", "normal", "normal"))
+    models[0] = toy("a", alloc_mb=80, footprint_mb=200, priority="low", pinned=True)
+    scheduler = make_scheduler(models, memory_budget_mb=450)
+    wait_for(scheduler.is_ready)  # the pinned model loads at start
+    assert scheduler.status()["resident"] == ["a"]
+    for name in "bcbc":
+        assert scheduler.submit(name, name).result(30) == name
+    assert info(scheduler, "a")["state"] == "resident" and info(scheduler, "a")["evictions"] == 0
+    assert info(scheduler, "b")["evictions"] == 2
+
+
+def test_busy_worker_is_not_evicted(make_scheduler: MakeScheduler) -> None:
+    # a (low priority) is busy, b (critical) is idle: b goes, although priority says a
+    scheduler = make_scheduler(three(("low", "critical", "normal")), memory_budget_mb=450)
+    scheduler.load("a")
+    scheduler.load("b")
+    busy = scheduler.submit("a", {"op": "sleep", "seconds": 1.5})
+    wait_for(lambda: info(scheduler, "a")["queue_depth"] == 0)
+    assert scheduler.submit("c", "c").result(30) == "c"
+    assert not busy.done()
+    assert info(scheduler, "b")["state"] == "unloaded" and info(scheduler, "a")["evictions"] == 0
+    busy.result(30)
+
+
+def test_waits_for_in_flight_work_when_nothing_is_idle(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler(three(("normal",) * 3), memory_budget_mb=250)
+    scheduler.load("a")
+    busy = scheduler.submit("a", {"op": "sleep", "seconds": 1.0})
+    wait_for(lambda: info(scheduler, "a")["queue_depth"] == 0)
+    waiting = scheduler.submit("b", "b")
+    assert waiting.result(30) == "b"
+    assert busy.done() and busy.exception() is None  # a finished its call before eviction
+    assert info(scheduler, "a")["evictions"] == 1
+
+
+def test_keep_alive_unloads_idle_model(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a", alloc_mb=20, keep_alive_s=0.4)])
+    scheduler.submit("a", 1).result(30)
+    pid = info(scheduler, "a")["pid"]
+    wait_for(lambda: info(scheduler, "a")["unloads"] == 1)
+    a = info(scheduler, "a")
+    assert a["state"] == "unloaded" and a["last_release"]["released"]
+    assert pid in a["last_release"]["pids"] and not psutil.pid_exists(pid)
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+def test_priority_order(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a")])
+    scheduler.load("a")
+    blocker = scheduler.submit("a", {"op": "sleep", "seconds": 0.5})
+    wait_for(lambda: info(scheduler, "a")["queue_depth"] == 0)
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def record(value: str) -> Callable[[Any], None]:
+        def callback(_: Any) -> None:
+            with lock:
+                done.append(value)
+
+        return callback
+
+    futures = []
+    for priority in ("low", "normal", "low", "critical", "high", "normal"):
+        future = scheduler.submit("a", priority, priority=priority)
+        future.add_done_callback(record(priority))
+        futures.append(future)
+    assert scheduler.status()["queue_depths"]["low"] == 2
+    for future in [blocker, *futures]:
+        future.result(30)
+    assert done == ["critical", "high", "normal", "normal", "low", "low"]
+
+
+def test_dynamic_batching(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a", max_batch_size=8, max_wait_ms=50)])
+    scheduler.load("a")
+    futures = [scheduler.submit("a", i) for i in range(32)]
+    assert [f.result(30) for f in futures] == list(range(32))
+    assert 4 <= batches(scheduler, "a") <= 5
+    one = scheduler.submit("a", "alone")  # a lone request waits max_wait_ms, not forever
+    assert one.result(5) == "alone"
+
+
+def test_cancelled_request_is_skipped(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a")])
+    scheduler.load("a")
+    blocker = scheduler.submit("a", {"op": "sleep", "seconds": 0.3})
+    dropped = scheduler.submit("a", "dropped")
+    kept = scheduler.submit("a", "kept")
+    assert dropped.cancel()
+    assert kept.result(30) == "kept" and blocker.result(30) is None
+
+
+def test_model_error_fails_only_its_item(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a", max_batch_size=4, max_wait_ms=100)])
+    scheduler.load("a")
+    futures = [scheduler.submit("a", x) for x in (1, {"op": "raise", "message": "bad"}, 3)]
+    assert futures[0].result(30) == 1 and futures[2].result(30) == 3
+    with pytest.raises(ValueError, match="bad"):
+        futures[1].result(30)
+    assert info(scheduler, "a")["crashes"] == 0
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+def test_crash_fails_only_that_request_and_recovers(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a")], retry_crashed=False)
+    scheduler.load("a")
+    pid = info(scheduler, "a")["pid"]
+    crash = scheduler.submit("a", {"op": "exit", "code": 7})
+    after = [scheduler.submit("a", i) for i in range(3)]
+    with pytest.raises(WorkerCrashed, match="exited with code 7"):
+        crash.result(30)
+    assert [f.result(30) for f in after] == [0, 1, 2]  # restarted after its backoff
+    a = info(scheduler, "a")
+    assert a["crashes"] == 1 and a["loads"] == 2 and a["pid"] != pid
+
+
+def test_crashed_batch_is_retried_item_by_item(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a", max_batch_size=4, max_wait_ms=200)])
+    scheduler.load("a")
+    futures = [scheduler.submit("a", x) for x in ("x", {"op": "segfault"}, "y")]
+    assert futures[0].result(30) == "x" and futures[2].result(30) == "y"
+    with pytest.raises(WorkerCrashed, match="SIGSEGV"):
+        futures[1].result(30)
+    assert info(scheduler, "a")["crashes"] == 2  # the batch, then the culprit alone
+
+
+def test_load_failure_marks_model_unhealthy(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler(
+        [toy("bad", params={"load_error": "no weights"}), toy("good")], unhealthy_cooldown_s=1.0
+    )
+    future = scheduler.submit("bad", 1)
+    with pytest.raises(ModelUnhealthy, match="no weights") as failed:
+        future.result(30)
+    assert isinstance(failed.value.__cause__, ModelLoadError)
+    with pytest.raises(ModelUnhealthy) as refused:
+        scheduler.submit("bad", 2)
+    assert 0 < refused.value.retry_after_s <= 1.0
+    bad = info(scheduler, "bad")
+    assert bad["state"] == "unhealthy" and "no weights" in bad["error"]
+    assert scheduler.submit("good", "ok").result(30) == "ok"  # the others are unaffected
+    wait_for(lambda: info(scheduler, "bad")["state"] == "unloaded", timeout=5)
+    with pytest.raises(ModelUnhealthy):  # accepted again after the cooldown; fails again
+        scheduler.submit("bad", 3).result(30)
+
+
+def test_recycle_after_max_tasks(make_scheduler: MakeScheduler) -> None:
+    # the budget has room for two: the replacement starts first and the old worker serves
+    # until it is ready, so no request waits for a load
+    scheduler = make_scheduler([toy("a", max_tasks=2)])
+    first = [scheduler.submit("a", {"op": "pid"}).result(30) for _ in range(2)]
+    assert first[0] == first[1]
+    wait_for(lambda: info(scheduler, "a")["loads"] == 2)
+    wait_for(lambda: not psutil.pid_exists(first[0]))
+    a = info(scheduler, "a")
+    assert a["recycles"] == 1 and a["unloads"] == 1 and a["last_release"]["released"]
+    assert scheduler.submit("a", {"op": "pid"}).result(30) not in first
+
+
+def test_recycle_on_rss_growth_stop_first_when_budget_is_tight(
+    make_scheduler: MakeScheduler,
+) -> None:
+    # 40 MB leaked per call, 60 MB growth allowed: the worker is replaced after two calls;
+    # the budget has no room for a second worker, so the old one stops first
+    model = toy("a", params={"leak_mb": 40}, max_rss_growth_mb=60, footprint_mb=150)
+    scheduler = make_scheduler([model], memory_budget_mb=200)
+    pids = [scheduler.submit("a", {"op": "pid"}).result(30) for _ in range(3)]
+    assert pids[0] == pids[1] != pids[2]
+    assert info(scheduler, "a")["recycles"] == 1
+
+
+def test_close_without_drain_fails_in_flight(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a")])
+    scheduler.load("a")
+    hung = scheduler.submit("a", {"op": "hang"})
+    queued = scheduler.submit("a", "never")
+    wait_for(lambda: info(scheduler, "a")["queue_depth"] == 1)
+    scheduler.close(drain=False, timeout=10)
+    with pytest.raises(WorkerStopped):
+        hung.result(5)
+    with pytest.raises(WorkerStopped):
+        queued.result(5)
+    with pytest.raises(WorkerStopped):
+        scheduler.submit("a", 1)
+
+
+def test_close_drains_accepted_requests(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a", max_batch_size=4)])
+    futures = [scheduler.submit("a", i) for i in range(6)]
+    scheduler.close(drain=True, timeout=30)
+    assert [f.result(1) for f in futures] == list(range(6))
+
+
+def test_metrics_render(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a")])
+    scheduler.submit("a", 1).result(30)
+    scheduler.unload("a")
+    assert scheduler.metrics is not None
+    text = scheduler.metrics.render().decode()
+    for name in (
+        'modelmora_loads_total{model="a"} 1.0',
+        'modelmora_unloads_total{model="a"} 1.0',
+        'modelmora_request_latency_seconds_count{model="a"} 1.0',
+        'modelmora_batch_size_count{model="a"} 1.0',
+        "modelmora_resident_models 0.0",
+        'modelmora_queue_depth{priority="normal"} 0.0',
+    ):
+        assert name in text
+    assert scheduler.metrics.content_type.startswith("text/plain")
