@@ -38,8 +38,13 @@ def _read_script(path: Path) -> list[tuple[int, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="the wav file to write")
-    parser.add_argument("--speakers", type=int, choices=(2, 3), default=2,
-                        help="built-in script: 2 (a planning meeting) or 3 (a stand-up)")
+    parser.add_argument(
+        "--speakers",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="built-in script: 2 (a planning meeting) or 3 (a stand-up)",
+    )
     parser.add_argument("--script", type=Path, help="a script file of 'N: text' lines")
     parser.add_argument("--pause", type=float, default=0.6, help="seconds between turns")
     parser.add_argument("--noise", type=float, default=0.0, help="white noise std (0: none)")
@@ -52,7 +57,9 @@ def main() -> None:
     conversation = make_conversation(
         args.output, turns, DEFAULT_VOICES, pause=args.pause, noise=args.noise
     )
-    print(f"{conversation.wav}  {conversation.duration:.1f} s, {conversation.num_speakers} speakers")
+    print(
+        f"{conversation.wav}  {conversation.duration:.1f} s, {conversation.num_speakers} speakers"
+    )
     print(conversation.rttm)
     print(conversation.txt)
 

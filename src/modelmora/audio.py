@@ -108,6 +108,33 @@ def _declared_duration(container: Any) -> float | None:
     return None
 
 
+def _wav_declared_duration(file: Path) -> float | None:
+    """For a RIFF/WAVE file, the duration its ``data`` chunk header declares.
+
+    FFmpeg clamps a WAV's duration to the bytes present, so a truncated WAV only shows up by
+    reading the header ourselves. Streaming placeholders (size 0 or 0xFFFFFFFF) declare nothing.
+    """
+    with file.open("rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        byte_rate = 0
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            kind, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if kind == b"fmt ":
+                fmt = handle.read(size + (size & 1))
+                byte_rate = int.from_bytes(fmt[8:12], "little") if len(fmt) >= 12 else 0
+            elif kind == b"data":
+                if byte_rate <= 0 or size in (0, 0xFFFFFFFF):
+                    return None
+                return size / byte_rate
+            else:
+                handle.seek(size + (size & 1), os.SEEK_CUR)
+
+
 def _probe(file: Path) -> float | None:
     """Open the file with PyAV; return its declared duration. Raises AudioError if unusable."""
     import av
@@ -185,18 +212,21 @@ def load_audio(
         from faster_whisper import decode_audio
 
         declared = _probe(file)
+        header = _wav_declared_duration(file)
         try:
             samples = decode_audio(str(file), sampling_rate=sr)
         except Exception as exc:
             raise AudioError(f"{file}: cannot decode ({exc})") from None
-        return np.asarray(samples, dtype=np.float32), declared
+        return np.asarray(samples, dtype=np.float32), header if header is not None else declared
 
     samples, declared = _run_bounded(decode, timeout, str(file))
     if samples.size == 0:
-        raise AudioError(f"{file}: no audio samples could be decoded")
+        raise AudioError(f"{file}: no audio samples could be decoded (not audio, or corrupt)")
     decoded = samples.size / sr
     if declared is not None and decoded < declared * _TRUNCATION_RATIO - _TRUNCATION_SLACK_S:
-        message = f"{file}: truncated (header declares {declared:.2f} s, only {decoded:.2f} s decode)"
+        message = (
+            f"{file}: truncated (header declares {declared:.2f} s, only {decoded:.2f} s decode)"
+        )
         if not allow_truncated:
             raise AudioError(message)
         logger.warning("%s; keeping the part that decodes", message)

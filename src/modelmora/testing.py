@@ -29,6 +29,7 @@ from modelmora.transcript import Turn
 __all__ = [
     "DEFAULT_VOICES",
     "MEETING_SCRIPT",
+    "THREE_SPEAKER_SCRIPT",
     "Conversation",
     "Voice",
     "espeak_available",
@@ -67,6 +68,17 @@ MEETING_SCRIPT: tuple[tuple[int, str], ...] = (
     (0, "Please also book the meeting room for the launch review next Monday."),
     (1, "Will do. Anything else?"),
     (0, "No, that's all. Thanks everyone."),
+)
+
+#: A three-person stand-up: every speaker talks at least twice.
+THREE_SPEAKER_SCRIPT: tuple[tuple[int, str], ...] = (
+    (0, "Let's start the stand-up. Yesterday I finished the database migration."),
+    (1, "I reviewed the payment service and found a memory leak in the worker pool."),
+    (2, "I spent the day on customer support tickets about slow exports."),
+    (0, "Can the leak explain the slow exports?"),
+    (1, "Possibly. I will profile the workers this afternoon."),
+    (2, "Then I will wait for your results before I answer the customers."),
+    (0, "Good. Let's meet again tomorrow at ten."),
 )
 
 
