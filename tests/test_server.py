@@ -242,6 +242,7 @@ def test_a_call_past_the_request_timeout_is_a_504(toy_server: ServerProcess) -> 
         reply = http.post("/api/v1/models/slow/predict", json={"input": {"op": "hang"}})
         _error(reply, 504)
         reply = http.post("/api/v1/models/slow/predict", json={"input": "after"})
+        assert reply.status_code == 200, reply.text
         assert reply.json()["output"] == "after"
 
 

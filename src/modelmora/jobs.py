@@ -435,10 +435,12 @@ class JobRunner:
         with self._lock:
             self._in_flight.pop(job.id, None)
         try:
-            if future.cancelled():
-                return  # cancel() already wrote the status
-            error = future.exception()
-            if error is None:
+            error = None if future.cancelled() else future.exception()
+            if future.cancelled() or (error is not None and self._stopping.is_set()):
+                # cancelled by the user (the row says so already: no-op), or failed because
+                # the scheduler is closing: the job waits for the next start
+                self.store.requeue(job.id)
+            elif error is None:
                 self.store.finish(job.id, result=future.result())
             elif _retryable(error) and job.attempts < self.max_attempts:
                 logger.warning("job %s: %s; retrying (attempt %d)", job.id, error, job.attempts)

@@ -189,9 +189,13 @@ class _State:
             for item in items:
                 futures.append(self.scheduler.submit(model, item, priority))
             waits = [asyncio.wrap_future(f) for f in futures]
-            return await asyncio.wait_for(
-                asyncio.gather(*waits), timeout=self.config.request_timeout_s
-            )
+            # The scheduler kills a call past request_timeout_s; this bound also covers the
+            # wait in the queue and a (re)load, so it only fires when something is stuck.
+            limit = self.config.request_timeout_s + self.config.model(model).load_timeout_s
+            try:
+                return await asyncio.wait_for(asyncio.gather(*waits), timeout=limit)
+            except TimeoutError:
+                raise TimeoutError(f"no result from model {model!r} within {limit:.0f} s") from None
         except BaseException as exc:
             for future in futures:
                 future.cancel()
