@@ -69,7 +69,7 @@ def test_load_failure_raises_with_child_traceback():
 
 
 def test_unknown_adapter_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown adapter kind 'nope'.*toy"):
+    with pytest.raises(ValueError, match=r"unknown adapter kind 'nope'.*toy"):
         ModelSpec("nope")
     with pytest.raises(ModelLoadError, match="ModuleNotFoundError"):
         Worker(ModelSpec("no_such_pkg.mod:Model")).start()
@@ -101,7 +101,7 @@ def test_remote_exception_keeps_type_and_traceback_and_worker_survives():
 
 def test_unpicklable_result_is_a_clear_error_not_a_hang():
     with Worker("toy") as worker:
-        with pytest.raises(ResultNotPicklable, match="cannot be pickled.*lock"):
+        with pytest.raises(ResultNotPicklable, match=r"cannot be pickled.*lock"):
             worker.call([{"op": "unpicklable"}], timeout=10)
         assert worker.call([5]) == [5]
 
@@ -136,7 +136,7 @@ def test_sigkill_from_outside_is_noticed_at_once():
     assert pid is not None
     threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
     t0 = time.monotonic()
-    with pytest.raises(WorkerCrashed, match="SIGKILL.*OOM") as info:
+    with pytest.raises(WorkerCrashed, match=r"SIGKILL.*OOM") as info:
         worker.call([{"op": "hang"}])  # no timeout: only the sentinel can end this
     assert time.monotonic() - t0 < 2.0
     assert info.value.exitcode == -signal.SIGKILL
@@ -145,7 +145,7 @@ def test_sigkill_from_outside_is_noticed_at_once():
 def test_call_timeout_kills_the_child():
     worker = Worker("toy").start()
     pid = worker.pid
-    with pytest.raises(WorkerTimeout, match="within 0.5 s"):
+    with pytest.raises(WorkerTimeout, match=r"within 0\.5 s"):
         worker.call([{"op": "hang"}], timeout=0.5)
     assert wait_gone(pid)
 
@@ -240,7 +240,8 @@ def test_no_orphan_when_parent_is_kill9ed(tmp_path):
     ours = [
         p.pid
         for p in psutil.process_iter(["cmdline"])
-        if p.info["cmdline"] and "modelmora._child" in " ".join(p.info["cmdline"])
+        if p.info["cmdline"]
+        and "modelmora._child" in " ".join(p.info["cmdline"])
         and str(parent.pid) in p.info["cmdline"]
     ]
     assert ours == []
@@ -258,9 +259,8 @@ def test_worker_started_from_a_short_lived_thread_survives_it():
 
 
 def test_tree_sampler_sees_worker_memory():
-    with TreeSampler(interval=0.02) as sampler:
-        with Worker("toy:alloc_mb=300") as worker:
-            worker.call([1])
+    with TreeSampler(interval=0.02) as sampler, Worker("toy:alloc_mb=300") as worker:
+        worker.call([1])
     assert sampler.peak_mb > process_rss_mb() + 250
 
 

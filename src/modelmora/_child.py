@@ -47,6 +47,7 @@ def _die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(70)
+
     # PDEATHSIG fires when the parent *thread* that spawned us ends, or when the parent
     # process does; the watchdog covers platforms without prctl.
     def watch() -> None:

@@ -6,6 +6,7 @@ without it, or without a GPU, every VRAM figure is ``None`` and release checks s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -113,10 +114,8 @@ def tree_rss_mb(pid: int | None = None) -> float:
         return 0.0
     total = 0
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     return total / _MB
 
 
@@ -165,10 +164,8 @@ def vram_by_pid_mb() -> dict[int, float]:
             pynvml.nvmlDeviceGetComputeRunningProcesses,
             pynvml.nvmlDeviceGetGraphicsRunningProcesses,
         ):
-            try:
+            with contextlib.suppress(pynvml.NVMLError):
                 procs.extend(query(handle))
-            except pynvml.NVMLError:
-                pass
         for proc in procs:
             used = proc.usedGpuMemory or 0  # None when the driver hides it
             usage[proc.pid] = usage.get(proc.pid, 0.0) + used / _MB

@@ -12,6 +12,7 @@ its thread limits are in place.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
 import os
@@ -175,7 +176,5 @@ def discard(frame: bytes) -> None:
     if frame[:1] != _TAG_SHM:
         return
     name = pickle.loads(memoryview(frame)[1:])[0]
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(SHM_DIR, name))
-    except FileNotFoundError:
-        pass

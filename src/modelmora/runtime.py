@@ -164,7 +164,9 @@ class Worker:
             t0 = time.perf_counter()
             self._spawn()
             assert self._conn is not None
-            self._conn.send_bytes(proto.encode(proto.Init(self.spec.kind, self.spec.params, self.threads)))
+            self._conn.send_bytes(
+                proto.encode(proto.Init(self.spec.kind, self.spec.params, self.threads))
+            )
             msg = self._receive(self.load_timeout, "loading")
             if isinstance(msg, proto.LoadFailed):
                 self._reap()
@@ -249,7 +251,9 @@ class Worker:
             self.memory = msg.memory
             if isinstance(msg, proto.Failure):
                 if msg.unpicklable:
-                    raise _with_cause(ResultNotPicklable(f"worker {self.name}: {msg.message}"), msg.tb)
+                    raise _with_cause(
+                        ResultNotPicklable(f"worker {self.name}: {msg.message}"), msg.tb
+                    )
                 error = msg.error if msg.error is not None else WorkerError(msg.message)
                 raise _with_cause(error, msg.tb)
             assert isinstance(msg, proto.Result) and msg.id == call_id, "reply out of order"

@@ -111,7 +111,7 @@ def resolve_adapter(kind: str) -> type:
     path = ADAPTERS.get(kind, kind)
     module_name, _, class_name = path.partition(":")
     module = importlib.import_module(module_name)
-    try:
-        return getattr(module, class_name)  # type: ignore[no-any-return]
-    except AttributeError:
-        raise ValueError(f"adapter {path!r}: module {module_name} has no {class_name}") from None
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise ValueError(f"adapter {path!r}: module {module_name} has no class {class_name}")
+    return cls
