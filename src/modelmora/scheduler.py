@@ -25,20 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PRIORITIES, ModelConfig, ServerConfig
+from .config import PRIORITIES, ServerConfig
 from .errors import (
     MemoryBudgetExceeded,
     MemoryLimitExceeded,
@@ -48,8 +45,17 @@ from .errors import (
     WorkerStopped,
     WorkerTimeout,
 )
-from .memory import ReleaseReport, available_mb, nvml_available, tree_rss_mb
+from .memory import ReleaseReport, available_mb, tree_rss_mb
 from .metrics import Metrics
+from .residency import (
+    RANK,
+    FootprintStore,
+    ModelState,
+    Replica,
+    Request,
+    initial_footprint,
+    pick_victims,
+)
 from .runtime import Worker
 
 __all__ = [
@@ -62,7 +68,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_RANK = {p: i for i, p in enumerate(PRIORITIES)}
 _CRASHES = (WorkerCrashed, MemoryLimitExceeded, WorkerTimeout, WorkerStopped)
 _BACKOFF_CAP_S = 30.0
 
@@ -92,144 +97,6 @@ class ModelUnhealthy(ModelMoraError):
         self.retry_after_s = retry_after_s
 
 
-@dataclass(eq=False)
-class _Request:
-    item: Any
-    future: Future[Any]
-    priority: str
-    seq: int
-    t_submit: float
-    running: bool = False
-    retried: bool = False
-
-
-@dataclass(eq=False)
-class _Replica:
-    """One worker of a model. state: loading → ready ⇄ busy → stopping."""
-
-    worker: Worker
-    mem_mb: float  # RAM counted against the budget (reservation, then measured)
-    vram_mb: float
-    state: str = "loading"
-    last_used: float = field(default_factory=time.time)
-    load_rss_mb: float = 0.0
-    retiring: bool = False  # recycled: serves only until its replacement is ready
-    stop_when_idle: bool = False
-    stopped: Future[ReleaseReport] = field(default_factory=Future)
-
-
-class _Model:
-    def __init__(self, cfg: ModelConfig, footprint: tuple[float, float, str]) -> None:
-        self.cfg = cfg
-        self.spec = cfg.to_spec()
-        self.footprint_mb, self.vram_footprint_mb, self.footprint_source = footprint
-        self.queues: dict[str, deque[_Request]] = {p: deque() for p in PRIORITIES}
-        self.replicas: list[_Replica] = []
-        self.load_waiters: list[Future[None]] = []
-        self.unhealthy_until = 0.0
-        self.error: str | None = None
-        self.crash_streak = 0
-        self.backoff_until = 0.0
-        self.drain_seq = -1  # requests up to this seq are served before the model is evicted
-        self.held_off = False  # unloaded on request: a pinned model is not reloaded on its own
-        self.last_used: float | None = None
-        self.rss_mb = self.peak_rss_mb = 0.0
-        self.vram_mb: float | None = None
-        self.last_release: dict[str, Any] | None = None
-        self.counts = {"loads": 0, "unloads": 0, "evictions": 0, "crashes": 0, "recycles": 0}
-
-    def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
-
-    def head(self) -> _Request | None:
-        for p in PRIORITIES:
-            if self.queues[p]:
-                return self.queues[p][0]
-        return None
-
-    def pop(self) -> _Request:
-        for p in PRIORITIES:
-            if self.queues[p]:
-                return self.queues[p].popleft()
-        raise IndexError("no request waiting")
-
-    def live(self) -> list[_Replica]:
-        return [r for r in self.replicas if r.state in ("ready", "busy")]
-
-    def free_replica(self) -> _Replica | None:
-        ready = [r for r in self.replicas if r.state == "ready" and not r.stop_when_idle]
-        ready.sort(key=lambda r: r.retiring)
-        return ready[0] if ready else None
-
-    def needs_replica(self) -> bool:
-        active = [r for r in self.replicas if not r.retiring and r.state != "stopping"]
-        loading = any(r.state == "loading" for r in self.replicas)
-        wanted = bool(self.queued() or self.load_waiters) or (self.cfg.pinned and not self.held_off)
-        if not wanted or loading or len(active) >= self.cfg.max_concurrency:
-            return False
-        return self.free_replica() is None or not active
-
-    def state(self, now: float) -> str:
-        if self.live():
-            return "resident"
-        if any(r.state == "loading" for r in self.replicas):
-            return "loading"
-        return "unhealthy" if self.unhealthy_until > now else "unloaded"
-
-
-class _FootprintStore:
-    """Largest measured peak RSS/VRAM per model spec, kept in a JSON file across runs."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, dict[str, float]] = {}
-        try:
-            self.data = json.loads(path.read_text())
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring unreadable footprints file %s: %s", path, exc)
-
-    def get(self, key: str) -> dict[str, float] | None:
-        return self.data.get(key)
-
-    def update(self, key: str, peak_rss_mb: float, vram_mb: float | None) -> None:
-        old = self.data.get(key, {})
-        new = {
-            "peak_rss_mb": round(max(old.get("peak_rss_mb", 0.0), peak_rss_mb), 1),
-            "vram_mb": round(max(old.get("vram_mb", 0.0), vram_mb or 0.0), 1),
-        }
-        if new == old:
-            return
-        self.data[key] = new
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            logger.warning("cannot save footprints to %s: %s", self.path, exc)
-
-
-def _estimate(cfg: ModelConfig) -> tuple[float, float]:
-    """First-run guess of (RAM, VRAM) in MB, before anything was measured."""
-    params = cfg.params
-    if cfg.adapter == "toy":
-        return float(params.get("alloc_mb", 0)) + 60.0, 0.0
-    if cfg.adapter == "toy-cuda":
-        return 600.0, float(params.get("alloc_mb", 2048)) + 500.0
-    ram = 500.0
-    if cfg.source and os.path.exists(cfg.source):
-        paths = (
-            [cfg.source]
-            if os.path.isfile(cfg.source)
-            else [os.path.join(d, f) for d, _, fs in os.walk(cfg.source) for f in fs]
-        )
-        ram = sum(os.path.getsize(p) for p in paths) / 2**20 * 1.5 + 300.0
-    on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and nvml_available())
-    return ram, (ram if on_gpu and cfg.adapter != "diarizer" else 0.0)
-
-
 class Scheduler:
     """Keeps models resident under a memory budget and runs requests on them in batches.
 
@@ -245,8 +112,10 @@ class Scheduler:
         self.metrics = metrics
         self.budget_mb = config.memory_budget_mb or 0.8 * available_mb()
         self.vram_budget_mb = config.vram_budget_mb
-        self._footprints = _FootprintStore(Path(config.cache_dir) / "footprints.json")
-        self._models = {m.name: _Model(m, self._footprint_of(m)) for m in config.models}
+        self._footprints = FootprintStore(Path(config.cache_dir) / "footprints.json")
+        self._models = {
+            m.name: ModelState(m, initial_footprint(m, self._footprints)) for m in config.models
+        }
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._depth = dict.fromkeys(PRIORITIES, 0)
@@ -254,19 +123,6 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(2 * slots + 8, thread_name_prefix="modelmora-sched")
         self._threads: list[threading.Thread] = []
         self._started = self._closing = self._closed = False
-
-    def _footprint_of(self, cfg: ModelConfig) -> tuple[float, float, str]:
-        ram, vram = _estimate(cfg)
-        source = "estimated"
-        known = self._footprints.get(cfg.to_spec().label())
-        if known:
-            ram, source = known["peak_rss_mb"], "measured"
-            vram = known.get("vram_mb") or vram
-        if cfg.vram_footprint_mb is not None:
-            vram = cfg.vram_footprint_mb
-        if cfg.footprint_mb is not None:
-            ram, source = cfg.footprint_mb, "declared"
-        return ram, vram, source
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -358,7 +214,7 @@ class Scheduler:
             QueueFull: ``queue_limit`` requests are already waiting.
             WorkerStopped: the scheduler is closing.
         """
-        if priority not in _RANK:
+        if priority not in RANK:
             raise ValueError(f"unknown priority {priority!r}: use one of {', '.join(PRIORITIES)}")
         with self._cond:
             m = self._get(model)
@@ -376,7 +232,7 @@ class Scheduler:
                     f"{waiting} requests are waiting (queue_limit {self.config.queue_limit})",
                     self._retry_after(waiting),
                 )
-            req = _Request(item, Future(), priority, next(self._seq), now)
+            req = Request(item, Future(), priority, next(self._seq), now)
             m.queues[priority].append(req)
             self._set_depth(priority, +1)
             self._cond.notify_all()
@@ -387,13 +243,13 @@ class Scheduler:
         batch = max((m.cfg.max_batch_size for m in self._models.values()), default=1)
         return round(min(max(1.0, waiting / batch * 0.05), 60.0), 1)
 
-    def _get(self, name: str) -> _Model:
+    def _get(self, name: str) -> ModelState:
         m = self._models.get(name)
         if m is None:
             raise UnknownModel(name, self._models)
         return m
 
-    def _check_fits(self, m: _Model) -> None:
+    def _check_fits(self, m: ModelState) -> None:
         if m.footprint_source == "estimated":
             return  # a guess may be wrong: try it alone, then the measured size decides
         if m.footprint_mb > self.budget_mb:
@@ -413,7 +269,7 @@ class Scheduler:
         if self.metrics:
             self.metrics.set_queue_depth(priority, self._depth[priority])
 
-    def _fail_queued(self, m: _Model, error: BaseException) -> None:
+    def _fail_queued(self, m: ModelState, error: BaseException) -> None:
         for p, queue in m.queues.items():
             while queue:
                 req = queue.popleft()
@@ -451,10 +307,10 @@ class Scheduler:
                 m.load_waiters.append(waiter)
                 self._cond.notify_all()
             else:
-                return self._info(m, time.monotonic())
+                return m.info(time.monotonic())
         waiter.result(timeout)
         with self._cond:
-            return self._info(m, time.monotonic())
+            return m.info(time.monotonic())
 
     def unload(self, name: str, timeout: float | None = None) -> dict[str, Any]:
         """Stop the model's workers (after their in-flight batch) and verify the release.
@@ -483,33 +339,7 @@ class Scheduler:
         """Every configured model: state, footprint (and its source), measured memory, use."""
         with self._cond:
             now = time.monotonic()
-            return [self._info(m, now) for m in self._models.values()]
-
-    def _info(self, m: _Model, now: float) -> dict[str, Any]:
-        live = m.live()
-        return {
-            "name": m.cfg.name,
-            "adapter": m.cfg.adapter,
-            "state": m.state(now),
-            "footprint_mb": round(m.footprint_mb, 1),
-            "footprint_source": m.footprint_source,
-            "vram_footprint_mb": round(m.vram_footprint_mb, 1),
-            "rss_mb": round(m.rss_mb, 1) if live else 0.0,
-            "peak_rss_mb": round(m.peak_rss_mb, 1),
-            "vram_mb": m.vram_mb if live else None,
-            "last_used": m.last_used,
-            "pid": live[0].worker.pid if live else None,
-            "pids": [r.worker.pid for r in live],
-            "priority": m.cfg.priority,
-            "pinned": m.cfg.pinned,
-            "queue_depth": m.queued(),
-            "max_batch_size": m.cfg.max_batch_size,
-            "keep_alive_s": m.cfg.keep_alive_s,
-            "error": m.error,
-            "last_release": m.last_release,
-            "retry_after_s": round(max(m.unhealthy_until - now, 0.0), 1) or None,
-            **m.counts,
-        }
+            return [m.info(now) for m in self._models.values()]
 
     def status(self) -> dict[str, Any]:
         """Budget, memory in use, resident models and queue depths."""
@@ -573,13 +403,13 @@ class Scheduler:
                 blocked = True
         return min(wakes) if wakes else None
 
-    def _urgency(self, m: _Model) -> tuple[int, int]:
+    def _urgency(self, m: ModelState) -> tuple[int, int]:
         if m.load_waiters or (m.cfg.pinned and not m.held_off and not m.replicas):
             return (-1, 0)
         head = m.head()
-        return (_RANK[head.priority], head.seq) if head else (len(PRIORITIES), 0)
+        return (RANK[head.priority], head.seq) if head else (len(PRIORITIES), 0)
 
-    def _batch_due(self, m: _Model, now: float, wakes: list[float]) -> bool:
+    def _batch_due(self, m: ModelState, now: float, wakes: list[float]) -> bool:
         if m.queued() >= m.cfg.max_batch_size or m.cfg.max_wait_ms <= 0 or self._closing:
             return True
         oldest = min(q[0].t_submit for q in m.queues.values() if q)
@@ -589,8 +419,8 @@ class Scheduler:
         wakes.append(due - now)
         return False
 
-    def _start_batch(self, m: _Model, rep: _Replica) -> None:
-        batch: list[_Request] = []
+    def _start_batch(self, m: ModelState, rep: Replica) -> None:
+        batch: list[Request] = []
         while len(batch) < m.cfg.max_batch_size and m.queued():
             head = m.head()
             # a request retried after a crash runs alone: the crash may have been its fault
@@ -606,7 +436,7 @@ class Scheduler:
             rep.last_used = m.last_used = time.time()
             self._pool.submit(self._run_batch, m, rep, batch)
 
-    def _admit(self, m: _Model) -> bool:
+    def _admit(self, m: ModelState) -> bool:
         """Start loading ``m`` if it fits, evicting idle workers; False when it must wait."""
         ram = min(m.footprint_mb, self.budget_mb)  # an estimate over budget: try it alone
         vram = m.vram_footprint_mb if self.vram_budget_mb is not None else 0.0
@@ -618,9 +448,9 @@ class Scheduler:
         short_vram = 0.0
         if self.vram_budget_mb is not None:
             short_vram = vram - (self.vram_budget_mb - sum(r.vram_mb for r in held))
-        victims: list[tuple[_Model, _Replica]] = []
+        victims: list[tuple[ModelState, Replica]] = []
         if short_ram > 0 or short_vram > 0:
-            found = self._pick_victims(m, short_ram, short_vram)
+            found = pick_victims(list(self._models.values()), m, short_ram, short_vram)
             if found is None:
                 return False
             victims = found
@@ -634,41 +464,10 @@ class Scheduler:
         self._start_load(m, ram, vram, after)
         return True
 
-    def _pick_victims(
-        self, m: _Model | None, short_ram: float, short_vram: float
-    ) -> list[tuple[_Model, _Replica]] | None:
-        """Idle workers to stop: models without waiting work first, then low priority, LRU."""
-        candidates = [
-            (vm, rep)
-            for vm in self._models.values()
-            if not vm.cfg.pinned and vm is not m and not self._protected(vm, m)
-            for rep in vm.replicas
-            if rep.state == "ready"
-        ]
-        candidates.sort(
-            key=lambda c: (c[0].queued() > 0, -_RANK[c[0].cfg.priority], c[1].last_used)
-        )
-        chosen: list[tuple[_Model, _Replica]] = []
-        for vm, rep in candidates:
-            if short_ram <= 0 and short_vram <= 0:
-                break
-            chosen.append((vm, rep))
-            short_ram -= rep.mem_mb
-            short_vram -= rep.vram_mb
-        return chosen if short_ram <= 0 and short_vram <= 0 else None
-
-    def _protected(self, victim: _Model, wanting: _Model | None) -> bool:
-        """A model serving the backlog it was loaded for keeps it, unless a more urgent asks."""
-        head = victim.head()
-        if head is None or head.seq > victim.drain_seq:
-            return False
-        want = wanting.head() if wanting is not None else None
-        return want is None or _RANK[want.priority] >= _RANK[head.priority]
-
     # --- worker tasks (run in the pool, lock taken only to update state) ----------------------
 
     def _start_load(
-        self, m: _Model, ram: float, vram: float, after: list[Future[ReleaseReport]]
+        self, m: ModelState, ram: float, vram: float, after: list[Future[ReleaseReport]]
     ) -> None:
         cfg = m.cfg
         worker = Worker(
@@ -678,11 +477,11 @@ class Scheduler:
             memory_limit_mb=cfg.memory_limit_mb,
             threads=cfg.threads,
         )
-        rep = _Replica(worker, mem_mb=ram, vram_mb=vram)
+        rep = Replica(worker, mem_mb=ram, vram_mb=vram)
         m.replicas.append(rep)
         self._pool.submit(self._load_task, m, rep, after)
 
-    def _load_task(self, m: _Model, rep: _Replica, after: list[Future[ReleaseReport]]) -> None:
+    def _load_task(self, m: ModelState, rep: Replica, after: list[Future[ReleaseReport]]) -> None:
         for fut in after:  # evicted workers are gone before the new one allocates
             fut.exception()
         try:
@@ -696,7 +495,7 @@ class Scheduler:
         with self._cond:
             self._load_done(m, rep)
 
-    def _load_failed(self, m: _Model, rep: _Replica, exc: Exception) -> None:
+    def _load_failed(self, m: ModelState, rep: Replica, exc: Exception) -> None:
         m.replicas.remove(rep)
         m.error = f"{type(exc).__name__}: {exc}"
         cooldown = self.config.unhealthy_cooldown_s
@@ -712,7 +511,7 @@ class Scheduler:
                 self._stop_replica(m, other, "recycled")
         self._cond.notify_all()
 
-    def _load_done(self, m: _Model, rep: _Replica) -> None:
+    def _load_done(self, m: ModelState, rep: Replica) -> None:
         worker = rep.worker
         mem = worker.memory
         measured = max(mem.peak_rss_mb if mem else 0.0, worker.rss_mb())
@@ -745,7 +544,7 @@ class Scheduler:
         self._enforce_budget(m)
         self._cond.notify_all()
 
-    def _observe_memory(self, m: _Model, rep: _Replica, persist: bool = False) -> None:
+    def _observe_memory(self, m: ModelState, rep: Replica, persist: bool = False) -> None:
         mem = rep.worker.memory
         if mem is None:
             return
@@ -764,13 +563,13 @@ class Scheduler:
         if self.metrics:
             self.metrics.set_memory(m.cfg.name, mem.rss_mb, mem.vram_mb)
 
-    def _enforce_budget(self, m: _Model) -> None:
+    def _enforce_budget(self, m: ModelState) -> None:
         """After a measurement showed more than was reserved: evict idle others to fit."""
         reps = [r for x in self._models.values() for r in x.replicas]
         over = sum(r.mem_mb for r in reps) - self.budget_mb
         if over <= 0:
             return
-        victims = self._pick_victims(m, over, 0.0) or []
+        victims = pick_victims(list(self._models.values()), m, over, 0.0) or []
         for vm, rep in victims:
             logger.info("over budget by %.0f MB: evicting %s", over, vm.cfg.name)
             vm.counts["evictions"] += 1
@@ -778,10 +577,10 @@ class Scheduler:
                 self.metrics.inc_eviction(vm.cfg.name)
             self._stop_replica(vm, rep, "evicted")
 
-    def _run_batch(self, m: _Model, rep: _Replica, batch: list[_Request]) -> None:
+    def _run_batch(self, m: ModelState, rep: Replica, batch: list[Request]) -> None:
         timeout = self.config.request_timeout_s
-        results: list[tuple[_Request, Any, BaseException | None]] = []
-        crashed: list[_Request] = []
+        results: list[tuple[Request, Any, BaseException | None]] = []
+        crashed: list[Request] = []
         crash: BaseException | None = None
         try:
             outputs = rep.worker.call([r.item for r in batch], timeout)
@@ -820,32 +619,20 @@ class Scheduler:
                 self._batch_done(m, rep)
             self._cond.notify_all()
 
-    def _batch_done(self, m: _Model, rep: _Replica) -> None:
+    def _batch_done(self, m: ModelState, rep: Replica) -> None:
         rep.state = "ready"
         m.crash_streak = 0
         self._observe_memory(m, rep)
         replacing = any(r.state == "loading" for r in m.replicas)
         if rep.stop_when_idle or (rep.retiring and not replacing):
             self._stop_replica(m, rep, "recycled" if rep.retiring else "unload")
-        elif not rep.retiring and self._recycle_reason(m, rep):
+        elif not rep.retiring and m.recycle_reason(rep):
             self._recycle(m, rep)
         else:
             self._enforce_budget(m)
 
-    def _recycle_reason(self, m: _Model, rep: _Replica) -> str | None:
-        cfg, worker = m.cfg, rep.worker
-        if cfg.max_tasks is not None and worker.calls >= cfg.max_tasks:
-            return f"{worker.calls} calls (max_tasks {cfg.max_tasks})"
-        if cfg.max_rss_growth_mb is not None and worker.memory is not None:
-            growth = worker.memory.rss_mb - rep.load_rss_mb
-            if growth > cfg.max_rss_growth_mb:
-                return f"RSS grew {growth:.0f} MB (max_rss_growth_mb {cfg.max_rss_growth_mb:.0f})"
-        return None
-
-    def _recycle(self, m: _Model, rep: _Replica) -> None:
-        logger.info(
-            "recycling %s (pid %s): %s", m.cfg.name, rep.worker.pid, self._recycle_reason(m, rep)
-        )
+    def _recycle(self, m: ModelState, rep: Replica) -> None:
+        logger.info("recycling %s (pid %s): %s", m.cfg.name, rep.worker.pid, m.recycle_reason(rep))
         m.counts["recycles"] += 1
         rep.retiring = True
         reps = [r for x in self._models.values() for r in x.replicas]
@@ -859,7 +646,7 @@ class Scheduler:
             self._stop_replica(m, rep, "recycled")
 
     def _batch_crashed(
-        self, m: _Model, rep: _Replica, crashed: list[_Request], exc: BaseException
+        self, m: ModelState, rep: Replica, crashed: list[Request], exc: BaseException
     ) -> None:
         m.counts["crashes"] += 1
         m.crash_streak += 1
@@ -880,7 +667,7 @@ class Scheduler:
             else:
                 req.future.set_exception(exc)
 
-    def _stop_replica(self, m: _Model, rep: _Replica, reason: str) -> None:
+    def _stop_replica(self, m: ModelState, rep: Replica, reason: str) -> None:
         if rep.state == "stopping":
             return
         if rep.state in ("busy", "loading"):
@@ -889,7 +676,7 @@ class Scheduler:
         rep.state = "stopping"
         self._pool.submit(self._stop_task, m, rep, reason)
 
-    def _stop_task(self, m: _Model, rep: _Replica, reason: str) -> None:
+    def _stop_task(self, m: ModelState, rep: Replica, reason: str) -> None:
         try:
             report = rep.worker.stop()
         except Exception as exc:  # never leave a waiter hanging
