@@ -120,6 +120,8 @@ class IsolationOptions:
         interval: seconds between memory samples of the timelines.
         settle_s: seconds to wait after a release before measuring "after".
         load_timeout: seconds a model may take to load.
+        stop_timeout: seconds a worker may take to exit gracefully before SIGTERM (a torch
+            interpreter can take several seconds to tear down on a busy machine).
     """
 
     model: str = "embedding"
@@ -129,6 +131,7 @@ class IsolationOptions:
     interval: float = 0.05
     settle_s: float = 0.3
     load_timeout: float = 600.0
+    stop_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -150,6 +153,7 @@ class IsolationResult:
     noise_floor_mb: float
     subprocess_delta_mb: float
     inprocess_delta_mb: float
+    inprocess_model_delta_mb: float
     worker_peak_rss_mb: float
     worker_peak_vram_mb: float | None
     subprocess: dict[str, Any]
@@ -263,7 +267,7 @@ def _run_subprocess(
     sample = sample_input(spec.kind)
     current: list[Worker] = []
     timeline.watch("benchmark process", process_rss_mb)
-    timeline.watch("worker process", lambda: current[0].rss_mb() if current else None)
+    timeline.watch("worker process", lambda: current[0].rss_mb() if current else 0.0)
     if nvml_available():
         timeline.watch("worker VRAM", lambda: _vram(current[0].pid) if current else None)
     gc.collect()
@@ -272,7 +276,12 @@ def _run_subprocess(
     for i in range(options.iterations):
         tag = f" #{i + 1}" if options.iterations > 1 else ""
         timeline.mark(f"start{tag}")
-        worker = Worker(spec, name=f"bench {spec.label()}", load_timeout=options.load_timeout)
+        worker = Worker(
+            spec,
+            name=f"bench {spec.label()}",
+            load_timeout=options.load_timeout,
+            stop_timeout=options.stop_timeout,
+        )
         current.append(worker.start())
         timeline.mark("loaded")
         worker.call([sample])
@@ -295,6 +304,7 @@ def _run_subprocess(
             parent_after_mb=process_rss_mb(),
             released=report.released,
             release_s=report.release_s,
+            stop_stage=report.stage,
             machine_after=_machine(),
         )
         cycles.append(cycle)
@@ -310,6 +320,7 @@ def _run_subprocess(
         "worker_peak_vram_mb": max(vrams) if vrams else None,
         "released": all(c["released"] for c in cycles),
         "release_s": max(c["release_s"] for c in cycles),
+        "stop_stages": sorted({c["stop_stage"] for c in cycles}),
         "machine_before": machine_before,
         "machine_during": cycles[-1]["machine_during"],
         "machine_after": cycles[-1]["machine_after"],
@@ -327,7 +338,13 @@ def _run_inprocess(
 ) -> dict[str, Any]:
     """Test 2: load, use, del + gc in a fresh helper process of its own; its memory per step."""
     probe_spec = ModelSpec(_PROBE, {"kind": spec.kind, "params": dict(spec.params)})
-    with Worker(probe_spec, name="in-process probe", load_timeout=options.load_timeout) as probe:
+    probe_worker = Worker(
+        probe_spec,
+        name="in-process probe",
+        load_timeout=options.load_timeout,
+        stop_timeout=options.stop_timeout,
+    )
+    with probe_worker as probe:
         pid = probe.pid
         timeline.watch("helper process", lambda: process_rss_mb(pid))
         if nvml_available():
@@ -428,6 +445,7 @@ def run_isolation(options: IsolationOptions | None = None) -> IsolationResult:
         noise_floor_mb=options.noise_mb,
         subprocess_delta_mb=sub["delta_mb"],
         inprocess_delta_mb=inproc["delta_mb"],
+        inprocess_model_delta_mb=inproc["model_delta_mb"],
         worker_peak_rss_mb=sub["worker_peak_rss_mb"],
         worker_peak_vram_mb=sub["worker_peak_vram_mb"],
         subprocess=sub,
@@ -449,22 +467,32 @@ def _table_rows(result: IsolationResult) -> list[tuple[str, str, str]]:
     rows = [
         ("process measured", "benchmark process", f"fresh helper (pid {inp['pid']})"),
         ("baseline RSS", _mb(sub["baseline_mb"]), _mb(inp["baseline_mb"])),
-        ("after framework import", "— (never imported)", _mb(inp["after_import_mb"])),
-        ("model loaded + inference", _mb(sub["during_mb"]), _mb(inp["during_mb"])),
-        ("model process peak RSS", _mb(sub["worker_peak_rss_mb"]), _mb(inp["peak_rss_mb"])),
-        ("release", f"worker exited ({sub['release_s']:.2f} s)", "del + gc.collect()"),
+        ("after import", "never imported", _mb(inp["after_import_mb"])),
+        ("loaded + inference", _mb(sub["during_mb"]), _mb(inp["during_mb"])),
+        ("model process peak", _mb(sub["worker_peak_rss_mb"]), _mb(inp["peak_rss_mb"])),
+        (
+            "release",
+            f"exit ({', '.join(sub['stop_stages'])}, {sub['release_s']:.2f} s)",
+            "del + gc",
+        ),
         ("after release", _mb(sub["after_mb"]), _mb(inp["after_mb"])),
         ("delta from baseline", _mb(sub["delta_mb"], True), _mb(inp["delta_mb"], True)),
+        ("  of it: framework", "—", _mb(inp["after_import_mb"] - inp["baseline_mb"], True)),
+        ("  of it: model", "—", _mb(inp["model_delta_mb"], True)),
     ]
     if sub["worker_peak_vram_mb"] is not None or inp["vram_during_mb"] is not None:
         rows += [
-            ("VRAM by PID, in use", _mb(sub["worker_peak_vram_mb"]), _mb(inp["vram_during_mb"])),
-            ("VRAM by PID, after", "0.0 MB (process gone)", _mb(inp["vram_after_mb"])),
+            ("VRAM (pid) in use", _mb(sub["worker_peak_vram_mb"]), _mb(inp["vram_during_mb"])),
+            (
+                "VRAM (pid) after",
+                "none (gone)" if sub["released"] else "NOT verified",
+                _mb(inp["vram_after_mb"]),
+            ),
             ("torch reserved after", "—", _mb(inp["cuda_reserved_after_mb"])),
         ]
     for key, label in (
-        ("available_mb", "machine: available RAM"),
-        ("gpu_used_mb", "machine: GPU used"),
+        ("available_mb", "machine avail."),
+        ("gpu_used_mb", "machine GPU used"),
     ):
         if sub["machine_before"][key] is None:
             continue
@@ -513,56 +541,90 @@ def plot_timelines(result: IsolationResult, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 1, figsize=(11, 8), sharey=True)
+    fig, axes = plt.subplots(2, 1, figsize=(11, 8.5), sharey=True)
+    sub, inp = result.subprocess, result.inprocess
     panels = (
-        ("subprocess", "Test 1: model in a worker process, then exit", result.subprocess),
+        (
+            "subprocess",
+            "Test 1: model in a worker process, stopped (the process exits)",
+            sub,
+            f"benchmark process after exit: {sub['delta_mb']:+.1f} MB\n"
+            f"worker peak {sub['worker_peak_rss_mb']:.0f} MB, all given back",
+        ),
         (
             "inprocess",
-            "Test 2: model in-process, then del + gc.collect() (fresh helper)",
-            result.inprocess,
+            "Test 2: model in-process, then del + gc.collect() (a fresh helper process)",
+            inp,
+            f"kept after del + gc: {inp['delta_mb']:+.1f} MB\n"
+            f"(framework import: {inp['after_import_mb'] - inp['baseline_mb']:+.1f} MB)",
         ),
     )
-    for ax, (key, title, summary) in zip(axes, panels, strict=True):
-        _draw_panel(ax, result.timelines[key], summary)
-        ax.set_title(f"{title}: delta {summary['delta_mb']:+.1f} MB", loc="left", fontsize=11)
-        ax.set_ylabel("memory (MB)")
+    for ax, (key, title, summary, note) in zip(axes, panels, strict=True):
+        _draw_panel(ax, result.timelines[key], summary, note)
+        ax.set_title(title, loc="left", fontsize=11)
+        ax.set_ylabel("RSS (MB)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=9)
+        ax.legend(loc="center right", fontsize=9)
     axes[-1].set_xlabel("seconds since the test started")
+    top = max(
+        (v for tl in result.timelines.values() for pts in tl["series"].values() for _, v in pts),
+        default=1.0,
+    )
+    axes[0].set_ylim(0, top * 1.3)  # shared: headroom for the event labels
     fig.suptitle(
-        f"{result.model} on {result.device}: {result.verdict} ({result.verdict_reason})",
-        fontsize=10,
-        wrap=True,
+        f"{result.model} on {result.device} — {result.verdict}: subprocess kept "
+        f"{result.subprocess_delta_mb:+.1f} MB, in-process kept "
+        f"{result.inprocess_delta_mb:+.1f} MB",
+        fontsize=12,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _draw_panel(ax: Any, timeline: dict[str, Any], summary: dict[str, Any]) -> None:
+def _draw_panel(ax: Any, timeline: dict[str, Any], summary: dict[str, Any], note: str) -> None:
     for name, points in timeline["series"].items():
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, label=name, linestyle="--" if "VRAM" in name else "-", linewidth=1.6)
-    ax.axhline(summary["baseline_mb"], color="grey", linestyle=":", linewidth=1)
+            style = "--" if "VRAM" in name else "-"
+            ax.plot(xs, ys, label=name, linestyle=style, linewidth=1.8, drawstyle="steps-post")
+    baseline = summary["baseline_mb"]
+    ax.axhline(baseline, color="grey", linestyle=":", linewidth=1)
     ax.annotate(
-        "baseline",
-        (0, summary["baseline_mb"]),
+        f"baseline {baseline:.0f} MB",
+        (0.005, baseline),
+        xycoords=("axes fraction", "data"),
         fontsize=8,
         color="grey",
-        xytext=(2, 3),
+        xytext=(0, 3),
         textcoords="offset points",
     )
-    for t, label in timeline["events"]:
+    events = timeline["events"]
+    span = max((t for t, _ in events), default=1.0) or 1.0
+    level, last = 0, None
+    for t, label in events:
+        # Labels of events closer than 6% of the run are stacked down so they stay legible.
+        level = level + 1 if last is not None and t - last < 0.06 * span else 0
+        last = t
         ax.axvline(t, color="black", alpha=0.25, linewidth=0.8)
         ax.annotate(
             label,
-            (t, 1.0),
+            (t, 1.0 - 0.2 * (level % 4)),
             xycoords=("data", "axes fraction"),
-            rotation=90,
             fontsize=8,
             va="top",
-            ha="right",
-            xytext=(-2, -2),
+            ha="left",
+            xytext=(2, -2),
             textcoords="offset points",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
         )
+    ax.text(
+        0.99,
+        0.04,
+        note,
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        bbox={"boxstyle": "round", "fc": "#f4f4f4", "ec": "#999999"},
+    )

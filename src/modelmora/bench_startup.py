@@ -65,7 +65,9 @@ class StartupRow:
 
 def _one_run(spec: ModelSpec, sample: Any, load_timeout: float) -> tuple[dict[str, float], float]:
     t0 = time.perf_counter()
-    worker = Worker(spec, name=f"startup {spec.label()}", load_timeout=load_timeout).start()
+    worker = Worker(
+        spec, name=f"startup {spec.label()}", load_timeout=load_timeout, stop_timeout=60.0
+    ).start()
     try:
         ready = time.perf_counter()
         worker.call([sample])
