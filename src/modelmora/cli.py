@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -73,6 +74,53 @@ def bench_overhead(
 
 
 # Commands of the other workflows are added below this line.
+
+
+@bench_app.command("isolation")
+def bench_isolation(
+    model: str = typer.Option("embedding", help="Model spec (embedding, whisper, toy:...)."),
+    iterations: int = typer.Option(1, help="Load/use/release cycles in each test."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    plot: str | None = typer.Option(None, help="Write a memory-over-time plot to this PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Subprocess-then-exit against in-process del + gc.collect(), with a verdict."""
+    from .bench_isolation import IsolationOptions, format_table, plot_timelines, run_isolation
+
+    try:
+        options = IsolationOptions(model=model, iterations=iterations, device=device)
+        result = run_isolation(options)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if plot:
+        plot_timelines(result, plot)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        Console().print(format_table(result))
+
+
+@bench_app.command("startup")
+def bench_startup(
+    models: Annotated[
+        list[str] | None, typer.Option("--models", help="Model spec (repeat for several).")
+    ] = None,
+    runs: int = typer.Option(5, help="Cold starts per model (median reported)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Cold worker start → loaded → first and second inference, per packaged model."""
+    from .bench_startup import format_table, run_startup
+
+    try:
+        result = run_startup(models or None, runs=runs)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
 
 
 @app.command("serve")
