@@ -76,6 +76,72 @@ def bench_overhead(
 # Commands of the other workflows are added below this line.
 
 
+@app.command("transcribe")
+def transcribe(
+    audio: Annotated[list[Path], typer.Argument(help="Audio files (any format FFmpeg reads).")],
+    output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="Output folder."),
+    output_format: str | None = typer.Option(
+        None, "--output-format", "-f", help="txt|srt|vtt|json|tsv|rttm|all (comma-separated)."
+    ),
+    model: str | None = typer.Option(None, help="Whisper size name or model folder."),
+    language: str | None = typer.Option(None, help="Language code (default: detect)."),
+    device: str | None = typer.Option(None, help="auto|cpu|cuda."),
+    compute_type: str | None = typer.Option(None, help="CTranslate2 compute type."),
+    beam_size: int | None = typer.Option(None, help="Whisper beam width."),
+    diarize: bool | None = typer.Option(None, "--diarize/--no-diarize", help="Label speakers."),
+    num_speakers: int | None = typer.Option(None, help="Exact number of speakers."),
+    min_speakers: int | None = typer.Option(None, help="Fewest speakers to consider."),
+    max_speakers: int | None = typer.Option(None, help="Most speakers to consider."),
+    summarize: bool | None = typer.Option(
+        None, "--summarize/--no-summarize", help="Write <stem>.summary.md with an LLM."
+    ),
+    llm: str | None = typer.Option(None, help="GGUF path or OpenAI-compatible server URL."),
+    memory_budget: str | None = typer.Option(None, help="RSS cap per stage worker (4G, 512M)."),
+    memory_report: str | None = typer.Option(None, help="Write the memory report JSON here."),
+    threads: int | None = typer.Option(None, help="Numeric threads per worker."),
+    config: Annotated[Path | None, typer.Option(help="YAML file of options.")] = None,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished work (no resume)."),
+) -> None:
+    """Transcribe audio files: Whisper, word alignment, speakers, summary; one worker per stage."""
+    from .pipeline import transcribe_files
+    from .workflow_config import load_options
+
+    try:
+        options = load_options(
+            config,
+            output_dir=output_dir,
+            formats=output_format,
+            model=model,
+            language=language,
+            device=device,
+            compute_type=compute_type,
+            beam_size=beam_size,
+            diarize=diarize,
+            num_speakers=num_speakers,
+            min_speakers=min_speakers,
+            max_speakers=max_speakers,
+            summarize=summarize,
+            llm=llm,
+            memory_budget=memory_budget,
+            memory_report=memory_report,
+            threads=threads,
+            overwrite=overwrite or None,
+        )
+    except ValueError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    report = transcribe_files(audio, options, console=console)
+    done = len(report.files) - len(report.failed)
+    console.print(
+        f"{done} of {len(report.files)} file(s) done, {len(report.failed)} failed; "
+        f"outputs in {report.out_dir}, report {report.report_path}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(report.exit_code)
+
+
 @bench_app.command("isolation")
 def bench_isolation(
     model: str = typer.Option("embedding", help="Model spec (embedding, whisper, toy:...)."),
@@ -171,11 +237,11 @@ def bench_server(
 def bench_pipeline(
     files: int = typer.Option(10, help="Generated two-speaker conversations (~30 s each)."),
     device: str = typer.Option("auto", help="auto|cpu|cuda, for every design."),
-    audio_dir: Path | None = typer.Option(None, help="Cache folder for the generated audio."),
-    jfk: Path | None = typer.Option(None, help="Optional real recording of JFK's 'ask not'."),
-    meeting: Path | None = typer.Option(None, help="Optional real meeting wav (DER)."),
-    meeting_rttm: Path | None = typer.Option(None, help="The meeting's reference RTTM."),
-    work_dir: Path | None = typer.Option(None, help="Keep outputs and logs here."),
+    audio_dir: Annotated[Path | None, typer.Option(help="Generated audio cache.")] = None,
+    jfk: Annotated[Path | None, typer.Option(help="Real JFK recording (WER).")] = None,
+    meeting: Annotated[Path | None, typer.Option(help="Optional real meeting wav (DER).")] = None,
+    meeting_rttm: Annotated[Path | None, typer.Option(help="The meeting's reference RTTM.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Keep outputs and logs here.")] = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Memory, wall time and quality of the workflow against in-process and per-file designs."""
