@@ -87,6 +87,7 @@ class ModelState:
         self.rss_mb = self.peak_rss_mb = 0.0
         self.vram_mb: float | None = None
         self.last_release: dict[str, Any] | None = None
+        self.load_s: float | None = None  # the last load's duration: what a swap costs
         self.counts = {"loads": 0, "unloads": 0, "evictions": 0, "crashes": 0, "recycles": 0}
 
     def queued(self) -> int:

@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 _CRASHES = (WorkerCrashed, MemoryLimitExceeded, WorkerTimeout, WorkerStopped)
 _BACKOFF_CAP_S = 30.0
+_SWAP_HOLD_CAP_S = 5.0
 
 
 class UnknownModel(ModelMoraError):
@@ -399,7 +400,7 @@ class Scheduler:
                 continue
             if m.backoff_until > now:
                 wakes.append(m.backoff_until - now)
-            elif not blocked and not self._admit(m):
+            elif not blocked and not self._admit(m, now, wakes):
                 blocked = True
         return min(wakes) if wakes else None
 
@@ -436,8 +437,13 @@ class Scheduler:
             rep.last_used = m.last_used = time.time()
             self._pool.submit(self._run_batch, m, rep, batch)
 
-    def _admit(self, m: ModelState) -> bool:
-        """Start loading ``m`` if it fits, evicting idle workers; False when it must wait."""
+    def _admit(self, m: ModelState, now: float, wakes: list[float]) -> bool:
+        """Start loading ``m`` if it fits, evicting idle workers; False when it must wait.
+
+        A load that needs an eviction waits until its oldest request has waited as long as
+        the load takes (unless the batch is full or the request is critical): paying for a
+        swap only after waiting its cost bounds the churn between models that take turns.
+        """
         ram = min(m.footprint_mb, self.budget_mb)  # an estimate over budget: try it alone
         vram = m.vram_footprint_mb if self.vram_budget_mb is not None else 0.0
         # workers already stopping count as free: the load waits for their exit
@@ -453,16 +459,26 @@ class Scheduler:
             found = pick_victims(list(self._models.values()), m, short_ram, short_vram)
             if found is None:
                 return False
+            head = m.head()
+            hold = min(m.load_s if m.load_s is not None else 0.5, _SWAP_HOLD_CAP_S)
+            if head is not None and head.priority != "critical" and not m.load_waiters:
+                waited = now - head.t_submit
+                if waited < hold and m.queued() < m.cfg.max_batch_size:
+                    wakes.append(hold - waited)
+                    return True
             victims = found
         for vm, rep in victims:
-            logger.info("evicting %s to make room for %s", vm.cfg.name, m.cfg.name)
-            vm.counts["evictions"] += 1
-            if self.metrics:
-                self.metrics.inc_eviction(vm.cfg.name)
-            self._stop_replica(vm, rep, "evicted")
+            self._evict(vm, rep, f"to make room for {m.cfg.name}")
         after = [r.stopped for r in stopping] + [rep.stopped for _, rep in victims]
         self._start_load(m, ram, vram, after)
         return True
+
+    def _evict(self, vm: ModelState, rep: Replica, why: str) -> None:
+        logger.info("evicting %s %s", vm.cfg.name, why)
+        vm.counts["evictions"] += 1
+        if self.metrics:
+            self.metrics.inc_eviction(vm.cfg.name)
+        self._stop_replica(vm, rep, "evicted")
 
     # --- worker tasks (run in the pool, lock taken only to update state) ----------------------
 
@@ -521,7 +537,7 @@ class Scheduler:
             rep.vram_mb = max(mem.vram_mb, m.cfg.vram_footprint_mb or 0.0)
         self._observe_memory(m, rep, persist=True)
         m.counts["loads"] += 1
-        m.error, m.unhealthy_until = None, 0.0
+        m.error, m.unhealthy_until, m.load_s = None, 0.0, worker.spawn_s
         m.drain_seq = next(self._seq)
         logger.info(
             "loaded %s (pid %s) in %.2f s: %.0f MB",
@@ -565,17 +581,12 @@ class Scheduler:
 
     def _enforce_budget(self, m: ModelState) -> None:
         """After a measurement showed more than was reserved: evict idle others to fit."""
-        reps = [r for x in self._models.values() for r in x.replicas]
+        reps = [r for x in self._models.values() for r in x.replicas if r.state != "stopping"]
         over = sum(r.mem_mb for r in reps) - self.budget_mb
         if over <= 0:
             return
-        victims = pick_victims(list(self._models.values()), m, over, 0.0) or []
-        for vm, rep in victims:
-            logger.info("over budget by %.0f MB: evicting %s", over, vm.cfg.name)
-            vm.counts["evictions"] += 1
-            if self.metrics:
-                self.metrics.inc_eviction(vm.cfg.name)
-            self._stop_replica(vm, rep, "evicted")
+        for vm, rep in pick_victims(list(self._models.values()), m, over, 0.0) or []:
+            self._evict(vm, rep, f"(over budget by {over:.0f} MB)")
 
     def _run_batch(self, m: ModelState, rep: Replica, batch: list[Request]) -> None:
         timeout = self.config.request_timeout_s
