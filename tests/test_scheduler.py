@@ -169,6 +169,30 @@ def test_pinned_model_is_never_evicted(make_scheduler: MakeScheduler) -> None:
     assert info(scheduler, "b")["evictions"] == 2
 
 
+def test_model_that_pinned_models_crowd_out_fails_fast(make_scheduler: MakeScheduler) -> None:
+    models = [toy("p", footprint_mb=200, pinned=True), toy("x", footprint_mb=200)]
+    scheduler = make_scheduler(models, memory_budget_mb=300)
+    wait_for(scheduler.is_ready)
+    with pytest.raises(MemoryBudgetExceeded, match="pinned models leave 100 MB"):
+        scheduler.submit("x", 1).result(30)
+    scheduler.unload("p")  # an explicit unload makes room; a pinned model stays unloaded then
+    assert scheduler.submit("x", 2).result(30) == 2
+
+
+def test_vram_budget_admits_one_gpu_model_at_a_time(make_scheduler: MakeScheduler) -> None:
+    # declared VRAM footprints: the accounting is the same with or without a GPU
+    models = [toy(n, footprint_mb=100, vram_footprint_mb=600) for n in "gh"]
+    scheduler = make_scheduler(models, memory_budget_mb=1000, vram_budget_mb=1000)
+    for name in "ghg":
+        assert scheduler.submit(name, name).result(30) == name
+        assert scheduler.status()["vram_used_mb"] <= 1000
+    assert info(scheduler, "g")["evictions"] == 1 and info(scheduler, "h")["evictions"] == 1
+    big = make_scheduler([toy("big", alloc_mb=1, vram_footprint_mb=2000)], vram_budget_mb=1000)
+    assert info(big, "big")["footprint_source"] == "estimated"
+    with pytest.raises(MemoryBudgetExceeded, match="GPU memory"):
+        big.submit("big", 1)
+
+
 def test_busy_worker_is_not_evicted(make_scheduler: MakeScheduler) -> None:
     # a (low priority) is busy, b (critical) is idle: b goes, although priority says a
     scheduler = make_scheduler(three(("low", "critical", "normal")), memory_budget_mb=450)

@@ -251,15 +251,16 @@ class Scheduler:
         return m
 
     def _check_fits(self, m: ModelState) -> None:
-        if m.footprint_source == "estimated":
-            return  # a guess may be wrong: try it alone, then the measured size decides
-        if m.footprint_mb > self.budget_mb:
+        # a guess may be wrong: a model is tried alone, then the measured size decides
+        known = m.footprint_source != "estimated"
+        if known and m.footprint_mb > self.budget_mb:
             raise MemoryBudgetExceeded(
                 f"model {m.cfg.name!r} needs {m.footprint_mb:.0f} MB ({m.footprint_source}) "
                 f"but the memory budget is {self.budget_mb:.0f} MB: it can never be loaded"
             )
         vb = self.vram_budget_mb
-        if vb is not None and m.vram_footprint_mb > vb:
+        vram_known = known or m.cfg.vram_footprint_mb is not None
+        if vb is not None and vram_known and m.vram_footprint_mb > vb:
             raise MemoryBudgetExceeded(
                 f"model {m.cfg.name!r} needs {m.vram_footprint_mb:.0f} MB of GPU memory "
                 f"but the VRAM budget is {vb:.0f} MB: it can never be loaded"
@@ -458,7 +459,7 @@ class Scheduler:
         if short_ram > 0 or short_vram > 0:
             found = pick_victims(list(self._models.values()), m, short_ram, short_vram)
             if found is None:
-                return False
+                return self._blocked_by_pinned(m, ram, vram)
             head = m.head()
             hold = min(m.load_s if m.load_s is not None else 0.5, _SWAP_HOLD_CAP_S)
             if head is not None and head.priority != "critical" and not m.load_waiters:
@@ -471,6 +472,27 @@ class Scheduler:
             self._evict(vm, rep, f"to make room for {m.cfg.name}")
         after = [r.stopped for r in stopping] + [rep.stopped for _, rep in victims]
         self._start_load(m, ram, vram, after)
+        return True
+
+    def _blocked_by_pinned(self, m: ModelState, ram: float, vram: float) -> bool:
+        """False (wait for in-flight work) unless pinned models leave too little room for
+        ``m`` ever: then its requests fail now instead of waiting forever."""
+        pinned = [
+            r for x in self._models.values() if x.cfg.pinned and x is not m for r in x.replicas
+        ]
+        room = self.budget_mb - sum(r.mem_mb for r in pinned)
+        vram_room = (self.vram_budget_mb or 0.0) - sum(r.vram_mb for r in pinned)
+        if ram <= room and (self.vram_budget_mb is None or vram <= vram_room):
+            return False
+        self._fail_queued(
+            m,
+            MemoryBudgetExceeded(
+                f"model {m.cfg.name!r} needs {ram:.0f} MB (VRAM {vram:.0f} MB) but the pinned "
+                f"models leave {room:.0f} MB of the {self.budget_mb:.0f} MB budget"
+                + (f" ({vram_room:.0f} MB of VRAM)" if self.vram_budget_mb is not None else "")
+                + ": unload a pinned model or raise the budget"
+            ),
+        )
         return True
 
     def _evict(self, vm: ModelState, rep: Replica, why: str) -> None:
