@@ -19,6 +19,7 @@ memory, and backs off when the scheduler says its queue is full or a model is un
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -428,7 +429,7 @@ class JobRunner:
             return True
         with self._lock:
             self._in_flight[job.id] = future
-        future.add_done_callback(lambda f, job=job: self._done(job, f))
+        future.add_done_callback(functools.partial(self._done, job))
         return True
 
     def _done(self, job: Job, future: Future[Any]) -> None:

@@ -26,7 +26,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -49,7 +49,7 @@ from .errors import (
     WorkerStopped,
     WorkerTimeout,
 )
-from .jobs import JobNotFound, JobRunner, JobStore
+from .jobs import Job, JobNotFound, JobRunner, JobStore
 from .metrics import Metrics
 from .scheduler import ModelUnhealthy, QueueFull, Scheduler, UnknownModel
 
@@ -205,7 +205,8 @@ class _State:
 
 
 def _state(request: Request) -> _State:
-    return request.app.state.modelmora  # type: ignore[no-any-return]
+    state: _State = request.app.state.modelmora
+    return state
 
 
 def _start(state: _State) -> None:
@@ -280,7 +281,7 @@ class _Guard:
         started = time.perf_counter()
         status = [500]
 
-        async def send_status(message: dict[str, Any]) -> None:
+        async def send_status(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
@@ -440,7 +441,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = codes.get(exc.status_code, "http_error")
-        error = ApiError(exc.status_code, str(exc.detail), kind, code, headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        error = ApiError(exc.status_code, str(exc.detail), kind, code, headers=headers)
         return error.response()
 
     @app.exception_handler(Exception)
@@ -613,7 +615,8 @@ def _add_job_routes(app: FastAPI) -> None:
 
     @app.get("/api/v1/jobs/{job_id}", tags=["jobs"])
     async def get(request: Request, job_id: str) -> dict[str, Any]:
-        return find(_state(request), job_id).summary()  # type: ignore[no-any-return]
+        job: Job = find(_state(request), job_id)
+        return job.summary()
 
     @app.get("/api/v1/jobs/{job_id}/result", tags=["jobs"])
     async def result(request: Request, job_id: str) -> Response:
