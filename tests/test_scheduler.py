@@ -198,7 +198,7 @@ def test_busy_worker_is_not_evicted(make_scheduler: MakeScheduler) -> None:
     scheduler = make_scheduler(three(("low", "critical", "normal")), memory_budget_mb=450)
     scheduler.load("a")
     scheduler.load("b")
-    busy = scheduler.submit("a", {"op": "sleep", "seconds": 1.5})
+    busy = scheduler.submit("a", {"op": "sleep", "seconds": 3.0})
     wait_for(lambda: info(scheduler, "a")["queue_depth"] == 0)
     assert scheduler.submit("c", "c").result(30) == "c"
     assert not busy.done()
@@ -261,7 +261,7 @@ def test_dynamic_batching(make_scheduler: MakeScheduler) -> None:
     scheduler.load("a")
     futures = [scheduler.submit("a", i) for i in range(32)]
     assert [f.result(30) for f in futures] == list(range(32))
-    assert 4 <= batches(scheduler, "a") <= 5
+    assert 4 <= batches(scheduler, "a") <= 6  # 4 unless the machine stalls submits
     one = scheduler.submit("a", "alone")  # a lone request waits max_wait_ms, not forever
     assert one.result(5) == "alone"
 
