@@ -282,7 +282,8 @@ def _run_subprocess(
             load_timeout=options.load_timeout,
             stop_timeout=options.stop_timeout,
         )
-        current.append(worker.start())
+        current.append(worker)  # sampled from its spawn on, through the load
+        worker.start()
         timeline.mark("loaded")
         worker.call([sample])
         timeline.mark("inference")
@@ -564,7 +565,7 @@ def plot_timelines(result: IsolationResult, path: str) -> None:
         ax.set_title(title, loc="left", fontsize=11)
         ax.set_ylabel("RSS (MB)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="center right", fontsize=9)
+        ax.legend(loc="center left", fontsize=9)
     axes[-1].set_xlabel("seconds since the test started")
     top = max(
         (v for tl in result.timelines.values() for pts in tl["series"].values() for _, v in pts),
@@ -586,8 +587,17 @@ def _draw_panel(ax: Any, timeline: dict[str, Any], summary: dict[str, Any], note
     for name, points in timeline["series"].items():
         if points:
             xs, ys = zip(*points, strict=True)
-            style = "--" if "VRAM" in name else "-"
-            ax.plot(xs, ys, label=name, linestyle=style, linewidth=1.8, drawstyle="steps-post")
+            vram = "VRAM" in name
+            colour = "tab:green" if vram else "tab:blue" if "benchmark" in name else "tab:orange"
+            ax.plot(
+                xs,
+                ys,
+                label=name,
+                color=colour,
+                linestyle="--" if vram else "-",
+                linewidth=1.8,
+                drawstyle="steps-post",
+            )
     baseline = summary["baseline_mb"]
     ax.axhline(baseline, color="grey", linestyle=":", linewidth=1)
     ax.annotate(

@@ -153,19 +153,11 @@ def format_table(result: dict[str, Any]) -> Table:
     """The result as a rich table (medians)."""
     table = Table(
         title=f"Cold worker start per model (median of {result['runs']})",
-        caption="isolation cost = cold start → first result, minus a warm inference",
+        caption="start: interpreter + handshake; stop: until the release is verified; "
+        "cold: spawn → first result; cost (of isolation) = cold minus a warm call",
     )
-    for name in (
-        "model",
-        "process start",
-        "load",
-        "1st inference",
-        "2nd inference",
-        "stop + release",
-        "cold → 1st result",
-        "isolation cost",
-        "worker peak RSS",
-    ):
+    headers = ("model", "start", "load", "1st call", "2nd call", "stop", "cold", "cost", "peak")
+    for name in headers:
         table.add_column(name, justify="left" if name == "model" else "right")
     for row in result["models"]:
         if row["error"]:
