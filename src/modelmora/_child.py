@@ -165,4 +165,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    # Skip interpreter finalisation: ML frameworks' atexit hooks and non-daemon threads can
+    # take seconds or hang there, and the kernel frees everything the process held anyway.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
