@@ -304,7 +304,7 @@ def _one_line(exc: BaseException, path: Path) -> str:
     if isinstance(exc, WorkerTimeout):
         return "timed out (the worker was killed; raise file_timeout for long files)"
     text = (str(exc).strip().splitlines() or [""])[0]
-    for prefix in (f"{path}: ", f"{path.resolve()}: "):
+    for prefix in (f"{path}: ", f"{path.absolute()}: "):  # resolve() raises on a link loop
         text = text.removeprefix(prefix)
     if isinstance(exc, (AudioError, WorkerError)):
         return text
