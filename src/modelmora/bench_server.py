@@ -82,7 +82,15 @@ class _ServerThread:
         self.app = create_app(config)
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+            # a long keep-alive: under load, idle pooled connections must not be closed
+            # by the server while a client is about to reuse them
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                timeout_keep_alive=120,
+            )
         )
         self.thread = threading.Thread(target=self.server.run, name="bench-uvicorn", daemon=True)
 
