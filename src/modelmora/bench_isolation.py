@@ -563,7 +563,7 @@ def plot_timelines(result: IsolationResult, path: str) -> None:
     for ax, (key, title, summary, note) in zip(axes, panels, strict=True):
         _draw_panel(ax, result.timelines[key], summary, note)
         ax.set_title(title, loc="left", fontsize=11)
-        ax.set_ylabel("RSS (MB)")
+        ax.set_ylabel("MB (RSS; VRAM dashed)")
         ax.grid(alpha=0.3)
         ax.legend(loc="center left", fontsize=9)
     axes[-1].set_xlabel("seconds since the test started")
