@@ -188,3 +188,10 @@ def test_default_model_passes_and_the_worker_is_measured() -> None:
     assert result.worker_peak_rss_mb > 100
     assert result.inprocess["after_import_mb"] > result.inprocess["baseline_mb"]
     assert result.verdict == "PASS"
+
+
+def test_cli_startup_json() -> None:
+    res = CliRunner().invoke(app, ["bench", "startup", "--models", "toy", "--runs", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)["models"]
+    assert row["model"] == "toy" and row["runs"] == 1 and row["cold_first_result_s"] > 0
