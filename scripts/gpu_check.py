@@ -90,7 +90,7 @@ def check_scheduler(minilm: str | None) -> dict[str, Any]:
     rounds = []
     with Scheduler(config) as sched:
         sampler.start()
-        for i in range(6):
+        for i in range(4):
             name = "ab"[i % 2]
             vec = sched.submit(name, f"request {i}").result(timeout=300)
             resident = [m["name"] for m in sched.models() if m["state"] == "resident"]
@@ -125,7 +125,13 @@ def main() -> int:
     if not nvml_available():
         print("no GPU visible to NVML: nothing to check", file=sys.stderr)
         return 2
-    result = {"release": check_release(), "scheduler": check_scheduler(args.minilm)}
+    result: dict[str, Any] = {}
+    for name, check in (("release", check_release), ("scheduler", check_scheduler)):
+        try:
+            result[name] = check(args.minilm) if name == "scheduler" else check()
+        except Exception as exc:  # report what failed and go on with the next check
+            result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps({name: result[name]}), flush=True)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
