@@ -332,6 +332,7 @@ class _Run:
         self.log_file = log_file
         self.progress = progress
         self.console = console
+        self.process: Callable[[_Run, _Stage, list[_Job], StageStats, Any], None] = _process
 
     def say(self, line: str, style: str = "red") -> None:
         """One line on the console (above the progress bars), or nothing without one."""
@@ -513,7 +514,7 @@ def _run_stage(run: _Run, stage: _Stage, jobs: list[_Job]) -> StageStats:
         if run.progress and task is not None:
             run.progress.advance(task)
     if pending:
-        _process(run, stage, pending, stats, task)
+        run.process(run, stage, pending, stats, task)
     stats.gpu_after_mb = gpu_used_mb()
     logger.info("stage %s: %s", stage.name, stats)
     return stats
@@ -677,6 +678,19 @@ def _prepare(paths: Sequence[str | os.PathLike[str]], run: _Run) -> list[_Job]:
     return jobs
 
 
+@contextlib.contextmanager
+def _backend(run: _Run) -> Iterator[None]:
+    """For ``backend="ray"``: the stages' models run on a Ray cluster (see ray_backend)."""
+    if run.options.backend != "ray":
+        yield
+        return
+    from .ray_backend import ray_stage_runner
+
+    with ray_stage_runner(run.options.address) as process:
+        run.process = process
+        yield
+
+
 def _write_report(report: BatchReport) -> None:
     write_atomic(report.report_path, [json.dumps(report.to_dict(), indent=2), "\n"])
 
@@ -722,7 +736,7 @@ def transcribe_files(
         report = BatchReport(
             [j.result for j in jobs], [], {}, folder, folder / REPORT_NAME, log_path
         )
-        with progress or contextlib.nullcontext():
+        with progress or contextlib.nullcontext(), _backend(run):
             for stage in stages:
                 report.stages.append(_run_stage(run, stage, jobs))
                 _write_report(report)
