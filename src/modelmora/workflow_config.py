@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEVICES", "TranscribeOptions", "load_options", "parse_size"]
+__all__ = ["BACKENDS", "DEVICES", "TranscribeOptions", "load_options", "parse_size"]
 
 #: Devices the workflow accepts.
 DEVICES = ("auto", "cpu", "cuda")
+#: Where the stages' models run: this machine, or a Ray cluster (the ``ray`` extra).
+BACKENDS = ("local", "ray")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
@@ -69,6 +71,10 @@ class TranscribeOptions:
         overwrite: redo every stage instead of resuming from saved results.
         crash_on: fault injection for tests: the transcribe worker segfaults on files whose
             name matches this glob (default: ``$MODELMORA_CRASH_ON``).
+        backend: ``local`` (workers on this machine) or ``ray`` (workers on a Ray cluster's
+            nodes; outputs, report and resume state are the same).
+        address: the Ray cluster to use (``host:6379``, ``ray://host:10001``, ``auto``);
+            None: ``$RAY_ADDRESS``, else a Ray instance started on this machine for the batch.
     """
 
     output_dir: str = "."
@@ -94,6 +100,8 @@ class TranscribeOptions:
     file_timeout: float = 3600.0
     overwrite: bool = False
     crash_on: str | None = field(default_factory=lambda: os.environ.get("MODELMORA_CRASH_ON"))
+    backend: str = "local"
+    address: str | None = None
 
     def validate(self) -> TranscribeOptions:
         """Check the values up front (before any file or worker is touched).
@@ -127,7 +135,19 @@ class TranscribeOptions:
         if self.file_timeout <= 0:
             raise ValueError(f"file_timeout must be positive, got {self.file_timeout}")
         self.memory_budget_mb()
+        self._validate_backend()
         return self
+
+    def _validate_backend(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.address is not None and self.backend != "ray":
+            raise ValueError("address names a Ray cluster: use it with backend ray")
+        if self.backend == "ray":
+            from .ray_backend import INSTALL_HINT, ray_available
+
+            if not ray_available():
+                raise ValueError(INSTALL_HINT)
 
     def memory_budget_mb(self) -> float | None:
         """The memory budget in MB, or None without one."""
