@@ -101,6 +101,8 @@ def transcribe(
     threads: int | None = typer.Option(None, help="Numeric threads per worker."),
     config: Annotated[Path | None, typer.Option(help="YAML file of options.")] = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished work (no resume)."),
+    backend: str | None = typer.Option(None, help="local|ray: where the stages' models run."),
+    address: str | None = typer.Option(None, help="Ray cluster address (with --backend ray)."),
 ) -> None:
     """Transcribe audio files: Whisper, word alignment, speakers, summary; one worker per stage."""
     from .pipeline import transcribe_files
@@ -126,6 +128,8 @@ def transcribe(
             memory_report=memory_report,
             threads=threads,
             overwrite=overwrite or None,
+            backend=backend,
+            address=address,
         )
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
