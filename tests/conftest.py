@@ -92,3 +92,23 @@ def standup(audio_dir: Path) -> object:
     if not espeak_available():
         pytest.skip("espeak-ng is not installed")
     return make_conversation(audio_dir / "standup.wav", THREE_SPEAKER_SCRIPT)
+
+
+@pytest.fixture(scope="session")
+def dialogue(audio_dir: Path) -> object:
+    """A short generated two-speaker exchange (four turns, ~15 s; needs espeak-ng)."""
+    from modelmora.testing import MEETING_SCRIPT, espeak_available, make_conversation
+
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    return make_conversation(audio_dir / "dialogue.wav", MEETING_SCRIPT[:4])
+
+
+@pytest.fixture(scope="session")
+def short_dialogue(audio_dir: Path) -> object:
+    """Two generated turns by two voices (~6 s; needs espeak-ng), for batches run often."""
+    from modelmora.testing import MEETING_SCRIPT, espeak_available, make_conversation
+
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    return make_conversation(audio_dir / "short_dialogue.wav", MEETING_SCRIPT[2:4])

@@ -522,6 +522,7 @@ def _run_stage(run: _Run, stage: _Stage, jobs: list[_Job]) -> StageStats:
 
 def _start(run: _Run, stage: _Stage, stats: StageStats) -> Worker:
     opts = run.options
+    logger.info("stage %s: starting its worker (%s)", stage.name, stage.spec.label())
     worker = Worker(
         stage.spec,
         name=stage.name,
