@@ -36,7 +36,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/mod
     .venv/bin/python -m pip install -q --upgrade pip
     # torch first and pinned: 2.13.0 is the CPU build this project is tested with.
     .venv/bin/python -m pip install -q "torch==2.13.0"
-    .venv/bin/python -m pip install -q -e ".[all,dev]"
+    .venv/bin/python -m pip install -q -e ".[all,dev,ray]"
     echo "$want" > "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/modelmora --version 2>/dev/null || echo modelmora))"
