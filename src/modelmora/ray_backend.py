@@ -338,12 +338,12 @@ class _StageRun:
                 logger.warning("stage %s: %s goes back on the queue", self.stage.name, job.path)
                 self.queue.appendleft(job)
         if kind != "stop" and self.queue:
-            self.stats.restarts += 1
             self.replace()
 
     def replace(self) -> None:
         nodes = self.nodes()
         if nodes:
+            self.stats.restarts += 1
             self.spawn(nodes[0])
         elif not self.slots:  # nothing left to run the rest on
             self.fail_rest("no node of the Ray cluster is left to run it")
