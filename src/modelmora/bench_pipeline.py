@@ -255,6 +255,7 @@ def run_pipeline_bench(
     meeting: str | os.PathLike[str] | None = None,
     meeting_rttm: str | os.PathLike[str] | None = None,
     work_dir: str | os.PathLike[str] | None = None,
+    backend: str = "local",
 ) -> dict[str, Any]:
     """Run every design on the same conversations and score them (see the module docstring).
 
@@ -266,6 +267,8 @@ def run_pipeline_bench(
         meeting: optional real meeting excerpt, for DER; needs ``meeting_rttm``.
         meeting_rttm: the meeting's reference RTTM.
         work_dir: where outputs and logs go (default: a temporary folder, removed after).
+        backend: ``local``, or ``ray`` for the local batch beside the Ray backend's instead of
+            the other designs (see :mod:`modelmora.bench_ray`).
 
     Returns:
         The figures as a JSON-ready dict (``targets`` holds each figure against its target).
@@ -280,12 +283,18 @@ def run_pipeline_bench(
         raise ValueError(f"unknown device {device!r}: use one of auto, cpu, cuda")
     if (meeting is None) != (meeting_rttm is None):
         raise ValueError("give both --meeting and --meeting-rttm, or neither")
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}: use one of local, ray")
     audio = make_bench_audio(audio_dir or DEFAULT_AUDIO_DIR, files)
     with tempfile.TemporaryDirectory(prefix="modelmora-bench-") as tmp:
         work = Path(work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         log = work / "bench.log"
         two, three = audio["two"], audio["three"]
+        if backend == "ray":
+            from .bench_ray import run_ray_bench
+
+            return run_ray_bench(two, work, log, device)
         iso = _isolated(two, work, log, device)
         inproc = _baseline("inprocess", two, work, log, device)
         per_file = [_baseline("inprocess", [wav], work, log, device) for wav in two]
@@ -392,6 +401,11 @@ def _targets(f: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def format_table(f: dict[str, Any]) -> Any:
     """The figures as a rich table (one row per figure, with its target and verdict)."""
     from rich.table import Table
+
+    if f.get("backend") == "ray":
+        from .bench_ray import format_ray_table
+
+        return format_ray_table(f)
 
     table = Table(
         title=f"pipeline benchmark: {f['files']} files, {f['audio_s']} s of audio, "
