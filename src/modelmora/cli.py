@@ -246,6 +246,7 @@ def bench_pipeline(
     meeting: Annotated[Path | None, typer.Option(help="Optional real meeting wav (DER).")] = None,
     meeting_rttm: Annotated[Path | None, typer.Option(help="The meeting's reference RTTM.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Keep outputs and logs here.")] = None,
+    backend: str = typer.Option("local", help="local, or ray: the local batch beside Ray's."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Memory, wall time and quality of the workflow against in-process and per-file designs."""
@@ -260,6 +261,7 @@ def bench_pipeline(
             meeting=meeting,
             meeting_rttm=meeting_rttm,
             work_dir=work_dir,
+            backend=backend,
         )
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
