@@ -28,6 +28,16 @@ _EXPORTS = {
     "MemoryBudgetExceeded": "modelmora.errors",
     "ResultNotPicklable": "modelmora.errors",
     "RemoteTraceback": "modelmora.errors",
+    "transcribe_files": "modelmora.pipeline",
+    "BatchReport": "modelmora.pipeline",
+    "FileResult": "modelmora.pipeline",
+    "StageStats": "modelmora.pipeline",
+    "TranscribeOptions": "modelmora.workflow_config",
+    "load_options": "modelmora.workflow_config",
+    "transcribe": "modelmora.speech",
+    "align": "modelmora.speech",
+    "diarize": "modelmora.speech",
+    "summarize": "modelmora.speech",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -133,14 +133,16 @@ def _timed(argv: list[str], log: Path) -> tuple[float, float, int]:
 
 def _cli(files: Sequence[Path], out: Path, log: Path, *flags: str) -> tuple[float, float, int]:
     argv = [sys.executable, "-m", "modelmora.cli", "transcribe", *map(str, files), "-o", str(out)]
-    return _timed([*argv, "--overwrite", *flags], log)
+    config = log.parent / "bench.yaml"  # written by run_pipeline_bench
+    return _timed([*argv, "--overwrite", "--config", str(config), *flags], log)
 
 
 def _baseline(
-    mode: str, files: Sequence[Path], out: Path, log: Path, device: str
+    mode: str, files: Sequence[Path], out: Path, log: Path, device: str, max_tokens: int = 64
 ) -> dict[str, Any]:
     result = out / f"{mode}-{len(list(out.glob(f'{mode}-*.json')))}.json"
     argv = [sys.executable, "-m", "modelmora.bench_pipeline", mode, "--result", str(result)]
+    argv += ["--llm-max-tokens", str(max_tokens)]
     wall, peak, code = _timed([*argv, "--device", device, *map(str, files)], log)
     if code != 0:
         raise RuntimeError(f"the {mode} baseline failed (exit {code}): see {log}")
@@ -255,6 +257,7 @@ def run_pipeline_bench(
     meeting: str | os.PathLike[str] | None = None,
     meeting_rttm: str | os.PathLike[str] | None = None,
     work_dir: str | os.PathLike[str] | None = None,
+    llm_max_tokens: int = 64,
     backend: str = "local",
 ) -> dict[str, Any]:
     """Run every design on the same conversations and score them (see the module docstring).
@@ -269,6 +272,7 @@ def run_pipeline_bench(
         work_dir: where outputs and logs go (default: a temporary folder, removed after).
         backend: ``local``, or ``ray`` for the local batch beside the Ray backend's instead of
             the other designs (see :mod:`modelmora.bench_ray`).
+        llm_max_tokens: summary length for every design (short: the LLM dominates the time).
 
     Returns:
         The figures as a JSON-ready dict (``targets`` holds each figure against its target).
@@ -290,14 +294,15 @@ def run_pipeline_bench(
         work = Path(work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         log = work / "bench.log"
+        (work / "bench.yaml").write_text(f"llm_max_tokens: {llm_max_tokens}\n")
         two, three = audio["two"], audio["three"]
         if backend == "ray":
             from .bench_ray import run_ray_bench
 
             return run_ray_bench(two, work, log, device)
         iso = _isolated(two, work, log, device)
-        inproc = _baseline("inprocess", two, work, log, device)
-        per_file = [_baseline("inprocess", [wav], work, log, device) for wav in two]
+        inproc = _baseline("inprocess", two, work, log, device, llm_max_tokens)
+        per_file = [_baseline("inprocess", [w], work, log, device, llm_max_tokens) for w in two]
         direct = _baseline("direct", two, work, log, device)
         _cli(three, work / "three", log, "--diarize", "--device", device, "-f", "rttm")
         real = _real_recordings(
@@ -490,7 +495,7 @@ def format_table(f: dict[str, Any]) -> Any:
 # --- baselines (run as subprocesses: they load the models in their own process) -----------------
 
 
-def _inprocess(files: list[Path], device: str) -> dict[str, Any]:
+def _inprocess(files: list[Path], device: str, max_tokens: int) -> dict[str, Any]:
     """The no-isolation pipeline: every model loaded once, in this process."""
     from .speech import align, diarize, summarize, transcribe
     from .transcript import write_atomic, write_outputs
@@ -500,14 +505,14 @@ def _inprocess(files: list[Path], device: str) -> dict[str, Any]:
     for wav in files:
         transcript = align(transcribe(wav, device=device))
         transcript = diarize(wav, transcript)
-        summary = summarize(transcript)
+        summary = summarize(transcript, max_tokens=max_tokens)
         write_outputs(transcript, out, wav.stem)
         write_atomic(out / f"{wav.stem}.summary.md", [summary])
         texts[wav.stem] = transcript.text
     return {"texts": texts}
 
 
-def _direct(files: list[Path], device: str) -> dict[str, Any]:
+def _direct(files: list[Path], device: str, max_tokens: int) -> dict[str, Any]:
     """faster-whisper called directly, with the workflow's model and settings."""
     from faster_whisper import WhisperModel
 
@@ -527,10 +532,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--llm-max-tokens", type=int, default=64)
     args = parser.parse_args(argv)
     run = _inprocess if args.mode == "inprocess" else _direct
     t0 = time.perf_counter()
-    data = run(args.files, args.device)
+    data = run(args.files, args.device, args.llm_max_tokens)
     data["inner_s"] = time.perf_counter() - t0
     args.result.write_text(json.dumps(data))
     return 0
