@@ -199,3 +199,9 @@ def test_cli_startup_json() -> None:
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)["models"]
     assert row["model"] == "toy" and row["runs"] == 1 and row["cold_first_result_s"] > 0
+
+
+def test_cli_a_model_that_fails_to_load_exits_1() -> None:
+    res = CliRunner().invoke(app, ["bench", "isolation", "--model", "toy:load_error=no weights"])
+    assert res.exit_code == 1
+    assert "no weights" in res.output

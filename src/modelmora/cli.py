@@ -156,6 +156,7 @@ def bench_isolation(
 ) -> None:
     """Subprocess-then-exit against in-process del + gc.collect(), with a verdict."""
     from .bench_isolation import IsolationOptions, format_table, plot_timelines, run_isolation
+    from .errors import ModelMoraError
 
     try:
         options = IsolationOptions(model=model, iterations=iterations, device=device)
@@ -163,6 +164,9 @@ def bench_isolation(
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    except ModelMoraError as exc:  # the model failed to load or its worker died
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
     if plot:
         plot_timelines(result, plot)
     if as_json:
