@@ -536,6 +536,17 @@ def _start(run: _Run, stage: _Stage, stats: StageStats) -> Worker:
     return worker
 
 
+def _start_retrying(run: _Run, stage: _Stage, stats: StageStats) -> Worker:
+    """Start the stage's worker; once more if the first died while loading (a kill, the OOM
+    killer): only a load that fails again fails the rest of the stage's files."""
+    try:
+        return _start(run, stage, stats)
+    except WorkerCrashed as exc:
+        logger.warning("stage %s: worker died while loading (%s): one more try", stage.name, exc)
+        stats.restarts += 1
+        return _start(run, stage, stats)
+
+
 def _note_memory(worker: Worker, stats: StageStats) -> None:
     if worker.memory is None:
         return
@@ -561,7 +572,7 @@ def _process(run: _Run, stage: _Stage, pending: list[_Job], stats: StageStats, t
                 if stats.processed or stats.failed:
                     stats.restarts += 1
                 try:
-                    worker = _start(run, stage, stats)
+                    worker = _start_retrying(run, stage, stats)
                 except Exception as exc:  # the model cannot load: no file of this stage can run
                     reason = f"the {stage.name} model did not load: {_one_line(exc, job.path)}"
                     for rest in pending[index:]:
@@ -616,13 +627,20 @@ class _Forward(logging.Handler):
                 handler.handle(record)
 
 
+class _RunLogHandler(logging.FileHandler):
+    """The run's log file; a write that fails (a full disk) drops the line, not the batch."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def _run_log(out_dir: Path) -> Iterator[tuple[Path, IO[Any]]]:
     """A log file for this run, receiving our log records and the workers' stderr."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = out_dir / f"modelmora-{stamp}.log"
     package = logging.getLogger("modelmora")
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _RunLogHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     level, propagate = package.level, package.propagate
@@ -641,8 +659,10 @@ def _run_log(out_dir: Path) -> Iterator[tuple[Path, IO[Any]]]:
                 package.removeHandler(extra)
         package.setLevel(level)
         package.propagate = propagate
-        handler.close()
-        stream.close()
+        with contextlib.suppress(OSError):  # a full disk: the log loses its tail
+            handler.close()
+        with contextlib.suppress(OSError):
+            stream.close()
 
 
 def _make_progress(console: Console | None) -> Progress | None:
