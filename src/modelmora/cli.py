@@ -134,7 +134,11 @@ def transcribe(
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
-    report = transcribe_files(audio, options, console=console)
+    try:
+        report = transcribe_files(audio, options, console=console)
+    except OSError as exc:  # the output folder cannot be written (full disk, permissions)
+        console.print(f"error: cannot write the outputs: {exc}", style="red", markup=False)
+        raise typer.Exit(1) from None
     done = len(report.files) - len(report.failed)
     console.print(
         f"{done} of {len(report.files)} file(s) done, {len(report.failed)} failed; "
