@@ -170,6 +170,7 @@ def _cli_on_ray(files: list[Path], out: Path, address: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # real models on a shared 2-CPU machine
 def test_ray_outputs_equal_local_and_resume_crosses_backends(
     tmp_path: Path, cluster: Any, conversations: list[Path], footprints: Path
 ) -> None:
@@ -196,6 +197,7 @@ def test_ray_outputs_equal_local_and_resume_crosses_backends(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # real models on a shared 2-CPU machine
 def test_a_node_lost_mid_batch(
     tmp_path: Path,
     cluster: Any,
