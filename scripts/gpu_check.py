@@ -62,9 +62,7 @@ def check_release(alloc_mb: float = 2048) -> dict[str, Any]:
 
 
 def check_scheduler(minilm: str | None) -> dict[str, Any]:
-    from modelmora.config import ModelConfig, ServerConfig
-    from modelmora.scheduler import Scheduler
-
+    """Two phases: footprints declared in the config, then learned from the first phase."""
     source = {"source": minilm} if minilm else {}
     # One model's VRAM footprint, measured, sizes the budget to fit one model and not two.
     spec = f"embedding:model={minilm},device=cuda" if minilm else "embedding:device=cuda"
@@ -72,11 +70,25 @@ def check_scheduler(minilm: str | None) -> dict[str, Any]:
         probe.call(["warm up"])
         one = vram_by_pid_mb().get(probe.pid or -1, 0.0)
     budget = one * 1.5
-    baseline, _ = settle(gpu_used_mb() or 0.0, slack=1e9, timeout=0)
-    models = [ModelConfig(name=n, adapter="embedding", device="cuda", **source) for n in ("a", "b")]
-    cache = tempfile.mkdtemp(prefix="modelmora-gpu-")
+    cache = Path(tempfile.mkdtemp(prefix="modelmora-gpu-"))
+    return {
+        "one_model_vram_mb": round(one, 1),
+        "vram_budget_mb": round(budget, 1),
+        "declared": _alternate(source, {"vram_footprint_mb": one}, budget, cache),
+        "learned": _alternate(source, {}, budget, cache),  # footprints.json from phase 1
+    }
+
+
+def _alternate(source: dict[str, Any], hint: dict[str, Any], budget: float, cache: Path) -> Any:
+    from modelmora.config import ModelConfig, ServerConfig
+    from modelmora.scheduler import Scheduler
+
+    baseline = gpu_used_mb() or 0.0
+    models = [
+        ModelConfig(name=n, adapter="embedding", device="cuda", **hint, **source) for n in "ab"
+    ]
     config = ServerConfig(
-        memory_budget_mb=64_000, vram_budget_mb=budget, cache_dir=Path(cache), models=models
+        memory_budget_mb=64_000, vram_budget_mb=budget, cache_dir=cache, models=models
     )
     peak = [0.0]
     stop = threading.Event()
@@ -94,26 +106,18 @@ def check_scheduler(minilm: str | None) -> dict[str, Any]:
             name = "ab"[i % 2]
             vec = sched.submit(name, f"request {i}").result(timeout=300)
             resident = [m["name"] for m in sched.models() if m["state"] == "resident"]
-            rounds.append(
-                {
-                    "model": name,
-                    "dim": len(vec),
-                    "resident": resident,
-                    "device_used_over_baseline_mb": round((gpu_used_mb() or 0) - baseline, 1),
-                }
-            )
-        status = sched.status()
+            used = round((gpu_used_mb() or 0) - baseline, 1)
+            rounds.append({"model": name, "dim": len(vec), "resident": resident, "used": used})
+        evictions = sum(m.get("evictions", 0) for m in sched.models())
     stop.set()
     sampler.join()
     after, _ = settle(baseline)
     return {
-        "one_model_vram_mb": round(one, 1),
-        "vram_budget_mb": round(budget, 1),
         "peak_device_used_over_baseline_mb": round(peak[0], 1),
         "never_over_budget": peak[0] <= budget,
+        "evictions": evictions,
         "after_close_over_baseline_mb": round(after - baseline, 1),
         "rounds": rounds,
-        "status_vram_budget_mb": status.get("vram_budget_mb"),
     }
 
 

@@ -592,6 +592,8 @@ class Scheduler:
             mem.vram_mb,
         )
         rep.mem_mb = max(rep.mem_mb, mem.rss_mb)
+        if mem.vram_mb is not None:  # the CUDA allocator grows on first use, not at load
+            rep.vram_mb = max(rep.vram_mb, mem.vram_mb)
         if m.footprint_source != "declared":
             m.footprint_mb, m.footprint_source = max(mem.peak_rss_mb, rep.mem_mb), "measured"
             if mem.vram_mb and m.cfg.vram_footprint_mb is None:
@@ -605,10 +607,18 @@ class Scheduler:
         """After a measurement showed more than was reserved: evict idle others to fit."""
         reps = [r for x in self._models.values() for r in x.replicas if r.state != "stopping"]
         over = sum(r.mem_mb for r in reps) - self.budget_mb
-        if over <= 0:
+        over_vram = 0.0
+        if self.vram_budget_mb is not None:
+            over_vram = sum(r.vram_mb for r in reps) - self.vram_budget_mb
+        if over <= 0 and over_vram <= 0:
             return
-        for vm, rep in pick_victims(list(self._models.values()), m, over, 0.0) or []:
-            self._evict(vm, rep, f"(over budget by {over:.0f} MB)")
+        victims = pick_victims(list(self._models.values()), m, max(over, 0.0), max(over_vram, 0.0))
+        for vm, rep in victims or []:
+            self._evict(
+                vm,
+                rep,
+                f"(over budget by {max(over, 0):.0f} MB RAM, {max(over_vram, 0):.0f} MB VRAM)",
+            )
 
     def _run_batch(self, m: ModelState, rep: Replica, batch: list[Request]) -> None:
         timeout = self.config.request_timeout_s
