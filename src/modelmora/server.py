@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -572,7 +572,7 @@ def _add_native_routes(app: FastAPI) -> None:
         data["jobs"] = await asyncio.to_thread(state.store.counts)
         return data
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         state = _state(request)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
