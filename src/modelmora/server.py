@@ -445,6 +445,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         error = ApiError(exc.status_code, str(exc.detail), kind, code, headers=headers)
         return error.response()
 
+    # Raised by input checks in the routes themselves: a 400, not an unexpected error (the
+    # catch-all below goes through Starlette's server-error path, which drops the connection).
+    @app.exception_handler(ValueError)
+    async def bad_input(request: Request, exc: ValueError) -> Response:
+        return map_exception(exc).response()
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         return map_exception(exc).response()
