@@ -693,8 +693,9 @@ def _prepare(paths: Sequence[str | os.PathLike[str]], run: _Run) -> list[_Job]:
             job.result.status, job.result.error = "failed", f"input: {reason}"
             run.say(f"error: {path}: {reason}")
             logger.warning("%s: %s", path, reason)
-        for tmp in run.out_dir.glob(f".{job.result.stem}.*.tmp"):  # left by a killed run
-            tmp.unlink(missing_ok=True)
+        for folder in (run.out_dir, run.state_dir):  # temporary files left by a killed run
+            for tmp in folder.glob(f".{job.result.stem}.*.tmp"):
+                tmp.unlink(missing_ok=True)
         jobs.append(job)
     return jobs
 
