@@ -32,6 +32,7 @@ __all__ = [
     "THREE_SPEAKER_SCRIPT",
     "Conversation",
     "Voice",
+    "diarization_error_rate",
     "espeak_available",
     "make_conversation",
 ]
@@ -224,3 +225,41 @@ def _write_references(conversation: Conversation, turns: Sequence[tuple[int, str
     conversation.rttm.write_text("".join(rttm_lines), encoding="utf-8")
     text_lines = [f"spk{speaker}: {text}\n" for speaker, text in turns]
     conversation.txt.write_text("".join(text_lines), encoding="utf-8")
+
+
+def diarization_error_rate(
+    reference: Sequence[Turn],
+    hypothesis: Sequence[Turn],
+    collar: float = 0.0,
+    skip_overlap: bool = False,
+) -> float:
+    """The diarization error rate of ``hypothesis`` against ``reference`` (pyannote.metrics).
+
+    Speaker names need not match: the metric maps them optimally. The scored region is the union
+    of both annotations' extents.
+
+    Args:
+        reference: the true turns (e.g. from :func:`modelmora.transcript.read_rttm`).
+        hypothesis: the turns to score.
+        collar: seconds around each reference boundary not scored (0: the strict form).
+        skip_overlap: do not score regions where reference speakers overlap.
+
+    Returns:
+        The DER, a fraction (0.15 is 15%).
+    """
+    import warnings
+
+    from pyannote.core import Annotation
+    from pyannote.core import Segment as Span
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    def annotation(turns: Sequence[Turn]) -> Annotation:
+        result = Annotation()
+        for index, turn in enumerate(turns):
+            result[Span(turn.start, turn.end), index] = turn.speaker
+        return result
+
+    metric = DiarizationErrorRate(collar=collar, skip_overlap=skip_overlap)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "uem was approximated": intended here
+        return float(metric(annotation(reference), annotation(hypothesis)))

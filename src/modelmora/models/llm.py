@@ -220,7 +220,7 @@ class LlmAdapter(Adapter):
         if self.url is not None:
             reply = self._post(messages, options)
         else:
-            reply = self._llm.create_chat_completion(messages=messages, **options)
+            reply = self._local_chat(messages, options)
         choice = reply["choices"][0]
         usage = reply.get("usage") or {}
         prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
@@ -232,6 +232,28 @@ class LlmAdapter(Adapter):
                 "completion_tokens": completion,
                 "total_tokens": usage.get("total_tokens", prompt + completion),
             },
+        }
+
+    def _local_chat(self, messages: list[dict[str, str]], options: dict[str, Any]) -> Any:
+        if self._llm.metadata.get("tokenizer.chat_template"):
+            return self._llm.create_chat_completion(messages=messages, **options)
+        # A base model ships no chat template (the bundled gemma-3 270M does not): llama.cpp
+        # would fall back to Llama-2's [INST] markup, which a base model has never seen. A plain
+        # "Role: text" transcript is what such a model continues best.
+        stop = options["stop"] or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+        reply = self._llm.create_completion(
+            prompt=prompt + "Assistant:",
+            max_tokens=options["max_tokens"],
+            temperature=options["temperature"],
+            stop=[*stop, "\nUser:", "\nSystem:"],
+        )
+        choice = reply["choices"][0]
+        message = {"role": "assistant", "content": choice["text"]}
+        return {
+            **reply,
+            "choices": [{"message": message, "finish_reason": choice["finish_reason"]}],
         }
 
     def _post(self, messages: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]:
