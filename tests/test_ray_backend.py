@@ -1,7 +1,7 @@
 """The Ray backend: options, the install hint, and real multi-node clusters on this machine.
 
 The slow tests start a real Ray cluster (``ray.cluster_utils.Cluster``: a head and worker
-nodes, each its own raylet, loopback only) and run the real models on generated conversations:
+nodes, each its own raylet, all on this machine) and run the real models on generated conversations:
 the Ray backend's outputs, report and resume state must be the local backend's, resume must
 work across backends, and a node removed mid-batch must not lose or duplicate a file.
 """
@@ -27,11 +27,9 @@ from modelmora.workflow_config import TranscribeOptions, load_options
 
 ML_MODULES = ("torch", "faster_whisper", "ctranslate2", "llama_cpp", "resemblyzer", "onnxruntime")
 TIMING_KEYS = {"wall_s", "load_s", "release_s", "log"}
-NODE_ARGS: dict[str, Any] = {
-    "num_cpus": 1,
-    "object_store_memory": 80 * 2**20,
-    "node_ip_address": "127.0.0.1",
-}
+# Nodes bind this machine's own address: Ray's driver turns a loopback cluster address into
+# that address when it connects, so a cluster bound to 127.0.0.1 alone cannot be joined.
+NODE_ARGS: dict[str, Any] = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
 
 
 # --- options and the install hint (no cluster) ------------------------------------------------
@@ -85,7 +83,7 @@ def _not_zombie(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    """A head and two worker nodes on loopback; everything it started is gone afterwards."""
+    """A head and two worker nodes on this machine; everything it started is gone afterwards."""
     pytest.importorskip("ray")
     import ray
     from ray.cluster_utils import Cluster

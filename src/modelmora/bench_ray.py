@@ -2,10 +2,10 @@
 
 ``modelmora bench pipeline --backend ray`` runs the whole workflow (transcribe, diarize,
 summarize) on the same files twice, each time as the command users run: with the local backend,
-then with ``--backend ray`` on a cluster of several nodes started on this machine (loopback
-only). It reports the wall time of both, each node's memory (its raylet's process tree: the
-raylet, its Ray workers, the stage actor and the model's process) against the largest single
-stage of the local run, and whether the outputs are byte-identical.
+then with ``--backend ray`` on a cluster of several nodes started on this machine. It reports
+the wall time of both, each node's memory (its raylet's process tree: the raylet, its Ray
+workers, the stage actor and the model's process) against the largest single stage of the
+local run, and whether the outputs are byte-identical.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def run_ray_bench(
     )
     if code != 0:
         raise RuntimeError(f"the local batch failed (exit {code}): see {log}")
-    args: dict[str, Any] = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+    # this machine's own address: Ray's driver turns a loopback address into it when it connects
+    args: dict[str, Any] = {"num_cpus": 1}
     t0 = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
     try:
