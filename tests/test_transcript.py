@@ -186,3 +186,10 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_write_atomic_gives_outputs_the_usual_mode(tmp_path):
+    from modelmora.transcript import _UMASK, write_atomic
+
+    path = write_atomic(tmp_path / "out.txt", ["hello"])
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK
