@@ -124,12 +124,16 @@ def footprints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache" / "footprints.json"
 
 
-def _strip(data: Any) -> Any:
-    """The data without its timing and memory measurements."""
+def _strip(data: Any, folder: Path) -> Any:
+    """The data without its timing and memory measurements, the output folder named OUT."""
     if isinstance(data, dict):
-        return {k: _strip(v) for k, v in data.items() if k not in TIMING_KEYS and "_mb" not in k}
+        return {
+            k: _strip(v, folder) for k, v in data.items() if k not in TIMING_KEYS and "_mb" not in k
+        }
     if isinstance(data, list):
-        return [_strip(v) for v in data]
+        return [_strip(v, folder) for v in data]
+    if isinstance(data, str):
+        return data.replace(str(folder), "OUT")
     return data
 
 
@@ -141,7 +145,7 @@ def _tree(folder: Path) -> dict[str, Any]:
             continue
         name = str(path.relative_to(folder))
         if path.suffix == ".json":
-            files[name] = _strip(json.loads(path.read_text()))
+            files[name] = _strip(json.loads(path.read_text()), folder)
         else:
             files[name] = path.read_bytes()
     return files
