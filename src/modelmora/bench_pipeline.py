@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -119,19 +120,32 @@ def make_bench_audio(folder: str | os.PathLike[str], files: int = 10) -> dict[st
 # --- running the designs ---------------------------------------------------------------------
 
 
-def _timed(argv: list[str], log: Path) -> tuple[float, float, int]:
-    """Run a command; return (wall seconds, peak RSS of its process tree in MB, exit code)."""
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(argv: list[str], log: Path) -> tuple[float, float, float, int]:
+    """Run a command; return (wall s, CPU s, peak RSS of its process tree in MB, exit code).
+
+    CPU seconds count the command and every process under it (workers are reaped by their
+    parent, so ``RUSAGE_CHILDREN`` includes them): on a shared machine they compare designs
+    more fairly than wall time.
+    """
     with log.open("ab") as sink:
+        cpu0 = _children_cpu_s()
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=sink, stderr=sink)
         sampler = TreeSampler(proc.pid, interval=0.05).start()
         code = proc.wait()
         wall = time.perf_counter() - t0
         sampler.stop()
-    return wall, sampler.peak_mb, code
+    return wall, _children_cpu_s() - cpu0, sampler.peak_mb, code
 
 
-def _cli(files: Sequence[Path], out: Path, log: Path, *flags: str) -> tuple[float, float, int]:
+def _cli(
+    files: Sequence[Path], out: Path, log: Path, *flags: str
+) -> tuple[float, float, float, int]:
     argv = [sys.executable, "-m", "modelmora.cli", "transcribe", *map(str, files), "-o", str(out)]
     config = log.parent / "bench.yaml"  # written by run_pipeline_bench
     return _timed([*argv, "--overwrite", "--config", str(config), *flags], log)
@@ -143,11 +157,11 @@ def _baseline(
     result = out / f"{mode}-{len(list(out.glob(f'{mode}-*.json')))}.json"
     argv = [sys.executable, "-m", "modelmora.bench_pipeline", mode, "--result", str(result)]
     argv += ["--llm-max-tokens", str(max_tokens)]
-    wall, peak, code = _timed([*argv, "--device", device, *map(str, files)], log)
+    wall, cpu, peak, code = _timed([*argv, "--device", device, *map(str, files)], log)
     if code != 0:
         raise RuntimeError(f"the {mode} baseline failed (exit {code}): see {log}")
     data: dict[str, Any] = json.loads(result.read_text())
-    data.update(wall_s=wall, peak_rss_mb=peak)
+    data.update(wall_s=wall, cpu_s=cpu, peak_rss_mb=peak)
     return data
 
 
@@ -213,12 +227,19 @@ def _speaker_counts(out: Path, files: Sequence[Path]) -> list[int]:
 def _isolated(files: list[Path], work: Path, log: Path, device: str) -> dict[str, Any]:
     out, report = work / "isolated", work / "memory-report.json"
     flags = ["--diarize", "--summarize", "--device", device, "--memory-report", str(report)]
-    wall, peak, code = _cli(files, out, log, *flags)
+    wall, cpu, peak, code = _cli(files, out, log, *flags)
     if code != 0:
         raise RuntimeError(f"the isolated batch failed (exit {code}): see {log}")
     memory = json.loads(report.read_text())
     stages = {s["name"]: s for s in memory["stages"]}
-    return {"wall_s": wall, "peak_rss_mb": peak, "memory": memory, "stages": stages, "out": out}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mb": peak,
+        "memory": memory,
+        "stages": stages,
+        "out": out,
+    }
 
 
 def _real_recordings(
@@ -369,11 +390,16 @@ def _figures(
             "per_file_subprocess_s": per_file_wall,
             "isolated_over_inprocess": iso["wall_s"] / inproc["wall_s"],
             "per_file_over_inprocess": per_file_wall / inproc["wall_s"],
+            "isolated_cpu_s": iso["cpu_s"],
+            "inprocess_cpu_s": inproc["cpu_s"],
+            "per_file_subprocess_cpu_s": sum(p["cpu_s"] for p in per_file),
+            "isolated_over_inprocess_cpu": iso["cpu_s"] / inproc["cpu_s"],
         },
         "transcription": {
             "workflow_stage_s": whisper_s,
             "direct_s": direct["wall_s"],
             "overhead": whisper_s / direct["wall_s"] - 1.0,
+            "direct_cpu_s": direct["cpu_s"],
         },
         "quality": quality,
     }
@@ -467,6 +493,17 @@ def format_table(f: dict[str, Any]) -> Any:
             f"<= 15% {verdict['der_3spk']}",
         ),
     ]
+    if "isolated_cpu_s" in w:
+        rows.insert(
+            3,
+            (
+                "CPU time, stage-major isolated",
+                f"{w['isolated_cpu_s']:.1f} s",
+                f"in-process {w['inprocess_cpu_s']:.1f} s; per-file subprocess "
+                f"{w['per_file_subprocess_cpu_s']:.1f} s",
+                f"{w['isolated_over_inprocess_cpu']:.3f}x (load-independent)",
+            ),
+        )
     if "jfk" in q:
         rows.append(
             (
