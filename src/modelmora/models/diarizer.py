@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import replace
 from itertools import pairwise
 from typing import Any
@@ -102,7 +103,11 @@ class DiarizerAdapter(Adapter):
             ModelLoadError: resemblyzer (or its webrtcvad/setuptools dependency) is missing.
         """
         try:
-            from resemblyzer import VoiceEncoder
+            with warnings.catch_warnings():
+                # resemblyzer and webrtcvad import deprecated scipy/pkg_resources names: noise.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                from resemblyzer import VoiceEncoder
         except ImportError as exc:
             raise ModelLoadError(
                 f"cannot import resemblyzer ({exc}): pip install resemblyzer 'setuptools<81'"
