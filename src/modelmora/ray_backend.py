@@ -326,7 +326,10 @@ class _StageRun:
     def lost(self, slot: _Slot, kind: str, job: _Job | None, exc: Exception) -> None:
         """The actor (its node) is gone: its file goes back on the queue, an actor elsewhere."""
         logger.warning("stage %s: actor on node %s lost: %s", self.stage.name, slot.node, exc)
-        self.slots.remove(slot)
+        with contextlib.suppress(Exception):  # "unavailable" may be a blip: it must not linger
+            self.retire(slot)
+        if slot in self.slots:
+            self.slots.remove(slot)
         self.lost_nodes.add(slot.node)
         if job is not None:
             tries = self.attempts[id(job)] = self.attempts.get(id(job), 0) + 1
