@@ -55,7 +55,7 @@ def run_ray_bench(
     from .bench_pipeline import _cli
 
     flags = ["--diarize", "--summarize", "--device", device]
-    wall_local, peak_local, code = _cli(
+    wall_local, _, peak_local, code = _cli(
         files, work / "local", log, *flags, "--memory-report", str(work / "local.json")
     )
     if code != 0:
@@ -72,7 +72,7 @@ def run_ray_bench(
         raylets = _node_processes(cluster)
         idle = {name: TreeSampler(pid).sample() for name, pid in raylets.items()}
         samplers = {name: TreeSampler(pid).start() for name, pid in raylets.items()}
-        wall_ray, _, code = _cli(
+        wall_ray, _, _, code = _cli(
             files,
             work / "ray",
             log,
