@@ -96,8 +96,10 @@ def run_ray_bench(
 
 
 def _same_outputs(work: Path, files: list[Path]) -> bool:
+    """Transcript outputs byte-identical between the two runs? (Summaries are left out: the
+    LLM samples at a temperature with an unseeded sampler, so two local runs differ too.)"""
     for wav in files:
-        for suffix in (".txt", ".srt", ".vtt", ".json", ".tsv", ".rttm", ".summary.md"):
+        for suffix in (".txt", ".srt", ".vtt", ".json", ".tsv", ".rttm"):
             a, b = (work / side / f"{wav.stem}{suffix}" for side in ("local", "ray"))
             if a.read_bytes() != b.read_bytes():
                 logger.warning("outputs differ: %s and %s", a, b)
@@ -194,5 +196,6 @@ def format_ray_table(f: dict[str, Any]) -> Any:
         f"local run peak, all processes {m['local_run_peak_rss_mb']:.0f} MB",
         f"<= 1.3 {verdict['busiest_node_over_max_stage']}",
     )
-    table.add_row("outputs", "identical" if f["same_outputs"] else "DIFFER", "local vs Ray", "")
+    same = "identical" if f["same_outputs"] else "DIFFER"
+    table.add_row("transcript outputs", same, "local vs Ray (summaries are sampled)", "")
     return table
