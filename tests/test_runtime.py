@@ -276,3 +276,14 @@ def test_parent_rss_flat_over_20_cycles_of_a_500mb_model():
     for _ in range(20):
         cycle()
     assert process_rss_mb() - before < 5.0
+
+
+def test_worker_peak_is_its_own_not_its_parents():
+    # Linux carries ru_maxrss across execve: a big parent must not inflate the worker's peak.
+    ballast = bytearray(300 * 1024 * 1024)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    with Worker("toy") as worker:
+        worker.call([1])
+        assert worker.memory is not None and worker.memory.peak_rss_mb < 150
+    del ballast

@@ -97,7 +97,19 @@ def process_rss_mb(pid: int | None = None) -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS of this process since it started, in MB (Linux reports ``ru_maxrss`` in KB)."""
+    """Peak RSS of this process since it started (its own address space), in MB.
+
+    Read from ``VmHWM`` in ``/proc/self/status``, not from ``getrusage``: Linux carries
+    ``ru_maxrss`` across ``execve``, so a worker spawned by a 500 MB parent would report a
+    500 MB peak before it allocated anything. ``getrusage`` is the fallback off Linux.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

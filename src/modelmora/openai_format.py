@@ -232,7 +232,7 @@ def _chunks(model: str, result: dict[str, Any], include_usage: bool) -> Iterator
         return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
 
     yield event({"role": "assistant", "content": ""})
-    for piece in re.findall(r"\s*\S+", result["text"]) or []:
+    for piece in re.findall(r"\s*\S+|\s+", result["text"]):  # joined: exactly the text
         yield event({"content": piece})
     yield event({}, result.get("finish_reason") or "stop")
     if include_usage:
