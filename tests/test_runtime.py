@@ -287,3 +287,21 @@ def test_worker_peak_is_its_own_not_its_parents():
         worker.call([1])
         assert worker.memory is not None and worker.memory.peak_rss_mb < 150
     del ballast
+
+
+def test_shared_memory_files_are_reused_only_once_released():
+    rng = np.random.default_rng(2)
+    arrays = [rng.standard_normal(2_000_000, dtype=np.float32) for _ in range(4)]
+    before = set(os.listdir(SHM_DIR))
+    with Worker("toy") as worker:
+        kept = worker.call([arrays[0]])[0]  # still alive during the next calls
+        for a in arrays[1:]:
+            (echo,) = worker.call([a])
+            assert np.array_equal(echo, a)
+            del echo  # released: the worker may rewrite its file
+        assert np.array_equal(kept, arrays[0]), "a live result was overwritten"
+        # one file per side at most while working, however many calls went through
+        ours = [n for n in set(os.listdir(SHM_DIR)) - before if n.startswith("modelmora-")]
+        assert len(ours) <= 2
+    del kept
+    assert set(os.listdir(SHM_DIR)) - before == set(), "shared-memory files left behind"

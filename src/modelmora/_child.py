@@ -31,7 +31,18 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .memory import MemoryInfo, peak_rss_mb, process_rss_mb
-from .protocol import Call, Failure, Init, LoadFailed, Ready, Result, Stop, decode, encode
+from .protocol import (
+    Call,
+    Failure,
+    Init,
+    LoadFailed,
+    Ready,
+    Result,
+    ShmChannel,
+    Stop,
+    decode,
+    encode,
+)
 
 logger = logging.getLogger("modelmora.worker")
 
@@ -76,8 +87,11 @@ def _portable(exc: BaseException) -> BaseException | None:
     return exc
 
 
+_channel = ShmChannel()  # towards the parent: large replies, rewritten when the parent lets go
+
+
 def _send(conn: Connection, msg: Any) -> None:
-    conn.send_bytes(encode(msg))
+    conn.send_bytes(_channel.stamp(encode(msg, _channel)))
 
 
 def _apply_threads(threads: int | None) -> None:
@@ -101,7 +115,7 @@ def _load(init: Init) -> Any:
 def _serve(conn: Connection, model: Any, nvml: bool) -> None:
     while True:
         try:
-            msg = decode(conn.recv_bytes())
+            msg = decode(conn.recv_bytes(), _channel)
         except EOFError:  # parent closed the socket: nothing more to do
             return
         if isinstance(msg, Stop):
@@ -110,35 +124,39 @@ def _serve(conn: Connection, model: Any, nvml: bool) -> None:
                 close()
             return
         assert isinstance(msg, Call), f"unexpected message {type(msg).__name__}"
-        t0 = time.perf_counter()
-        try:
-            outputs = model.predict(msg.inputs)
-        except BaseException as exc:
-            failure = Failure(
-                id=msg.id,
-                error=_portable(exc),
-                message=f"{type(exc).__name__}: {exc}",
-                tb=traceback.format_exc(),
-                memory=_memory(nvml),
-            )
-            _send(conn, failure)
-            continue
-        reply = Result(msg.id, outputs, _memory(nvml), time.perf_counter() - t0)
-        try:
-            frame = encode(reply)
-        except Exception as exc:
-            kinds = sorted({type(o).__name__ for o in outputs}) if isinstance(outputs, list) else []
-            failure = Failure(
-                id=msg.id,
-                error=None,
-                message=f"the model returned a result that cannot be pickled ({kinds}): {exc}",
-                tb=traceback.format_exc(),
-                memory=_memory(nvml),
-                unpicklable=True,
-            )
-            _send(conn, failure)
-            continue
-        conn.send_bytes(frame)
+        frame = _answer(model, msg, nvml)
+        del msg  # its arrays map the parent's file: let go before telling the parent
+        conn.send_bytes(_channel.stamp(frame))
+
+
+def _answer(model: Any, msg: Call, nvml: bool) -> bytes:
+    """The encoded Result (or Failure) of one call."""
+    t0 = time.perf_counter()
+    try:
+        outputs = model.predict(msg.inputs)
+    except BaseException as exc:
+        failure = Failure(
+            id=msg.id,
+            error=_portable(exc),
+            message=f"{type(exc).__name__}: {exc}",
+            tb=traceback.format_exc(),
+            memory=_memory(nvml),
+        )
+        return encode(failure, _channel)
+    reply = Result(msg.id, outputs, _memory(nvml), time.perf_counter() - t0)
+    try:
+        return encode(reply, _channel)
+    except Exception as exc:
+        kinds = sorted({type(o).__name__ for o in outputs}) if isinstance(outputs, list) else []
+        failure = Failure(
+            id=msg.id,
+            error=None,
+            message=f"the model returned a result that cannot be pickled ({kinds}): {exc}",
+            tb=traceback.format_exc(),
+            memory=_memory(nvml),
+            unpicklable=True,
+        )
+        return encode(failure, _channel)
 
 
 def main(argv: list[str]) -> int:
@@ -150,7 +168,7 @@ def main(argv: list[str]) -> int:
     )
     nvml = os.environ.get("MODELMORA_NVML") == "1"
     conn = Connection(fd)
-    init = decode(conn.recv_bytes())
+    init = decode(conn.recv_bytes(), _channel)
     assert isinstance(init, Init), f"expected Init, got {type(init).__name__}"
     t0 = time.perf_counter()
     try:

@@ -135,6 +135,7 @@ class Worker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._pidfd: int | None = None
+        self._channel = proto.ShmChannel()  # towards the child: large inputs, reused when free
         self._lock = threading.RLock()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -164,9 +165,8 @@ class Worker:
             t0 = time.perf_counter()
             self._spawn()
             assert self._conn is not None
-            self._conn.send_bytes(
-                proto.encode(proto.Init(self.spec.kind, self.spec.params, self.threads))
-            )
+            init = proto.Init(self.spec.kind, self.spec.params, self.threads)
+            self._conn.send_bytes(proto.encode(init, self._channel))
             msg = self._receive(self.load_timeout, "loading")
             if isinstance(msg, proto.LoadFailed):
                 self._reap()
@@ -240,7 +240,7 @@ class Worker:
             if self._conn is None or not self.alive:
                 raise WorkerStopped(f"worker {self.name} is not running: start it first")
             call_id = next(_ids)
-            frame = proto.encode(proto.Call(call_id, inputs))
+            frame = self._channel.stamp(proto.encode(proto.Call(call_id, inputs), self._channel))
             try:
                 self._conn.send_bytes(frame)
             except OSError:
@@ -371,6 +371,7 @@ class Worker:
         if self._pidfd is not None:
             os.close(self._pidfd)
         self._proc, self._conn, self._pidfd = None, None, None
+        self._channel.close()
         for path in glob.glob(os.path.join(proto.SHM_DIR, proto.shm_prefix(pid) + "*")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -396,7 +397,7 @@ class Worker:
             ready = wait(watch, timeout=step)
             if self._conn in ready or (ready and self._conn.poll()):
                 try:
-                    return proto.decode(self._conn.recv_bytes())
+                    return proto.decode(self._conn.recv_bytes(), self._channel)
                 except (EOFError, OSError):
                     self._fail_dead(during)
             if ready:  # only the pidfd: the child died without replying
