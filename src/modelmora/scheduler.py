@@ -124,6 +124,7 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(2 * slots + 8, thread_name_prefix="modelmora-sched")
         self._threads: list[threading.Thread] = []
         self._started = self._closing = self._closed = False
+        self._janitor_stop = threading.Event()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -177,6 +178,7 @@ class Scheduler:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._janitor_stop.set()
         for thread in self._threads:
             thread.join(5.0)
         self._pool.shutdown(wait=True)
@@ -754,20 +756,29 @@ class Scheduler:
     # --- janitor ----------------------------------------------------------------------------
 
     def _janitor_loop(self) -> None:
+        # The janitor sleeps on its own event, not on the dispatcher's condition: woken by
+        # every request, it used to hold the lock while psutil scanned /proc (ms per request).
         alive = [m.cfg.keep_alive_s for m in self._models.values() if m.cfg.keep_alive_s]
-        tick = min([1.0, *(k / 4 for k in alive)])
-        with self._cond:
-            while not self._closed:
-                self._cond.wait(max(tick, 0.02))
+        tick = max(min([1.0, *(k / 4 for k in alive)]), 0.02)
+        while not self._janitor_stop.wait(tick):
+            with self._cond:
+                if self._closed:
+                    return
                 if self._closing:
                     continue
                 try:
-                    self._janitor_once()
+                    live = self._janitor_once()
                 except Exception:
                     logger.exception("janitor error")
+                    continue
+            if self.metrics:  # outside the lock: psutil walks /proc for the process trees
+                for name, pids, vram in live:
+                    self.metrics.set_memory(name, sum(tree_rss_mb(p) for p in pids), vram)
 
-    def _janitor_once(self) -> None:
+    def _janitor_once(self) -> list[tuple[str, list[int], float | None]]:
+        """Unload idle models past their keep-alive; return each live model's worker PIDs."""
         now = time.time()
+        live_pids = []
         for m in self._models.values():
             keep = m.cfg.keep_alive_s
             for rep in m.replicas:
@@ -776,10 +787,11 @@ class Scheduler:
                     logger.info("%s idle for %.1f s: unloading", m.cfg.name, now - rep.last_used)
                     self._stop_replica(m, rep, "keep-alive")
             live = m.live()
-            if live and self.metrics:
-                rss = sum(tree_rss_mb(r.worker.pid) for r in live if r.worker.pid)
-                self.metrics.set_memory(m.cfg.name, rss, m.vram_mb)
+            if live:
+                pids = [r.worker.pid for r in live if r.worker.pid]
+                live_pids.append((m.cfg.name, pids, m.vram_mb))
         self._gauge_resident()
+        return live_pids
 
     def _gauge_resident(self) -> None:
         if self.metrics:
