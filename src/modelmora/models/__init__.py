@@ -19,7 +19,15 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ADAPTERS", "Adapter", "ModelSpec", "resolve_adapter"]
+__all__ = [
+    "ADAPTERS",
+    "DEVICES",
+    "Adapter",
+    "ModelSpec",
+    "check_device",
+    "resolve_adapter",
+    "resolve_device",
+]
 
 #: Adapter kinds and the ``module:Class`` that implements each (imported in the worker only).
 ADAPTERS: dict[str, str] = {
@@ -30,6 +38,26 @@ ADAPTERS: dict[str, str] = {
     "llm": "modelmora.models.llm:LlmAdapter",
     "embedding": "modelmora.models.embedding:EmbeddingAdapter",
 }
+
+
+#: Device names every adapter that takes a device accepts.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    """Return ``device`` if it is one of :data:`DEVICES`; else a ValueError naming them."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+    return device
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu`` (imports torch: workers only)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Adapter:

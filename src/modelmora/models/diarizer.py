@@ -30,7 +30,7 @@ import numpy as np
 
 from modelmora.audio import SAMPLE_RATE, load_audio
 from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter
+from modelmora.models import Adapter, check_device, resolve_device
 from modelmora.transcript import Segment, Turn, Word
 
 __all__ = ["DiarizerAdapter", "assign_speakers"]
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 _FRAME_S = 0.01  # Resemblyzer's mel hop: one frame per 10 ms
 _FRAME = int(SAMPLE_RATE * _FRAME_S)
-_DEVICES = ("cpu", "cuda", "auto")
 
 
 class DiarizerAdapter(Adapter):
@@ -74,19 +73,9 @@ class DiarizerAdapter(Adapter):
             raise ValueError(
                 f"need 1 <= min_speakers <= max_speakers, got {min_speakers} and {max_speakers}"
             )
-        if device not in _DEVICES:
-            raise ValueError(f"unknown device {device!r}: use one of {', '.join(_DEVICES)}")
+        check_device(device)
         if not 0 < hop <= window:
             raise ValueError(f"need 0 < hop <= window, got hop={hop} window={window}")
-        super().__init__(
-            num_speakers=num_speakers,
-            min_speakers=min_speakers,
-            max_speakers=max_speakers,
-            device=device,
-            window=window,
-            hop=hop,
-            min_gap=min_gap,
-        )
         self.num_speakers = num_speakers
         self.min_speakers = min_speakers
         self.max_speakers = max_speakers
@@ -112,11 +101,7 @@ class DiarizerAdapter(Adapter):
             raise ModelLoadError(
                 f"cannot import resemblyzer ({exc}): pip install resemblyzer 'setuptools<81'"
             ) from exc
-        device = self.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(self.device)
         self._encoder = VoiceEncoder(device=device, verbose=False)
         logger.info("loaded Resemblyzer voice encoder on %s", device)
 

