@@ -1,24 +1,32 @@
 """``modelmora bench server``: what the HTTP layer costs, what batching buys, churn under a budget.
 
-Three measurements against a real server (uvicorn in a thread of this process, so the direct
-call and the HTTP call reach the very same warm worker, and one sampler sees the whole tree):
+Three measurements against a real server, ``python -m modelmora serve`` in its own process as
+users run it, driven by keep-alive ``http.client`` connections from this process:
 
-1. **Overhead**: p50 of ``POST /v1/embeddings`` (one text) against ``Worker.call`` straight into
-   the worker the scheduler holds for that model, interleaved call by call.
-2. **Throughput**: embeddings/s from N concurrent clients (async httpx), one text per request,
-   with dynamic batching (max_batch_size 32, max_wait_ms 5) against batch size 1.
+1. **Overhead**: p50 of ``POST /v1/embeddings`` (one text) against ``Worker.call`` into a
+   warm twin of the served model (same adapter, same settings) held by this process,
+   interleaved call by call. Beside it, what batching buys inside a worker alone (32 texts in
+   one call against 32 calls of one): the ceiling for the throughput figure.
+2. **Throughput**: embeddings/s from N concurrent clients (one thread and one connection
+   each), one text per request, with dynamic batching (max_batch_size 32, max_wait_ms 5)
+   against batch size 1.
 3. **Churn**: three toy models (real processes holding real memory), a budget that fits two,
    mixed requests from concurrent clients: failures, evictions, and the peak RSS of the
-   workers (and of the whole tree, server included) sampled every 20 ms.
+   server's workers (and of its whole tree) sampled every 20 ms.
 """
 
 from __future__ import annotations
 
-import asyncio
+import http.client
+import itertools
+import json
 import platform
 import random
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -27,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from rich.table import Table
 
-from .config import ServerConfig
+from .config import ModelConfig
 from .memory import process_rss_mb, tree_rss_mb
+from .runtime import Worker
 
 __all__ = ["ServerBenchOptions", "format_table", "run_server_bench"]
 
@@ -68,58 +78,79 @@ class ServerBenchOptions:
             raise ValueError("every count must be at least 1 and toy_alloc_mb positive")
 
 
-class _ServerThread:
-    """uvicorn serving :func:`create_app` in a background thread on a free port."""
+class _ServerProcess:
+    """``python -m modelmora serve`` on a free port, as users run it, in its own process.
 
-    def __init__(self, config: ServerConfig) -> None:
-        import uvicorn
+    The server gets its own interpreter (no GIL shared with the benchmark's clients) and its
+    log goes to a file in ``folder``; the message of a failed start quotes its tail.
+    """
 
-        from .server import create_app
-
+    def __init__(self, config: dict[str, Any], folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
-        self.app = create_app(config)
+        self.config_path = folder / "server.yaml"
+        self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        self.log_path = folder / "server.log"
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            # a long keep-alive: under load, idle pooled connections must not be closed
-            # by the server while a client is about to reuse them
-            uvicorn.Config(
-                self.app,
-                host="127.0.0.1",
-                port=self.port,
-                log_level="warning",
-                timeout_keep_alive=120,
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, name="bench-uvicorn", daemon=True)
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> _ServerThread:
-        self.thread.start()
+    def __enter__(self) -> _ServerProcess:
+        command = [sys.executable, "-m", "modelmora", "serve"]
+        command += ["--config", str(self.config_path), "--port", str(self.port)]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError("the benchmark server did not become ready in 120 s")
+        self.__exit__()
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the benchmark server did not become ready; its log ends:\n{tail}")
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # a clean stop: every worker ends with it
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     @property
-    def scheduler(self) -> Any:
-        return self.app.state.modelmora.scheduler
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
-    def worker(self, model: str) -> Any:
-        """The warm worker the scheduler holds for ``model`` (for the direct-call baseline)."""
-        replicas = self.scheduler._models[model].live()
-        if not replicas:
-            raise RuntimeError(f"model {model} has no live worker")
-        return replicas[0].worker
+    def get(self, route: str) -> Any:
+        reply = httpx.get(f"{self.url}{route}", timeout=60)
+        reply.raise_for_status()
+        return reply.json()
+
+    def load(self, model: str) -> None:
+        httpx.post(f"{self.url}/api/v1/models/{model}/load", timeout=300).raise_for_status()
+
+
+class _Client:
+    """A keep-alive HTTP/1.1 connection (``http.client``: the lightest client at hand, so the
+    figures are the server's, not the client's); one per simulated client thread."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def post(self, route: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        data = json.dumps(body).encode()
+        self.conn.request("POST", route, data, {"Content-Type": "application/json"})
+        reply = self.conn.getresponse()
+        return reply.status, reply.read()
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -127,70 +158,109 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _embedding_config(options: ServerBenchOptions, cache: Path) -> ServerConfig:
-    common = {"adapter": "embedding", "source": options.embedding_model, "threads": 1}
+def _embedding_config(options: ServerBenchOptions, cache: Path) -> dict[str, Any]:
+    common = {"adapter": "embedding", "source": options.embedding_model}
     models = [
         {"name": "mini-b1", **common},
         {"name": "mini-b32", **common, "max_batch_size": 32, "max_wait_ms": 5},
     ]
-    return ServerConfig.model_validate(
-        {"cache_dir": str(cache), "models": models, "queue_limit": 4096}
-    )
+    return {"cache_dir": str(cache), "models": models, "queue_limit": 4096}
 
 
-def _overhead(server: _ServerThread, calls: int) -> dict[str, Any]:
-    worker = server.worker("mini-b1")
-    direct, http = [], []
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def _overhead(server: _ServerProcess, twin: Worker, calls: int) -> dict[str, Any]:
+    """Interleave a direct call into ``twin`` and the same request over HTTP, call by call."""
     body = {"model": "mini-b1", "input": _TEXT}
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        for _ in range(10):  # warm both paths
-            worker.call([_TEXT])
-            client.post("/v1/embeddings", json=body).raise_for_status()
-        for _ in range(calls):
+    client = _Client(server.port)
+    direct, http = [], []
+    try:
+        for i in range(calls + 10):  # the first 10 of each warm both paths
             t0 = time.perf_counter()
-            worker.call([_TEXT])
+            twin.call([_TEXT])
             t1 = time.perf_counter()
-            client.post("/v1/embeddings", json=body).raise_for_status()
+            status, data = client.post("/v1/embeddings", body)
             t2 = time.perf_counter()
-            direct.append((t1 - t0) * 1000)
-            http.append((t2 - t1) * 1000)
+            if status != 200:
+                raise RuntimeError(f"POST /v1/embeddings answered {status}: {data[:200]!r}")
+            if i >= 10:
+                direct.append(t1 - t0)
+                http.append(t2 - t1)
+    finally:
+        client.close()
     d50, h50 = statistics.median(direct), statistics.median(http)
     return {
         "calls": calls,
-        "direct_p50_ms": round(d50, 2),
-        "http_p50_ms": round(h50, 2),
-        "overhead_p50_ms": round(h50 - d50, 2),
-        "direct_p99_ms": round(_percentile(direct, 0.99), 2),
-        "http_p99_ms": round(_percentile(http, 0.99), 2),
+        "direct_p50_ms": _ms(d50),
+        "http_p50_ms": _ms(h50),
+        "overhead_p50_ms": _ms(h50 - d50),
+        "direct_p99_ms": _ms(_percentile(direct, 0.99)),
+        "http_p99_ms": _ms(_percentile(http, 0.99)),
         "target_ms": 3.0,
-        "pass": h50 - d50 <= 3.0,
+        "pass": (h50 - d50) * 1000 <= 3.0,
     }
 
 
-async def _load(url: str, model: str, clients: int, requests: int) -> float:
-    """Send ``requests`` one-text requests from ``clients`` tasks; return requests/s."""
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-
-        async def send(count: int) -> None:
-            todo = iter(range(count))
-
-            async def one_client() -> None:
-                for i in todo:
-                    body = {"model": model, "input": f"{_TEXT} ({i})"}
-                    (await client.post("/v1/embeddings", json=body)).raise_for_status()
-
-            await asyncio.gather(*(one_client() for _ in range(clients)))
-
-        await send(2 * clients)  # warm up the connections and the worker
+def _model_gain(twin: Worker, size: int, rounds: int = 5) -> dict[str, Any]:
+    """What batching buys inside the worker alone: ``size`` texts in one call against
+    ``size`` calls of one text (the ceiling for the HTTP figure)."""
+    texts = [f"{_TEXT} ({i})" for i in range(size)]
+    one, batch = [], []
+    for _ in range(rounds):
         t0 = time.perf_counter()
-        await send(requests)
-        return requests / (time.perf_counter() - t0)
+        for text in texts:
+            twin.call([text])
+        t1 = time.perf_counter()
+        twin.call(texts)
+        batch.append(time.perf_counter() - t1)
+        one.append(t1 - t0)
+    single, batched = statistics.median(one), statistics.median(batch)
+    return {
+        "batch": size,
+        "batch1_ms_per_text": _ms(single / size),
+        "batched_ms_per_text": _ms(batched / size),
+        "speedup": round(single / batched, 2),
+    }
 
 
-def _throughput(server: _ServerThread, clients: int, requests: int) -> dict[str, Any]:
-    single = asyncio.run(_load(server.url, "mini-b1", clients, requests))
-    batched = asyncio.run(_load(server.url, "mini-b32", clients, requests))
+def _load(port: int, model: str, clients: int, requests: int) -> float:
+    """Send ``requests`` one-text requests from ``clients`` threads; return requests/s."""
+    counter = itertools.count()
+    errors: list[str] = []
+
+    def one_client(total: int) -> None:
+        client = _Client(port)
+        try:
+            while (i := next(counter)) < total and not errors:
+                body = {"model": model, "input": f"{_TEXT} ({i})"}
+                status, data = client.post("/v1/embeddings", body)
+                if status != 200:
+                    errors.append(f"{status} {data[:200]!r}")
+        finally:
+            client.close()
+
+    def send(total: int) -> float:
+        nonlocal counter
+        counter = itertools.count()
+        threads = [threading.Thread(target=one_client, args=(total,)) for _ in range(clients)]
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise RuntimeError(f"POST /v1/embeddings failed: {errors[0]}")
+        return time.perf_counter() - t0
+
+    send(2 * clients)  # warm up the worker
+    return requests / send(requests)
+
+
+def _throughput(server: _ServerProcess, clients: int, requests: int) -> dict[str, Any]:
+    single = _load(server.port, "mini-b1", clients, requests)
+    batched = _load(server.port, "mini-b32", clients, requests)
     return {
         "clients": clients,
         "requests": requests,
@@ -202,10 +272,11 @@ def _throughput(server: _ServerThread, clients: int, requests: int) -> dict[str,
     }
 
 
-class _WorkerSampler:
-    """Peak RSS of this process's descendants (the workers) and of the whole tree."""
+class _TreeSampler:
+    """Peak RSS of the server's workers (its descendants) and of its whole tree."""
 
-    def __init__(self, interval: float = 0.02) -> None:
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
         self.interval = interval
         self.peak_workers_mb = self.peak_tree_mb = 0.0
         self._stop = threading.Event()
@@ -213,11 +284,11 @@ class _WorkerSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            tree = tree_rss_mb()
+            tree = tree_rss_mb(self.pid)
             self.peak_tree_mb = max(self.peak_tree_mb, tree)
-            self.peak_workers_mb = max(self.peak_workers_mb, tree - process_rss_mb())
+            self.peak_workers_mb = max(self.peak_workers_mb, tree - process_rss_mb(self.pid))
 
-    def __enter__(self) -> _WorkerSampler:
+    def __enter__(self) -> _TreeSampler:
         self._thread.start()
         return self
 
@@ -226,7 +297,7 @@ class _WorkerSampler:
         self._thread.join()
 
 
-def _churn(options: ServerBenchOptions, cache: Path) -> dict[str, Any]:
+def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
     footprint = options.toy_alloc_mb + 40  # the allocation plus an interpreter
     budget = 2 * footprint + 20
     models = [
@@ -234,25 +305,45 @@ def _churn(options: ServerBenchOptions, cache: Path) -> dict[str, Any]:
         | {"footprint_mb": footprint, "max_batch_size": 8, "max_wait_ms": 2}
         for n in "abc"
     ]
-    config = ServerConfig.model_validate(
-        {"cache_dir": str(cache), "memory_budget_mb": budget, "models": models}
-    )
+    config = {"cache_dir": str(folder / "cache"), "memory_budget_mb": budget, "models": models}
     rng = random.Random(0)
-    plan = [(rng.choice("abc"), i) for i in range(options.churn_requests)]
+    plan = iter([(rng.choice("abc"), i) for i in range(options.churn_requests)])
     failures: list[str] = []
-    with _ServerThread(config) as server, _WorkerSampler() as sampler:
+    lock = threading.Lock()
+
+    def one_client(port: int) -> None:
+        client = _Client(port)
+        try:
+            while True:
+                with lock:
+                    name, i = next(plan, (None, 0))
+                if name is None:
+                    return
+                status, data = client.post(f"/api/v1/models/toy-{name}/predict", {"input": i})
+                if status != 200 or json.loads(data).get("output") != i:
+                    failures.append(f"{status} {data[:200]!r}")
+        finally:
+            client.close()
+
+    with _ServerProcess(config, folder) as server, _TreeSampler(server.pid) as sampler:
+        threads = [
+            threading.Thread(target=one_client, args=(server.port,))
+            for _ in range(options.churn_clients)
+        ]
         t0 = time.perf_counter()
-        asyncio.run(_churn_clients(server.url, plan, options.churn_clients, failures))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         wall = time.perf_counter() - t0
-        counts = {m["name"]: m for m in server.scheduler.models()}
-    evictions = sum(m.get("evictions", 0) for m in counts.values())
+        counts = server.get("/api/v1/models")["models"]
     limit = budget * 1.1
     return {
-        "requests": len(plan),
+        "requests": options.churn_requests,
         "failed": len(failures),
         "first_failure": failures[0] if failures else None,
-        "evictions": evictions,
-        "loads": sum(m.get("loads", 0) for m in counts.values()),
+        "evictions": sum(m.get("evictions", 0) for m in counts),
+        "loads": sum(m.get("loads", 0) for m in counts),
         "budget_mb": round(budget, 1),
         "peak_workers_rss_mb": round(sampler.peak_workers_mb, 1),
         "peak_tree_rss_mb": round(sampler.peak_tree_mb, 1),
@@ -262,21 +353,6 @@ def _churn(options: ServerBenchOptions, cache: Path) -> dict[str, Any]:
     }
 
 
-async def _churn_clients(
-    url: str, plan: list[tuple[str, int]], clients: int, failures: list[str]
-) -> None:
-    todo = iter(plan)
-    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-
-        async def one_client() -> None:
-            for name, i in todo:
-                reply = await client.post(f"/api/v1/models/toy-{name}/predict", json={"input": i})
-                if reply.status_code != 200 or reply.json().get("output") != i:
-                    failures.append(f"{reply.status_code} {reply.text[:200]}")
-
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-
-
 def run_server_bench(options: ServerBenchOptions | None = None) -> dict[str, Any]:
     """Run the three measurements and return them as one dict (see the module docstring).
 
@@ -284,20 +360,26 @@ def run_server_bench(options: ServerBenchOptions | None = None) -> dict[str, Any
         options: sizes; defaults as in :class:`ServerBenchOptions`.
 
     Returns:
-        ``{"overhead": {...}, "throughput": {...}, "churn": {...}, "settings": {...},
-        "machine": {...}}``.
+        ``{"overhead": {...}, "model_batching": {...}, "throughput": {...}, "churn": {...},
+        "settings": {...}, "machine": {...}}``.
     """
     options = options or ServerBenchOptions()
-    with tempfile.TemporaryDirectory(prefix="modelmora-bench-") as folder:
-        cache = Path(folder)
-        with _ServerThread(_embedding_config(options, cache / "embed")) as server:
-            for name in ("mini-b1", "mini-b32"):
-                httpx.post(f"{server.url}/api/v1/models/{name}/load", timeout=300)
-            overhead = _overhead(server, options.overhead_calls)
+    with tempfile.TemporaryDirectory(prefix="modelmora-bench-") as name:
+        folder = Path(name)
+        config = _embedding_config(options, folder / "embed" / "cache")
+        with _ServerProcess(config, folder / "embed") as server:
+            for model in ("mini-b1", "mini-b32"):
+                server.load(model)
+            # the direct path: a twin of mini-b1 (same spec, same settings) in this process
+            twin_config = ModelConfig.model_validate(config["models"][0])
+            with Worker(twin_config.to_spec(), name="bench-direct") as twin:
+                overhead = _overhead(server, twin, options.overhead_calls)
+                gain = _model_gain(twin, 32)
             throughput = _throughput(server, options.clients, options.throughput_requests)
-        churn = _churn(options, cache / "churn")
+        churn = _churn(options, folder / "churn")
     return {
         "overhead": overhead,
+        "model_batching": gain,
         "throughput": throughput,
         "churn": churn,
         "settings": asdict(options),
@@ -327,6 +409,14 @@ def format_table(result: dict[str, Any]) -> Table:
         f"(HTTP {o['http_p50_ms']:.2f} − direct {o['direct_p50_ms']:.2f})",
         "≤ 3 ms",
         verdict(o["pass"]),
+    )
+    g = result["model_batching"]
+    table.add_row(
+        f"inside the worker: {g['batch']} texts in one call vs one by one",
+        f"{g['batched_ms_per_text']:.1f} vs {g['batch1_ms_per_text']:.1f} ms per text: "
+        f"×{g['speedup']:.2f}",
+        "(ceiling)",
+        "",
     )
     table.add_row(
         f"embeddings/s, {t['clients']} clients",

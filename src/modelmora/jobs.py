@@ -316,7 +316,8 @@ class JobRunner:
         store: the job store.
         scheduler: anything with ``submit(model, item, priority) -> Future``.
         max_in_flight: jobs handed to the scheduler and not finished yet, at most.
-        poll_interval: seconds between looks at the table when idle.
+        poll_interval: seconds between looks at the table when idle (a submission and a
+            finished job wake the runner at once; the look is a safety net).
         max_attempts: a job whose worker crashed is retried until it has run this many times.
 
     Raises:
@@ -329,7 +330,7 @@ class JobRunner:
         scheduler: Submitter,
         *,
         max_in_flight: int = 8,
-        poll_interval: float = 0.05,
+        poll_interval: float = 0.5,
         max_attempts: int = 3,
     ) -> None:
         if max_in_flight < 1 or max_attempts < 1:
@@ -399,7 +400,10 @@ class JobRunner:
                 logger.exception("job runner: feeding the scheduler failed")
                 claimed = 0
             if not claimed:
-                self._wake.wait(self.poll_interval)
+                paused = self._paused_until - time.monotonic()
+                self._wake.wait(
+                    min(self.poll_interval, paused) if paused > 0 else self.poll_interval
+                )
                 self._wake.clear()
 
     def _feed(self) -> int:

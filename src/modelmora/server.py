@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pydantic_core
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -335,6 +336,17 @@ class _Guard:
 Priority = Literal["critical", "high", "normal", "low"]
 
 
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by pydantic-core's serializer, with no validation pass over the content.
+
+    For bodies that are large lists of numbers (embeddings): FastAPI's default path walks the
+    returned value once to validate it and again to encode it, in Python.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content)
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -467,8 +479,8 @@ def _add_openai_routes(app: FastAPI) -> None:
         state.adapter(name)
         return fmt.model_entry(state.config.model(name))
 
-    @app.post("/v1/embeddings", tags=["openai"])
-    async def embeddings(request: Request, body: EmbeddingRequest) -> dict[str, Any]:
+    @app.post("/v1/embeddings", tags=["openai"], response_class=FastJSONResponse)
+    async def embeddings(request: Request, body: EmbeddingRequest) -> FastJSONResponse:
         state = _state(request)
         state.adapter(body.model, ("embedding",))
         texts = [body.input] if isinstance(body.input, str) else body.input
@@ -477,7 +489,7 @@ def _add_openai_routes(app: FastAPI) -> None:
         if body.dimensions is not None:
             raise ApiError(400, "dimensions is not supported by this server", param="dimensions")
         vectors = await state.run(body.model, texts)
-        return fmt.embeddings(body.model, texts, vectors, body.encoding_format)
+        return FastJSONResponse(fmt.embeddings(body.model, texts, vectors, body.encoding_format))
 
     @app.post("/v1/audio/transcriptions", tags=["openai"], response_model=None)
     async def transcriptions(
