@@ -159,7 +159,10 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _embedding_config(options: ServerBenchOptions, cache: Path) -> dict[str, Any]:
-    common = {"adapter": "embedding", "source": options.embedding_model}
+    source = options.embedding_model
+    if source is not None and Path(source).exists():  # the config file lives elsewhere
+        source = str(Path(source).resolve())
+    common = {"adapter": "embedding", "source": source}
     models = [
         {"name": "mini-b1", **common},
         {"name": "mini-b32", **common, "max_batch_size": 32, "max_wait_ms": 5},

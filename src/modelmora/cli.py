@@ -226,6 +226,9 @@ def bench_server(
     requests: int = typer.Option(1000, help="Mixed requests in the churn test."),
     clients: int = typer.Option(32, help="Concurrent clients in the throughput test."),
     overhead_calls: int = typer.Option(300, help="Sequential calls timed for the overhead."),
+    embedding_model: str | None = typer.Option(
+        None, help="Embedding model name or folder (default: the packaged all-MiniLM-L6-v2)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """HTTP overhead over a direct worker call, batching throughput, churn under a budget."""
@@ -233,7 +236,10 @@ def bench_server(
 
     try:
         options = ServerBenchOptions(
-            churn_requests=requests, clients=clients, overhead_calls=overhead_calls
+            churn_requests=requests,
+            clients=clients,
+            overhead_calls=overhead_calls,
+            embedding_model=embedding_model,
         )
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
