@@ -32,8 +32,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,9 +40,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .audio import AudioError, check_audio_file
+from .batch_report import REPORT_VERSION, BatchReport, FileResult, StageStats
 from .errors import MemoryLimitExceeded, WorkerCrashed, WorkerError, WorkerTimeout
 from .memory import TreeSampler, gpu_used_mb, process_rss_mb
 from .models import Adapter, ModelSpec, resolve_adapter
+from .runlog import run_log
 from .runtime import Worker
 from .speech import align
 from .transcript import Transcript, parse_formats, write_atomic, write_outputs
@@ -65,139 +66,7 @@ logger = logging.getLogger(__name__)
 STATE_DIR = ".modelmora"
 #: The batch report's file name (inside the output folder).
 REPORT_NAME = "modelmora-report.json"
-_STATE_VERSION = 1
-
-
-# --- results -----------------------------------------------------------------------------------
-
-
-@dataclass
-class StageStats:
-    """What one stage cost: the memory report's record for it.
-
-    Attributes:
-        name: ``transcribe``, ``diarize`` or ``summarize``.
-        peak_rss_mb: highest RSS of the stage's worker(s), as each reported it (``getrusage``).
-        peak_vram_mb: highest GPU memory NVML attributed to the worker (None without a GPU).
-        load_s: seconds spent loading the model (summed over restarts).
-        wall_s: seconds from the first worker's start to the last one's verified release.
-        released: every worker of the stage was verified gone (and off the GPU).
-        release_s: longest stop-to-verified-release time of the stage's workers.
-        processed: files run through the model in this run.
-        cached: files whose result was reused from an earlier run.
-        failed: files that failed in this stage.
-        restarts: fresh workers started after one crashed, hung or hit the memory budget.
-        gpu_before_mb: device memory in use (NVML, machine-wide) before the stage started.
-        gpu_after_mb: the same after the stage's worker was released.
-    """
-
-    name: str
-    peak_rss_mb: float = 0.0
-    peak_vram_mb: float | None = None
-    load_s: float = 0.0
-    wall_s: float = 0.0
-    released: bool = True
-    release_s: float = 0.0
-    processed: int = 0
-    cached: int = 0
-    failed: int = 0
-    restarts: int = 0
-    gpu_before_mb: float | None = None
-    gpu_after_mb: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record, rounded for the JSON report."""
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
-
-
-@dataclass
-class FileResult:
-    """The outcome for one input file (one entry of ``modelmora-report.json``).
-
-    Attributes:
-        path: the input path as given.
-        stem: the name its outputs use (``<stem>.srt``...).
-        status: ``ok`` or ``failed``.
-        error: the one-line reason when failed.
-        stages: per stage: ``status`` (done, cached, failed, skipped) and ``wall_s``.
-        outputs: the files written for it.
-        summary: ``status`` (ok, cached, failed, skipped, disabled) and ``reason`` if missing.
-        duration_s: the audio's duration, once transcribed.
-        language: the language Whisper used.
-        speakers: speaker labels found, once diarized.
-        note: something worth knowing that is not an error (e.g. no speech detected).
-    """
-
-    path: str
-    stem: str
-    status: str = "ok"
-    error: str | None = None
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    outputs: list[str] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=lambda: {"status": "disabled"})
-    duration_s: float | None = None
-    language: str | None = None
-    speakers: list[str] = field(default_factory=list)
-    note: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True unless the file failed."""
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report entry."""
-        return asdict(self)
-
-
-@dataclass
-class BatchReport:
-    """What :func:`transcribe_files` did.
-
-    Attributes:
-        files: one result per input, in input order.
-        stages: the cost of each stage that was enabled, in order.
-        run: run-wide memory figures (see :meth:`memory_report`).
-        out_dir: the output folder.
-        report_path: the JSON report written there.
-        log_path: this run's log file.
-        wall_s: seconds the whole batch took.
-    """
-
-    files: list[FileResult]
-    stages: list[StageStats]
-    run: dict[str, float]
-    out_dir: Path
-    report_path: Path
-    log_path: Path
-    wall_s: float = 0.0
-
-    @property
-    def failed(self) -> list[FileResult]:
-        """The files that failed."""
-        return [f for f in self.files if not f.ok]
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every file is done, 1 when some failed (the CLI's exit code)."""
-        return 1 if self.failed else 0
-
-    def memory_report(self) -> dict[str, Any]:
-        """The ``--memory-report`` document: ``{"stages": [...], "run": {...}}``."""
-        return {"stages": [s.to_dict() for s in self.stages], "run": dict(self.run)}
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``modelmora-report.json`` document."""
-        return {
-            "version": _STATE_VERSION,
-            "files_total": len(self.files),
-            "files_ok": len(self.files) - len(self.failed),
-            "files_failed": len(self.failed),
-            "wall_s": round(self.wall_s, 3),
-            "log": str(self.log_path),
-            "files": [f.to_dict() for f in self.files],
-            **self.memory_report(),
-        }
+_STATE_VERSION = REPORT_VERSION
 
 
 # --- fault injection (tests) ----------------------------------------------------------------
@@ -608,63 +477,6 @@ def _process(run: _Run, stage: _Stage, pending: list[_Job], stats: StageStats, t
 # --- entry point -----------------------------------------------------------------------------
 
 
-class _Forward(logging.Handler):
-    """Passes records on to the root logger's handlers at the level they had before the run.
-
-    The run's log file wants INFO from this package; the console should not get more than it
-    was configured for, so the package stops propagating and this handler filters instead.
-    """
-
-    def __init__(self, threshold: int) -> None:
-        super().__init__()
-        self.threshold = threshold
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno < self.threshold:
-            return
-        for handler in logging.getLogger().handlers:
-            if record.levelno >= handler.level:
-                handler.handle(record)
-
-
-class _RunLogHandler(logging.FileHandler):
-    """The run's log file; a write that fails (a full disk) drops the line, not the batch."""
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _run_log(out_dir: Path) -> Iterator[tuple[Path, IO[Any]]]:
-    """A log file for this run, receiving our log records and the workers' stderr."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out_dir / f"modelmora-{stamp}.log"
-    package = logging.getLogger("modelmora")
-    handler = _RunLogHandler(path, encoding="utf-8")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-    level, propagate = package.level, package.propagate
-    forward = _Forward(package.getEffectiveLevel()) if propagate else None
-    package.setLevel(min(package.getEffectiveLevel(), logging.INFO))
-    package.propagate = False
-    for extra in (handler, forward):
-        if extra is not None:
-            package.addHandler(extra)
-    stream = open(path, "ab", buffering=0)  # noqa: SIM115 - closed below, shared with workers
-    try:
-        yield path, stream
-    finally:
-        for extra in (handler, forward):
-            if extra is not None:
-                package.removeHandler(extra)
-        package.setLevel(level)
-        package.propagate = propagate
-        with contextlib.suppress(OSError):  # a full disk: the log loses its tail
-            handler.close()
-        with contextlib.suppress(OSError):
-            stream.close()
-
-
 def _make_progress(console: Console | None) -> Progress | None:
     if console is None:
         return None
@@ -747,7 +559,7 @@ def transcribe_files(
     folder = Path(out_dir if out_dir is not None else options.output_dir)
     (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
     sampler = TreeSampler().start()
-    with _run_log(folder) as (log_path, log_file):
+    with run_log(folder) as (log_path, log_file):
         progress = _make_progress(console)
         run = _Run(options, folder, log_file, progress, console)
         logger.info("batch of %d file(s) into %s with %s", len(paths), folder, options)

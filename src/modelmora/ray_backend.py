@@ -38,7 +38,8 @@ from .models import ModelSpec
 from .runtime import THREAD_ENV_VARS, Worker
 
 if TYPE_CHECKING:
-    from .pipeline import StageStats, _Job, _Run, _Stage
+    from .batch_report import StageStats
+    from .pipeline import _Job, _Run, _Stage
 
 __all__ = ["INSTALL_HINT", "StageRunner", "ray_available", "ray_stage_runner"]
 
