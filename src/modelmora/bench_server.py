@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -228,34 +229,39 @@ def _model_gain(twin: Worker, size: int, rounds: int = 5) -> dict[str, Any]:
     }
 
 
+def _in_threads(count: int, target: Callable[[], None]) -> float:
+    """Run ``target`` in ``count`` threads at once; return the seconds until all are done."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - t0
+
+
 def _load(port: int, model: str, clients: int, requests: int) -> float:
     """Send ``requests`` one-text requests from ``clients`` threads; return requests/s."""
-    counter = itertools.count()
     errors: list[str] = []
 
-    def one_client(total: int) -> None:
-        client = _Client(port)
-        try:
-            while (i := next(counter)) < total and not errors:
-                body = {"model": model, "input": f"{_TEXT} ({i})"}
-                status, data = client.post("/v1/embeddings", body)
-                if status != 200:
-                    errors.append(f"{status} {data[:200]!r}")
-        finally:
-            client.close()
-
     def send(total: int) -> float:
-        nonlocal counter
         counter = itertools.count()
-        threads = [threading.Thread(target=one_client, args=(total,)) for _ in range(clients)]
-        t0 = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+
+        def one_client() -> None:
+            client = _Client(port)
+            try:
+                while (i := next(counter)) < total and not errors:
+                    body = {"model": model, "input": f"{_TEXT} ({i})"}
+                    status, data = client.post("/v1/embeddings", body)
+                    if status != 200:
+                        errors.append(f"{status} {data[:200]!r}")
+            finally:
+                client.close()
+
+        elapsed = _in_threads(clients, one_client)
         if errors:
             raise RuntimeError(f"POST /v1/embeddings failed: {errors[0]}")
-        return time.perf_counter() - t0
+        return elapsed
 
     send(2 * clients)  # warm up the worker
     return requests / send(requests)
@@ -312,16 +318,11 @@ def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
     rng = random.Random(0)
     plan = iter([(rng.choice("abc"), i) for i in range(options.churn_requests)])
     failures: list[str] = []
-    lock = threading.Lock()
 
     def one_client(port: int) -> None:
         client = _Client(port)
         try:
-            while True:
-                with lock:
-                    name, i = next(plan, (None, 0))
-                if name is None:
-                    return
+            for name, i in plan:  # a shared iterator: next() is atomic under the GIL
                 status, data = client.post(f"/api/v1/models/toy-{name}/predict", {"input": i})
                 if status != 200 or json.loads(data).get("output") != i:
                     failures.append(f"{status} {data[:200]!r}")
@@ -329,16 +330,7 @@ def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
             client.close()
 
     with _ServerProcess(config, folder) as server, _TreeSampler(server.pid) as sampler:
-        threads = [
-            threading.Thread(target=one_client, args=(server.port,))
-            for _ in range(options.churn_clients)
-        ]
-        t0 = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - t0
+        wall = _in_threads(options.churn_clients, lambda: one_client(server.port))
         counts = server.get("/api/v1/models")["models"]
     limit = budget * 1.1
     return {
