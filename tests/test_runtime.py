@@ -305,3 +305,125 @@ def test_shared_memory_files_are_reused_only_once_released():
         assert len(ours) <= 2
     del kept
     assert set(os.listdir(SHM_DIR)) - before == set(), "shared-memory files left behind"
+
+
+# --- streamed calls -------------------------------------------------------------------------
+
+
+def stream_op(value, then=None, delay=0.0):
+    return {"op": "stream", "value": value, "then": then, "delay": delay}
+
+
+def test_stream_chunks_arrive_before_the_end_and_the_worker_stays_usable():
+    with Worker("toy") as worker:
+        t0 = time.monotonic()
+        seen = []
+        for chunk in worker.stream(stream_op(["a", "b", "c"], {"op": "sleep", "seconds": 1.5})):
+            seen.append((chunk, time.monotonic() - t0))
+        total = time.monotonic() - t0
+        assert [c for c, _ in seen] == ["a", "b", "c"]
+        # every chunk came while the model was still working (it sleeps 1.5 s after them)
+        assert seen[-1][1] < total - 1.0, (seen, total)
+        assert worker.calls == 1 and worker.memory is not None
+        assert list(worker.stream(stream_op("xyz"))) == ["x", "y", "z"]
+        assert list(worker.stream("whole")) == ["whole"]  # not a stream op: one chunk
+        assert worker.call([1]) == [1]
+
+
+def test_stream_error_midway_keeps_type_and_traceback_and_worker_survives():
+    with Worker("toy") as worker:
+        seen = []
+        with pytest.raises(ValueError, match="broke at 2") as info:
+            for chunk in worker.stream(stream_op([1, 2], {"op": "raise", "message": "broke at 2"})):
+                seen.append(chunk)
+        assert seen == [1, 2]
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "predict_stream" in info.value.__cause__.tb
+        assert worker.call(["still alive"]) == ["still alive"]
+
+
+def test_stream_unpicklable_chunk_is_a_clear_error():
+    with Worker("toy") as worker:
+        with pytest.raises(
+            ResultNotPicklable, match=r"chunk 1 of the stream \(lock\) cannot be pickled"
+        ):
+            list(worker.stream(stream_op([1], {"op": "unpicklable"}), timeout=10))
+        assert worker.call([5]) == [5]
+
+
+def test_stream_crash_midway_is_a_crash_and_a_fresh_worker_works():
+    worker = Worker("toy").start()
+    seen = []
+    with pytest.raises(WorkerCrashed, match="exited with code 3") as info:
+        for chunk in worker.stream(stream_op([1, 2], {"op": "exit", "code": 3}), timeout=30):
+            seen.append(chunk)
+    assert seen == [1, 2] and info.value.exitcode == 3
+    assert not worker.alive
+    with pytest.raises(WorkerStopped):
+        list(worker.stream(stream_op([1])))
+    with Worker("toy") as fresh:
+        assert list(fresh.stream(stream_op([1, 2]))) == [1, 2]
+
+
+def test_stream_timeout_covers_the_whole_stream():
+    worker = Worker("toy").start()
+    pid = worker.pid
+    seen = []
+    t0 = time.monotonic()
+    with pytest.raises(WorkerTimeout, match=r"within 1\.0 s"):
+        for chunk in worker.stream(stream_op(list(range(100)), delay=0.05), timeout=1.0):
+            seen.append(chunk)
+    assert 5 < len(seen) < 40 and time.monotonic() - t0 < 3.0
+    assert wait_gone(pid)
+
+
+def test_abandoned_stream_is_cancelled_and_the_worker_kept():
+    with Worker("toy") as worker:
+        pid = worker.pid
+        t0 = time.monotonic()
+        for chunk in worker.stream(stream_op(list(range(500)), delay=0.02)):  # 10 s in all
+            if chunk == 2:
+                break  # the generator is closed here: the child stops at its next chunk
+        assert time.monotonic() - t0 < 2.0
+        assert worker.alive and worker.pid == pid
+        assert worker.call([5]) == [5]
+        assert list(worker.stream(stream_op([7, 8]))) == [7, 8]
+
+
+def test_abandoned_stream_that_does_not_stop_is_killed():
+    worker = Worker("toy", stop_timeout=0.5).start()
+    pid = worker.pid
+    chunks = worker.stream(stream_op([1], {"op": "hang"}))
+    assert next(chunks) == 1
+    time.sleep(0.3)  # the child looked for a cancel after chunk 1 and went on to hang
+    t0 = time.monotonic()
+    chunks.close()  # never raises: the child is killed, the worker reports it is stopped
+    assert time.monotonic() - t0 < 3.0
+    assert wait_gone(pid) and not worker.alive
+    with pytest.raises(WorkerStopped):
+        worker.call([1])
+
+
+def test_a_stream_holds_the_worker_until_it_ends():
+    with Worker("toy") as worker:
+        chunks = worker.stream(stream_op([1, 2], delay=0.3))
+        assert next(chunks) == 1
+        done = threading.Event()
+        other = threading.Thread(target=lambda: (worker.call([3]), done.set()))
+        other.start()
+        assert not done.wait(0.2), "a call ran in the middle of a stream"
+        assert list(chunks) == [2]
+        other.join(5)
+        assert done.is_set()
+
+
+def test_large_stream_chunks_travel_through_shared_memory():
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal(2_000_000, dtype=np.float32) for _ in range(3)]
+    before = set(os.listdir(SHM_DIR))
+    with Worker("toy") as worker:
+        got = list(worker.stream(stream_op(arrays)))  # all alive together
+        assert all(np.array_equal(g, a) for g, a in zip(got, arrays, strict=True))
+        assert worker.call([1]) == [1]
+    del got
+    assert set(os.listdir(SHM_DIR)) - before == set(), "shared-memory files left behind"

@@ -394,3 +394,99 @@ def test_metrics_render(make_scheduler: MakeScheduler) -> None:
     ):
         assert name in text
     assert scheduler.metrics.content_type.startswith("text/plain")
+
+
+# --- streamed requests ------------------------------------------------------------------------
+
+
+def stream_op(value: Any, then: dict[str, Any] | None = None, delay: float = 0.0) -> Any:
+    return {"op": "stream", "value": value, "then": then, "delay": delay}
+
+
+def test_streamed_request_loads_the_model_and_chunks_come_first(
+    make_scheduler: MakeScheduler,
+) -> None:
+    scheduler = make_scheduler([toy("a")])
+    chunks: list[tuple[Any, float]] = []
+    t0 = time.monotonic()
+    future = scheduler.submit(
+        "a",
+        stream_op([1, 2, 3], {"op": "sleep", "seconds": 1.0}),
+        on_chunk=lambda value: chunks.append((value, time.monotonic() - t0)),
+    )
+    assert future.result(30) == 3
+    total = time.monotonic() - t0
+    assert [c for c, _ in chunks] == [1, 2, 3]
+    assert chunks[-1][1] < total - 0.7, (chunks, total)  # delivered while the model worked
+    a = info(scheduler, "a")
+    assert a["state"] == "resident" and a["loads"] == 1
+    assert scheduler.submit("a", "plain").result(30) == "plain"
+
+
+def test_streamed_requests_run_alone_in_priority_order(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a", max_batch_size=8, max_wait_ms=0)])
+    scheduler.load("a")
+    blocker = scheduler.submit("a", {"op": "sleep", "seconds": 0.5})
+    wait_for(lambda: info(scheduler, "a")["queue_depth"] == 0)
+    done: list[str] = []
+    futures = [
+        scheduler.submit("a", stream_op(["s"]), "low", on_chunk=lambda _: None),
+        scheduler.submit("a", "n1"),
+        scheduler.submit("a", "n2"),
+        scheduler.submit("a", stream_op(["c"]), "critical", on_chunk=lambda _: None),
+    ]
+    for name, future in zip(("low stream", "n1", "n2", "critical stream"), futures, strict=True):
+        future.add_done_callback(lambda _, name=name: done.append(name))
+    for future in [blocker, *futures]:
+        future.result(30)
+    assert done[0] == "critical stream" and done[-1] == "low stream"
+    assert sorted(done[1:3]) == ["n1", "n2"]
+    assert batches(scheduler, "a") == 4  # blocker, critical stream, [n1, n2], low stream
+
+
+def test_stopping_a_stream_keeps_the_worker(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a")])
+    scheduler.load("a")
+    pid = info(scheduler, "a")["pid"]
+    seen: list[int] = []
+
+    def on_chunk(value: int) -> bool:
+        seen.append(value)
+        return value < 2  # False: stop
+
+    t0 = time.monotonic()
+    future = scheduler.submit("a", stream_op(list(range(500)), delay=0.02), on_chunk=on_chunk)
+    assert future.result(30) == 3 and seen == [0, 1, 2]
+    assert time.monotonic() - t0 < 3.0  # not the 10 s the whole stream takes
+    a = info(scheduler, "a")
+    assert a["pid"] == pid and a["crashes"] == 0
+    assert scheduler.submit("a", "next").result(30) == "next"
+
+
+def test_stream_error_fails_its_request_only(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a")])
+    scheduler.load("a")
+    pid = info(scheduler, "a")["pid"]
+    seen: list[Any] = []
+    future = scheduler.submit(
+        "a", stream_op([1], {"op": "raise", "message": "bad piece"}), on_chunk=seen.append
+    )
+    with pytest.raises(ValueError, match="bad piece"):
+        future.result(30)
+    assert seen == [1]
+    assert info(scheduler, "a")["pid"] == pid
+    assert scheduler.submit("a", "next").result(30) == "next"
+
+
+def test_stream_crash_after_a_chunk_is_not_retried(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a")])  # retry_crashed: but the caller saw chunks
+    scheduler.load("a")
+    seen: list[Any] = []
+    future = scheduler.submit(
+        "a", stream_op([1, 2], {"op": "exit", "code": 3}), on_chunk=seen.append
+    )
+    with pytest.raises(WorkerCrashed, match="exited with code 3"):
+        future.result(30)
+    assert seen == [1, 2]
+    assert info(scheduler, "a")["crashes"] == 1
+    assert scheduler.submit("a", "after").result(30) == "after"

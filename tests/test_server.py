@@ -360,6 +360,79 @@ def test_queued_jobs_survive_a_restart(make_server: Any, sig: int) -> None:
     assert [job["status"] for job in jobs] == ["succeeded"] * len(ids)
 
 
+# --- streamed predictions (toy models) --------------------------------------------------------
+
+
+def _stream_op(value: Any, then: dict[str, Any] | None = None, delay: float = 0.0) -> Any:
+    return {"op": "stream", "value": value, "then": then, "delay": delay}
+
+
+def _events(response: httpx.Response) -> Iterator[tuple[Any, float]]:
+    """The server-sent events of a response (``[DONE]`` as a string), each with its arrival."""
+    t0 = time.monotonic()
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            yield (data if data == "[DONE]" else json.loads(data)), time.monotonic() - t0
+
+
+def _stream_predict(http: httpx.Client, model: str, item: Any) -> list[Any]:
+    body = {"input": item, "stream": True}
+    with http.stream("POST", f"/api/v1/models/{model}/predict", json=body) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return [event for event, _ in _events(response)]
+
+
+def test_streamed_predict_sends_chunks_as_they_come(toy_server: ServerProcess) -> None:
+    item = _stream_op(["a", "b"], {"op": "sleep", "seconds": 1.0})
+    body = {"input": item, "stream": True}
+    with toy_server.client() as http:
+        with http.stream("POST", "/api/v1/models/echo/predict", json=body) as response:
+            assert response.status_code == 200
+            events = list(_events(response))
+        assert [e for e, _ in events] == [{"output": "a"}, {"output": "b"}, "[DONE]"]
+        assert events[1][1] < events[2][1] - 0.6, events  # sent while the model still worked
+        assert _stream_predict(http, "echo", "whole") == [{"output": "whole"}, "[DONE]"]
+
+
+def test_streamed_predict_failures(toy_server: ServerProcess) -> None:
+    with toy_server.client() as http:
+        # nothing streamed yet: an ordinary JSON error with its status
+        body = {"input": {"op": "raise", "message": "early"}, "stream": True}
+        reply = http.post("/api/v1/models/echo/predict", json=body)
+        assert "early" in _error(reply, 400)["message"]
+        # mid-stream: an error event ends the stream (no [DONE], no hang)
+        events = _stream_predict(http, "echo", _stream_op([1], {"op": "raise", "message": "mid"}))
+        assert events[0] == {"output": 1} and len(events) == 2
+        assert "mid" in events[1]["error"]["message"]
+        assert events[1]["error"]["code"] == "invalid_input"
+        events = _stream_predict(http, "crashy", _stream_op([1], {"op": "exit", "code": 3}))
+        assert events[0] == {"output": 1} and events[1]["error"]["code"] == "worker_crashed"
+        t0 = time.monotonic()
+        events = _stream_predict(http, "slow", _stream_op([1], {"op": "hang"}))
+        assert events[0] == {"output": 1} and events[1]["error"]["code"] == "timeout"
+        assert time.monotonic() - t0 < 10  # the 3 s request timeout, not a hang
+        for model in ("echo", "crashy", "slow"):
+            reply = http.post(f"/api/v1/models/{model}/predict", json={"input": "after"})
+            assert reply.status_code == 200 and reply.json()["output"] == "after", reply.text
+
+
+def test_client_disconnect_stops_the_stream(make_server: Any) -> None:
+    server = make_server({"models": [{"name": "s", **TOY}], "request_timeout_s": 60})
+    item = _stream_op(list(range(500)), delay=0.02)  # 10 s if nobody stops it
+    with server.client() as http:
+        with http.stream("POST", "/api/v1/models/s/predict", json={"input": item, "stream": True}):
+            pass  # headers only: the first chunk was produced, then the client hangs up
+        pid = http.get("/api/v1/models").json()["models"][0]["pid"]
+        t0 = time.monotonic()
+        reply = http.post("/api/v1/models/s/predict", json={"input": "next"})
+        assert reply.json()["output"] == "next"
+        assert time.monotonic() - t0 < 3.0  # the worker was free again: generation stopped
+        model = http.get("/api/v1/models").json()["models"][0]
+        assert model["pid"] == pid and model["crashes"] == 0  # stopped, not killed
+
+
 # --- real models, through the official openai client -----------------------------------------
 
 
@@ -458,3 +531,48 @@ def test_openai_chat_and_stream(openai_client: Any) -> None:
     assert streamed == text  # temperature 0: the same completion
     assert chunks[-1].usage is not None
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+
+
+_COUNTING = [{"role": "user", "content": "List the numbers from one to twenty."}]
+
+
+@pytest.mark.slow
+def test_openai_chat_streams_tokens_as_they_are_generated(openai_client: Any) -> None:
+    options = {"model": "gemma-3-270m", "messages": _COUNTING, "max_tokens": 48, "temperature": 0}
+    text = openai_client.chat.completions.create(**options).choices[0].message.content
+    t0 = time.monotonic()
+    stream = openai_client.chat.completions.create(
+        **options, stream=True, stream_options={"include_usage": True}
+    )
+    arrivals = [(chunk, time.monotonic() - t0) for chunk in stream]
+    total = time.monotonic() - t0
+    pieces = [
+        (c.choices[0].delta.content, t)
+        for c, t in arrivals
+        if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) > 5, pieces  # token by token, not one block
+    assert "".join(p for p, _ in pieces) == text  # temperature 0: what the model generated
+    # the first token is out long before the last one is generated
+    assert pieces[0][1] < 0.5 * total and total - pieces[0][1] > 0.3, (pieces[0][1], total)
+    usage = arrivals[-1][0].usage
+    assert usage.prompt_tokens > 1 and usage.completion_tokens > 1
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+@pytest.mark.slow
+def test_llm_adapter_streams_from_an_openai_compatible_server(model_server: ServerProcess) -> None:
+    from modelmora.models.llm import LlmAdapter
+
+    adapter = LlmAdapter(model=model_server.url, remote_model="gemma-3-270m")
+    adapter.load()
+    item = {"task": "chat", "messages": _COUNTING, "max_tokens": 48, "temperature": 0}
+    try:
+        (whole,) = adapter.predict([item])
+        pieces = list(adapter.predict_stream(item))
+    finally:
+        adapter.close()
+    assert len(pieces) > 5
+    assert "".join(p["text"] for p in pieces) == whole["text"]
+    assert pieces[-1]["finish_reason"] == whole["finish_reason"]
+    assert pieces[-1]["usage"]["prompt_tokens"] == whole["usage"]["prompt_tokens"]

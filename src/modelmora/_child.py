@@ -9,6 +9,10 @@ Data flow (one worker = one model)::
                         ◀────────────────────── Ready(pid, load_s, memory) | LoadFailed(tb)
     Call(id, inputs)    ───── socket (+shm) ──▶   adapter.predict(inputs)
                         ◀──── socket (+shm) ───── Result(id, outputs, memory) | Failure(id, tb)
+    StreamCall(id, item) ──────────────────────▶  adapter.predict_stream(item)
+                        ◀──── socket (+shm) ───── Chunk(id, seq, value) ... one per value
+    [Cancel(id)]        ─────────────────────▶    (read between chunks: close the generator)
+                        ◀──────────────────────── StreamEnd(id, chunks, memory) | Failure(id, tb)
     Stop()              ─────────────────────▶    adapter.close(); exit 0
     (sentinel: pidfd of the child, waited on together with the socket)
 
@@ -27,12 +31,15 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .memory import MemoryInfo, peak_rss_mb, process_rss_mb
 from .protocol import (
     Call,
+    Cancel,
+    Chunk,
     Failure,
     Init,
     LoadFailed,
@@ -40,6 +47,8 @@ from .protocol import (
     Result,
     ShmChannel,
     Stop,
+    StreamCall,
+    StreamEnd,
     decode,
     encode,
 )
@@ -123,6 +132,11 @@ def _serve(conn: Connection, model: Any, nvml: bool) -> None:
             if close is not None:
                 close()
             return
+        if isinstance(msg, Cancel):  # for a stream that ended before the cancel arrived
+            continue
+        if isinstance(msg, StreamCall):
+            _stream(conn, model, msg, nvml)
+            continue
         assert isinstance(msg, Call), f"unexpected message {type(msg).__name__}"
         frame = _answer(model, msg, nvml)
         del msg  # its arrays map the parent's file: let go before telling the parent
@@ -135,14 +149,7 @@ def _answer(model: Any, msg: Call, nvml: bool) -> bytes:
     try:
         outputs = model.predict(msg.inputs)
     except BaseException as exc:
-        failure = Failure(
-            id=msg.id,
-            error=_portable(exc),
-            message=f"{type(exc).__name__}: {exc}",
-            tb=traceback.format_exc(),
-            memory=_memory(nvml),
-        )
-        return encode(failure, _channel)
+        return encode(_failure(msg.id, exc, nvml), _channel)
     reply = Result(msg.id, outputs, _memory(nvml), time.perf_counter() - t0)
     try:
         return encode(reply, _channel)
@@ -157,6 +164,72 @@ def _answer(model: Any, msg: Call, nvml: bool) -> bytes:
             unpicklable=True,
         )
         return encode(failure, _channel)
+
+
+def _failure(call_id: int, exc: BaseException, nvml: bool) -> Failure:
+    return Failure(
+        id=call_id,
+        error=_portable(exc),
+        message=f"{type(exc).__name__}: {exc}",
+        tb=traceback.format_exc(),
+        memory=_memory(nvml),
+    )
+
+
+def _outputs(model: Any, item: Any) -> Iterator[Any]:
+    """The adapter's ``predict_stream(item)``; without one, its whole output as one chunk."""
+    predict_stream = getattr(model, "predict_stream", None)
+    if predict_stream is None:
+        return iter(model.predict([item]))
+    return iter(predict_stream(item))
+
+
+def _cancelled(conn: Connection, call_id: int) -> bool:
+    """True when the parent asked to stop this stream (or went away)."""
+    if not conn.poll(0):
+        return False
+    try:
+        msg = decode(conn.recv_bytes(), _channel)
+    except EOFError:
+        return True
+    assert isinstance(msg, Cancel), f"unexpected message {type(msg).__name__} in a stream"
+    return msg.id == call_id
+
+
+def _stream(conn: Connection, model: Any, msg: StreamCall, nvml: bool) -> None:
+    """Send a Chunk per value the adapter yields, then StreamEnd (or a Failure)."""
+    t0 = time.perf_counter()
+    count, cancelled = 0, False
+    reply: Any = None
+    try:
+        outputs = _outputs(model, msg.item)
+        try:
+            for value in outputs:
+                try:
+                    # one-shot files for large chunks: the parent does not answer between chunks
+                    frame = encode(Chunk(msg.id, count, value))
+                except Exception as exc:
+                    reply = _failure(msg.id, exc, nvml)
+                    reply.error, reply.unpicklable = None, True
+                    reply.message = (
+                        f"chunk {count} of the stream ({type(value).__name__}) cannot be "
+                        f"pickled: {exc}"
+                    )
+                    break
+                conn.send_bytes(_channel.stamp(frame))
+                count += 1
+                if _cancelled(conn, msg.id):
+                    cancelled = True
+                    break
+        finally:
+            close = getattr(outputs, "close", None)
+            if close is not None:  # the generator's cleanup runs now (llama.cpp stops sampling)
+                close()
+    except BaseException as exc:
+        reply = _failure(msg.id, exc, nvml)
+    if reply is None:
+        reply = StreamEnd(msg.id, count, _memory(nvml), time.perf_counter() - t0, cancelled)
+    _send(conn, reply)
 
 
 def main(argv: list[str]) -> int:

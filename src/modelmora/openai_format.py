@@ -3,8 +3,9 @@
 Pure functions between the HTTP routes of :mod:`modelmora.server` and the adapters' outputs:
 embedding vectors become ``{"object": "list", "data": [...]}`` (floats or base64 float32),
 transcript dicts become json/text/srt/vtt/verbose_json, chat results become
-``chat.completion`` objects or server-sent ``chat.completion.chunk`` events. Subtitles are
-written by :func:`modelmora.transcript.write_outputs`, the same writers the CLI uses.
+``chat.completion`` objects, and the pieces of a streamed completion server-sent
+``chat.completion.chunk`` events. Subtitles are written by
+:func:`modelmora.transcript.write_outputs`, the same writers the CLI uses.
 """
 
 from __future__ import annotations
@@ -15,20 +16,23 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .config import ModelConfig
 from .transcript import Transcript, write_outputs
 
 __all__ = [
     "RESPONSE_FORMATS",
+    "ChatChunks",
+    "EventFormat",
+    "OutputChunks",
     "chat_completion",
-    "chat_stream",
     "check_json_input",
     "check_transcription_options",
     "embeddings",
@@ -223,34 +227,100 @@ def chat_completion(model: str, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _chunks(model: str, result: dict[str, Any], include_usage: bool) -> Iterator[str]:
-    base = {"id": _completion_id(), "object": "chat.completion.chunk", "created": int(time.time())}
-    base["model"] = model
-
-    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
-
-    yield event({"role": "assistant", "content": ""})
-    for piece in re.findall(r"\s*\S+|\s+", result["text"]):  # joined: exactly the text
-        yield event({"content": piece})
-    yield event({}, result.get("finish_reason") or "stop")
-    if include_usage:
-        yield f"data: {json.dumps({**base, 'choices': [], 'usage': result.get('usage')})}\n\n"
-    yield "data: [DONE]\n\n"
+def _event(data: Any) -> str:
+    return f"data: {json.dumps(data)}\n\n"
 
 
-def chat_stream(model: str, result: dict[str, Any], *, include_usage: bool) -> Response:
-    """Server-sent ``chat.completion.chunk`` events for one finished LLM result.
+_DONE = "data: [DONE]\n\n"
 
-    The worker protocol returns whole results, so the text is sent word by word once it is
-    generated: clients that stream work unchanged; the first token waits for the last.
+
+class EventFormat(Protocol):
+    """How a streamed response writes its server-sent events (:class:`ChatChunks`...)."""
+
+    def chunk(self, value: Any) -> str:
+        """The events of one chunk from the worker ("" for none)."""
+        ...
+
+    def end(self) -> str:
+        """The events after the last chunk."""
+        ...
+
+    def error(self, error: dict[str, Any]) -> str:
+        """The event of a failure midway (the stream ends after it)."""
+        ...
+
+
+class ChatChunks:
+    """Server-sent ``chat.completion.chunk`` events of one completion, as its pieces arrive.
+
+    The LLM adapter streams ``{"text": piece}`` dicts, the last one with ``finish_reason`` and
+    ``usage``. The events are a role chunk, one content chunk per non-empty piece, a chunk
+    with the finish reason, the usage chunk when asked (``stream_options.include_usage``) and
+    ``data: [DONE]``.
+
+    Args:
+        model: the model name echoed in every chunk.
+        include_usage: send the usage chunk before ``[DONE]``.
     """
-    return StreamingResponse(
-        _chunks(model, result, include_usage),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache"},
-    )
+
+    def __init__(self, model: str, *, include_usage: bool) -> None:
+        self.base = {
+            "id": _completion_id(),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        self.include_usage = include_usage
+        self.finish_reason = "stop"
+        self.usage: dict[str, int] | None = None
+        self._started = False
+
+    def _choice(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return _event({**self.base, "choices": [choice]})
+
+    def _start(self) -> str:
+        if self._started:
+            return ""
+        self._started = True
+        return self._choice({"role": "assistant", "content": ""})
+
+    def chunk(self, piece: dict[str, Any]) -> str:
+        """The events of one piece from the adapter ("" when it carries no text)."""
+        out = self._start()
+        if piece.get("text"):
+            out += self._choice({"content": piece["text"]})
+        self.finish_reason = piece.get("finish_reason") or self.finish_reason
+        self.usage = piece.get("usage") or self.usage
+        return out
+
+    def end(self) -> str:
+        """The finish chunk, the usage chunk if asked, and ``[DONE]``."""
+        out = self._start() + self._choice({}, self.finish_reason)
+        if self.include_usage:
+            out += _event({**self.base, "choices": [], "usage": self.usage})
+        return out + _DONE
+
+    def error(self, error: dict[str, Any]) -> str:
+        """An ``{"error": ...}`` event: the stream failed (OpenAI's clients raise on it)."""
+        return _event({"error": error})
+
+
+class OutputChunks:
+    """Server-sent events of a native streamed prediction: ``{"output": chunk}`` each, then
+    ``[DONE]``; a failure is an ``{"error": ...}`` event."""
+
+    def chunk(self, value: Any) -> str:
+        """The event of one chunk."""
+        return _event({"output": jsonable_encoder(value)})
+
+    def end(self) -> str:
+        """``[DONE]``."""
+        return _DONE
+
+    def error(self, error: dict[str, Any]) -> str:
+        """An ``{"error": ...}`` event."""
+        return _event({"error": error})
 
 
 def check_json_input(value: Any) -> None:

@@ -28,6 +28,8 @@ __all__ = [
     "SHM_DIR",
     "SHM_THRESHOLD",
     "Call",
+    "Cancel",
+    "Chunk",
     "Failure",
     "Init",
     "LoadFailed",
@@ -35,6 +37,8 @@ __all__ = [
     "Result",
     "ShmChannel",
     "Stop",
+    "StreamCall",
+    "StreamEnd",
     "decode",
     "encode",
     "shm_prefix",
@@ -86,6 +90,21 @@ class Call:
 
 
 @dataclass
+class StreamCall:
+    """Parent → worker: run the model on one ``item`` and send its outputs as they come."""
+
+    id: int
+    item: Any
+
+
+@dataclass
+class Cancel:
+    """Parent → worker: stop streamed call ``id`` (its caller went away); it ends with StreamEnd."""
+
+    id: int
+
+
+@dataclass
 class Stop:
     """Parent → worker: close the model and exit."""
 
@@ -101,8 +120,35 @@ class Result:
 
 
 @dataclass
+class Chunk:
+    """Worker → parent: the ``seq``-th partial output of streamed call ``id``."""
+
+    id: int
+    seq: int
+    value: Any
+
+
+@dataclass
+class StreamEnd:
+    """Worker → parent: streamed call ``id`` is over after ``chunks`` chunks.
+
+    ``cancelled`` says it stopped early on a :class:`Cancel`. A stream that raised ends with a
+    :class:`Failure` instead.
+    """
+
+    id: int
+    chunks: int
+    memory: MemoryInfo
+    wall_s: float
+    cancelled: bool = False
+
+
+@dataclass
 class Failure:
-    """Worker → parent: call ``id`` raised (``error`` is None if it could not be pickled)."""
+    """Worker → parent: call ``id`` raised (``error`` is None if it could not be pickled).
+
+    It also ends a streamed call that raised, or whose chunk could not be pickled.
+    """
 
     id: int
     error: BaseException | None
@@ -127,7 +173,9 @@ class ShmChannel:
     sends anything, it tells the peer whether that mapping is free (no array uses it any more:
     the file may be rewritten) or still in use (it unlinks the file, the arrays keep their
     pages, and the peer makes a new file next time). Messages strictly alternate, so this
-    needs no other synchronisation. Files over :data:`REUSE_MAX` are never kept.
+    needs no other synchronisation. Files over :data:`REUSE_MAX` are never kept. The chunks of
+    a stream do not alternate with anything: they are encoded without a channel (one-shot
+    files that the receiver unlinks), so the channel's file is only ever used by replies.
     """
 
     def __init__(self) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ class Request:
     t_submit: float
     running: bool = False
     retried: bool = False
+    # a streamed request: called with each chunk; runs alone, never batched
+    on_chunk: Callable[[Any], Any] | None = None
 
 
 @dataclass(eq=False)

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Generator
 from multiprocessing.connection import Connection, wait
 from typing import IO, Any
 
@@ -247,17 +248,96 @@ class Worker:
                 proto.discard(frame)
                 self._fail_dead("receiving a call")
             msg = self._receive(timeout, "a call")
-            self.calls += 1
-            self.memory = msg.memory
-            if isinstance(msg, proto.Failure):
-                if msg.unpicklable:
-                    raise _with_cause(
-                        ResultNotPicklable(f"worker {self.name}: {msg.message}"), msg.tb
-                    )
-                error = msg.error if msg.error is not None else WorkerError(msg.message)
-                raise _with_cause(error, msg.tb)
+            self._end_call(msg)
             assert isinstance(msg, proto.Result) and msg.id == call_id, "reply out of order"
             return msg.outputs
+
+    def stream(self, item: Any, timeout: float | None = None) -> Generator[Any, None, None]:
+        """Run the model on one input and yield its partial outputs as the child sends them.
+
+        The child calls the adapter's ``predict_stream(item)`` (a generator) and sends each
+        value as soon as it is yielded; an adapter without ``predict_stream`` sends its whole
+        ``predict([item])`` output as one chunk. The worker is held (its lock) until the stream
+        ends, so iterate it and close it in one thread (``contextlib.closing``, or a ``for``
+        loop that runs to its end or ``break``).
+
+        Stopping early (``break``, ``close()``) cancels the stream: the child is told to stop,
+        closes the adapter's generator at its next value, and the worker stays loaded for the
+        next call. A child that does not wind down within ``stop_timeout`` seconds is killed
+        (logged; closing never raises).
+
+        Args:
+            item: one input (picklable).
+            timeout: seconds the whole stream may take; past it the child is killed.
+
+        Yields:
+            The values the adapter yields, in order.
+
+        Raises:
+            Exception: whatever the model raised, with the child's traceback as ``__cause__``
+                (after the chunks sent before it).
+            WorkerCrashed, WorkerTimeout, MemoryLimitExceeded, WorkerStopped: as for
+                :meth:`call`.
+            ResultNotPicklable: a chunk could not be sent back.
+        """
+        return self._stream(item, timeout)
+
+    def _stream(self, item: Any, timeout: float | None) -> Generator[Any, None, None]:
+        with self._lock:
+            if self._conn is None or not self.alive:
+                raise WorkerStopped(f"worker {self.name} is not running: start it first")
+            call_id = next(_ids)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            msg = proto.StreamCall(call_id, item)
+            frame = self._channel.stamp(proto.encode(msg, self._channel))
+            del msg
+            try:
+                self._conn.send_bytes(frame)
+            except OSError:
+                proto.discard(frame)
+                self._fail_dead("receiving a streamed call")
+            ended = False
+            try:
+                while True:
+                    reply = self._receive(timeout, "a streamed call", deadline)
+                    assert reply.id == call_id, "reply out of order"
+                    if not isinstance(reply, proto.Chunk):
+                        ended = True
+                        self._end_call(reply)
+                        return
+                    yield reply.value
+            finally:
+                if not ended and self.alive:  # the caller stopped early (a crash reaped it)
+                    self._cancel(call_id, deadline)
+
+    def _cancel(self, call_id: int, deadline: float | None) -> None:
+        """Ask the child to stop stream ``call_id`` and drain it; kill it if it does not stop."""
+        assert self._conn is not None
+        grace = self.stop_timeout
+        if deadline is not None:
+            grace = min(grace, max(deadline - time.monotonic(), 0.0))
+        try:
+            self._conn.send_bytes(proto.encode(proto.Cancel(call_id)))
+            end = time.monotonic() + grace
+            while True:
+                reply = self._receive(grace, "the end of a cancelled stream", end)
+                if not isinstance(reply, proto.Chunk):
+                    self._end_call(reply, raise_failure=False)
+                    return
+        except (WorkerError, OSError) as exc:  # the worker is reaped: the next call says so
+            logger.warning("worker %s: a cancelled stream did not end cleanly: %s", self.name, exc)
+            self.kill()
+
+    def _end_call(self, reply: Any, raise_failure: bool = True) -> None:
+        """Count a finished call and raise the remote error of a Failure."""
+        self.calls += 1
+        self.memory = reply.memory
+        if not isinstance(reply, proto.Failure) or not raise_failure:
+            return
+        if reply.unpicklable:
+            raise _with_cause(ResultNotPicklable(f"worker {self.name}: {reply.message}"), reply.tb)
+        error = reply.error if reply.error is not None else WorkerError(reply.message)
+        raise _with_cause(error, reply.tb)
 
     def rss_mb(self) -> float:
         """RSS of the child and its descendants right now (0.0 when stopped)."""
@@ -385,10 +465,15 @@ class Worker:
         self._reap()
         raise WorkerCrashed(f"worker {self.name} {_describe_exit(code)} while {during}", code)
 
-    def _receive(self, timeout: float | None, during: str) -> Any:
-        """Wait for one message, watching the child's death, its timeout and its memory."""
+    def _receive(self, timeout: float | None, during: str, deadline: float | None = None) -> Any:
+        """Wait for one message, watching the child's death, its timeout and its memory.
+
+        ``deadline`` (monotonic) replaces ``now + timeout`` when given: a stream's chunks share
+        one limit; ``timeout`` is then only what the error message says.
+        """
         assert self._conn is not None and self._proc is not None
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
         watch: list[Any] = [self._conn] + ([self._pidfd] if self._pidfd is not None else [])
         while True:
             step = self.poll_interval if self.memory_limit_mb else 1.0
@@ -416,8 +501,8 @@ class Worker:
             if deadline is not None and time.monotonic() >= deadline:
                 self.kill()
                 raise WorkerTimeout(
-                    f"worker {self.name} gave no reply within {timeout:.1f} s during {during}: "
-                    "it was killed"
+                    f"worker {self.name} gave no reply within {timeout or 0.0:.1f} s during "
+                    f"{during}: it was killed"
                 )
 
 

@@ -15,7 +15,8 @@
 
 Threads only (no asyncio): the HTTP layer awaits the returned futures with
 ``asyncio.wrap_future``. One condition variable guards all state; workers are started, called
-and stopped in a thread pool, never while the lock is held.
+and stopped in a thread pool, never while the lock is held. A streamed request (``on_chunk``)
+runs alone through ``Worker.stream``; the pool thread hands each chunk to its callback.
 
 A model's footprint is its declared ``footprint_mb``, else the largest peak RSS measured on
 earlier runs (``cache_dir/footprints.json``), else an estimate corrected after the first load.
@@ -30,7 +31,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,10 @@ logger = logging.getLogger(__name__)
 _CRASHES = (WorkerCrashed, MemoryLimitExceeded, WorkerTimeout, WorkerStopped)
 _BACKOFF_CAP_S = 30.0
 _SWAP_HOLD_CAP_S = 5.0
+
+
+def _alone(req: Request) -> bool:
+    return req.retried or req.on_chunk is not None
 
 
 class UnknownModel(ModelMoraError):
@@ -198,16 +203,29 @@ class Scheduler:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def submit(self, model: str, item: Any, priority: str = "normal") -> Future[Any]:
+    def submit(
+        self,
+        model: str,
+        item: Any,
+        priority: str = "normal",
+        *,
+        on_chunk: Callable[[Any], Any] | None = None,
+    ) -> Future[Any]:
         """Queue one item for ``model``; the future's result is the adapter's output for it.
 
         Args:
             model: a configured model name.
             item: one input, as the adapter takes it (a string for embeddings, ...).
             priority: critical, high, normal or low.
+            on_chunk: stream the output instead (:meth:`Worker.stream`): called in a scheduler
+                thread with each partial output as the model yields it; returning ``False``
+                stops the stream (the worker stays loaded). The request is queued, admitted
+                and prioritised like any other, but runs alone, never in a batch, and a crash
+                after its first chunk is not retried (the caller has seen part of it).
 
         Returns:
             A ``concurrent.futures.Future``; cancelling it before it runs drops the request.
+            For a streamed request its result is the number of chunks delivered.
 
         Raises:
             ValueError: an unknown priority.
@@ -235,7 +253,7 @@ class Scheduler:
                     f"{waiting} requests are waiting (queue_limit {self.config.queue_limit})",
                     self._retry_after(waiting),
                 )
-            req = Request(item, Future(), priority, next(self._seq), now)
+            req = Request(item, Future(), priority, next(self._seq), now, on_chunk=on_chunk)
             m.queues[priority].append(req)
             self._set_depth(priority, +1)
             self._cond.notify_all()
@@ -427,8 +445,9 @@ class Scheduler:
         batch: list[Request] = []
         while len(batch) < m.cfg.max_batch_size and m.queued():
             head = m.head()
-            # a request retried after a crash runs alone: the crash may have been its fault
-            if batch and (batch[0].retried or (head is not None and head.retried)):
+            # a request retried after a crash runs alone (the crash may have been its fault),
+            # and so does a streamed one
+            if batch and (_alone(batch[0]) or (head is not None and _alone(head))):
                 break
             req = m.pop()
             self._set_depth(req.priority, -1)
@@ -623,6 +642,9 @@ class Scheduler:
             )
 
     def _run_batch(self, m: ModelState, rep: Replica, batch: list[Request]) -> None:
+        if batch[0].on_chunk is not None:
+            self._run_stream(m, rep, batch[0])
+            return
         timeout = self.config.request_timeout_s
         results: list[tuple[Request, Any, BaseException | None]] = []
         crashed: list[Request] = []
@@ -660,6 +682,35 @@ class Scheduler:
             rep.last_used = m.last_used = time.time()
             if crash is not None:
                 self._batch_crashed(m, rep, crashed, crash)
+            else:
+                self._batch_done(m, rep)
+            self._cond.notify_all()
+
+    def _run_stream(self, m: ModelState, rep: Replica, req: Request) -> None:
+        assert req.on_chunk is not None
+        count, crash = 0, None
+        try:
+            stream = rep.worker.stream(req.item, self.config.request_timeout_s)
+            with contextlib.closing(stream) as chunks:  # closed here: cancelled in this thread
+                for value in chunks:
+                    count += 1
+                    req.retried = True  # seen by the caller: a crash from now on is not retried
+                    if req.on_chunk(value) is False:
+                        break
+        except _CRASHES as exc:
+            crash = exc
+        except Exception as exc:  # the model's error, or the callback's own
+            req.future.set_exception(exc)
+        else:
+            req.future.set_result(count)
+        if self.metrics:
+            self.metrics.observe_batch(m.cfg.name, 1)
+            if crash is None:
+                self.metrics.observe_latency(m.cfg.name, time.monotonic() - req.t_submit)
+        with self._cond:
+            rep.last_used = m.last_used = time.time()
+            if crash is not None:
+                self._batch_crashed(m, rep, [req], crash)
             else:
                 self._batch_done(m, rep)
             self._cond.notify_all()

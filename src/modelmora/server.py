@@ -6,12 +6,15 @@ Routes (OpenAPI at ``/docs``)::
     GET  /v1/models/{name}               POST /v1/audio/transcriptions   (multipart)
                                          POST /v1/chat/completions       (stream=true: SSE)
     GET  /api/v1/models                  POST /api/v1/models/{name}/load | unload | predict
+                                                                         (stream=true: SSE)
     GET  /api/v1/status                  POST /api/v1/jobs   GET|DELETE /api/v1/jobs/{id}
                                          GET  /api/v1/jobs/{id}/result
     GET  /metrics   GET /health/live   GET /health/ready
 
 Every request item becomes one ``scheduler.submit`` (so the scheduler batches items of
 concurrent requests together); the handler awaits the futures without blocking the event loop.
+A streamed request is one submit with a chunk callback: the worker's chunks go out as
+server-sent events as they are produced, and a client that disconnects stops the generation.
 Every failure is a JSON error in OpenAI's shape, ``{"error": {"message", "type", "code",
 "param"}}``: runtime exceptions are mapped to status codes here and nowhere else.
 """
@@ -26,7 +29,8 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, MutableMapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,7 +38,7 @@ from typing import Annotated, Any, Literal
 import pydantic_core
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -87,10 +91,13 @@ class ApiError(Exception):
         self.status, self.message, self.type = status, message, type
         self.code, self.param, self.headers = code, param, headers
 
+    def body(self) -> dict[str, Any]:
+        """The ``error`` object: message, type, code, param."""
+        return {"message": self.message, "type": self.type, "code": self.code, "param": self.param}
+
     def response(self) -> JSONResponse:
         """The JSON response of this error."""
-        body = {"message": self.message, "type": self.type, "code": self.code, "param": self.param}
-        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
+        return JSONResponse({"error": self.body()}, status_code=self.status, headers=self.headers)
 
 
 def _check_name(name: str, what: str = "model") -> str:
@@ -203,6 +210,96 @@ class _State:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise map_exception(exc) from exc
+
+    async def stream(
+        self, model: str, item: Any, priority: str = "normal"
+    ) -> AsyncGenerator[Any, None]:
+        """Submit one streamed item; yield its chunks as the worker produces them.
+
+        The scheduler's pool thread hands each chunk to the event loop. Closing this generator
+        early (the client went away) stops the stream in the worker at its next chunk.
+
+        Raises:
+            ApiError: the request was refused, failed or timed out (after the chunks before).
+        """
+        if not self.started.is_set():
+            raise _starting()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        stopped = threading.Event()
+
+        def on_chunk(value: Any) -> bool:  # in a scheduler thread
+            if stopped.is_set():
+                return False
+            loop.call_soon_threadsafe(queue.put_nowait, (True, value))
+            return True
+
+        def on_done(future: Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(queue.put_nowait, (False, future))
+
+        try:
+            future = self.scheduler.submit(model, item, priority, on_chunk=on_chunk)
+        except Exception as exc:
+            raise map_exception(exc) from exc
+        future.add_done_callback(on_done)
+        limit = self.config.request_timeout_s + self.config.model(model).load_timeout_s
+        deadline = loop.time() + limit
+        try:
+            while True:
+                try:
+                    is_chunk, value = await asyncio.wait_for(queue.get(), deadline - loop.time())
+                except TimeoutError:
+                    error = TimeoutError(f"model {model!r} did not finish within {limit:.0f} s")
+                    raise map_exception(error) from None
+                if is_chunk:
+                    yield value
+                    continue
+                if value.exception() is not None:
+                    raise map_exception(value.exception()) from value.exception()
+                return
+        finally:
+            stopped.set()
+            future.cancel()  # still queued: dropped
+
+
+async def _event_stream(chunks: AsyncGenerator[Any, None], events: fmt.EventFormat) -> Response:
+    """A server-sent events response of ``chunks``, formatted by ``events``.
+
+    The first chunk is awaited before answering, so a request that fails before producing
+    anything (unknown model, load failure, the model's error) gets its JSON error and status.
+    After that an error ends the stream with ``events.error`` instead of a hang.
+    """
+    try:
+        first = [await anext(chunks)]
+    except StopAsyncIteration:
+        first = []
+
+    async def values() -> AsyncIterator[Any]:
+        for value in first:
+            yield value
+        async for value in chunks:
+            yield value
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for value in values():
+                if event := events.chunk(value):
+                    yield event
+            yield events.end()
+        except Exception as exc:
+            yield events.error(map_exception(exc).body())
+        finally:  # the client went away: stops the stream in the worker
+            await chunks.aclose()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+#: OpenAPI: a route that answers JSON, or server-sent events when asked to stream.
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+}
 
 
 def _state(request: Request) -> _State:
@@ -387,6 +484,10 @@ class PredictRequest(_Body):
 
     input: Any
     priority: Priority = "normal"
+    stream: bool = Field(
+        default=False,
+        description="answer server-sent events, one {'output': chunk} per chunk, then [DONE]",
+    )
 
 
 class JobRequest(_Body):
@@ -513,7 +614,7 @@ def _add_openai_routes(app: FastAPI) -> None:
             path.unlink(missing_ok=True)
         return fmt.transcription(result, response_format, granularities or ["segment"], temperature)
 
-    @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
+    @app.post("/v1/chat/completions", tags=["openai"], response_model=None, responses=_SSE)
     async def chat(request: Request, body: ChatRequest) -> Response:
         state = _state(request)
         state.adapter(body.model, ("llm",))
@@ -524,10 +625,11 @@ def _add_openai_routes(app: FastAPI) -> None:
             "temperature": body.temperature,
             "stop": body.stop,
         }
-        (result,) = await state.run(body.model, [item])
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
-            return fmt.chat_stream(body.model, result, include_usage=usage)
+            events = fmt.ChatChunks(body.model, include_usage=usage)
+            return await _event_stream(state.stream(body.model, item), events)
+        (result,) = await state.run(body.model, [item])
         return JSONResponse(fmt.chat_completion(body.model, result))
 
 
@@ -575,11 +677,16 @@ def _add_native_routes(app: FastAPI) -> None:
         report = await blocking(request, lambda: state.scheduler.unload(name))
         return {"name": name, "release": report}
 
-    @app.post("/api/v1/models/{name}/predict", tags=["native"])
-    async def predict(request: Request, name: str, body: PredictRequest) -> dict[str, Any]:
+    @app.post("/api/v1/models/{name}/predict", tags=["native"], response_model=None, responses=_SSE)
+    async def predict(
+        request: Request, name: str, body: PredictRequest
+    ) -> Response | dict[str, Any]:
         state = _state(request)
         state.adapter(name)
         fmt.check_json_input(body.input)
+        if body.stream:
+            chunks = state.stream(name, body.input, body.priority)
+            return await _event_stream(chunks, fmt.OutputChunks())
         (output,) = await state.run(name, [body.input], body.priority)
         return {"model": name, "output": output}
 

@@ -10,6 +10,9 @@ An adapter is a class with three methods::
         def load(self) -> None: ...                 # load weights (may be slow)
         def predict(self, batch: list) -> list: ... # one output per input, same order
 
+Optionally ``predict_stream(item) -> Iterator``: the partial outputs of one input as they are
+produced (``Worker.stream``); without it a streamed call sends ``predict([item])[0]`` whole.
+
 Kinds are registered by dotted path, so adding one costs no import in the parent.
 """
 

@@ -10,6 +10,9 @@ The model is one of:
   requests go to ``{url}/v1/chat/completions``, or to the URL as given when it already ends in
   ``/chat/completions``. Nothing is loaded locally.
 
+Chat completions also stream (``predict_stream``): llama.cpp's own token stream locally, the
+server's server-sent events remotely.
+
 Transcripts longer than the context are summarized map-reduce: the transcript is cut into
 chunks that fit (tokens counted with the model's own tokenizer when local, ~4 characters per
 token for a server), each chunk is summarized, then the partial summaries are combined.
@@ -17,8 +20,10 @@ token for a server), each chunk is summarized, then the partial summaries are co
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +92,32 @@ def transcript_lines(segments: list[dict[str, Any]]) -> list[str]:
             lines.append(f"{speaker}: {text}" if speaker else text)
         previous = speaker
     return lines
+
+
+def _plain_prompt(messages: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]:
+    """``create_completion`` arguments for a model without a chat template.
+
+    A base model ships no chat template (the bundled gemma-3 270M does not): llama.cpp would
+    fall back to Llama-2's [INST] markup, which a base model has never seen. A plain
+    "Role: text" transcript is what such a model continues best.
+    """
+    stop = options["stop"] or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+    return {
+        "prompt": prompt + "Assistant:",
+        "max_tokens": options["max_tokens"],
+        "temperature": options["temperature"],
+        "stop": [*stop, "\nUser:", "\nSystem:"],
+    }
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 class LlmAdapter(Adapter):
@@ -199,6 +230,45 @@ class LlmAdapter(Adapter):
                 raise ValueError(f"unknown LLM task {task!r}: use one of {', '.join(_TASKS)}")
         return results
 
+    def predict_stream(self, item: Any) -> Iterator[dict[str, Any]]:
+        """Stream one chat item's completion as it is generated.
+
+        Args:
+            item: ``{"task": "chat", "messages": [...], "max_tokens": .., "temperature": ..,
+                "stop": ..}`` (the last three optional); other tasks do not stream.
+
+        Yields:
+            ``{"text": piece}`` as the model produces the text, then a last
+            ``{"text": "", "finish_reason": str, "usage": {...}}``. Locally its
+            ``completion_tokens`` count the tokens of the text streamed (unlike :meth:`chat`,
+            not those of a stop sequence cut off the end).
+
+        Raises:
+            ValueError: not a chat item, or a malformed one.
+            httpx.HTTPError: a server request failed.
+        """
+        if self._llm is None and self._client is None:
+            self.load()
+        if not isinstance(item, dict) or item.get("task") != "chat":
+            task = item.get("task") if isinstance(item, dict) else None
+            raise ValueError(f"only chat items stream, got task {task!r}: use predict")
+        if not isinstance(item.get("messages"), list) or not item["messages"]:
+            raise ValueError("a chat item needs a non-empty 'messages' list")
+        options = self._options(item.get("max_tokens"), item.get("temperature"), item.get("stop"))
+        if self.url is not None:
+            yield from self._post_stream(item["messages"], options)
+        else:
+            yield from self._local_stream(item["messages"], options)
+
+    def _options(
+        self, max_tokens: int | None, temperature: float | None, stop: str | list[str] | None
+    ) -> dict[str, Any]:
+        return {
+            "max_tokens": max_tokens or self.max_tokens,
+            "temperature": self.temperature if temperature is None else temperature,
+            "stop": stop,
+        }
+
     def chat(
         self,
         messages: list[dict[str, str]],
@@ -212,11 +282,7 @@ class LlmAdapter(Adapter):
             ``{"text": str, "finish_reason": str, "usage": {"prompt_tokens",
             "completion_tokens", "total_tokens"}}``.
         """
-        options = {
-            "max_tokens": max_tokens or self.max_tokens,
-            "temperature": self.temperature if temperature is None else temperature,
-            "stop": stop,
-        }
+        options = self._options(max_tokens, temperature, stop)
         if self.url is not None:
             reply = self._post(messages, options)
         else:
@@ -237,18 +303,7 @@ class LlmAdapter(Adapter):
     def _local_chat(self, messages: list[dict[str, str]], options: dict[str, Any]) -> Any:
         if self._llm.metadata.get("tokenizer.chat_template"):
             return self._llm.create_chat_completion(messages=messages, **options)
-        # A base model ships no chat template (the bundled gemma-3 270M does not): llama.cpp
-        # would fall back to Llama-2's [INST] markup, which a base model has never seen. A plain
-        # "Role: text" transcript is what such a model continues best.
-        stop = options["stop"] or []
-        stop = [stop] if isinstance(stop, str) else list(stop)
-        prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
-        reply = self._llm.create_completion(
-            prompt=prompt + "Assistant:",
-            max_tokens=options["max_tokens"],
-            temperature=options["temperature"],
-            stop=[*stop, "\nUser:", "\nSystem:"],
-        )
+        reply = self._llm.create_completion(**_plain_prompt(messages, options))
         choice = reply["choices"][0]
         message = {"role": "assistant", "content": choice["text"]}
         return {
@@ -256,17 +311,84 @@ class LlmAdapter(Adapter):
             "choices": [{"message": message, "finish_reason": choice["finish_reason"]}],
         }
 
-    def _post(self, messages: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]:
-        assert self.url is not None and self._client is not None
+    def _local_stream(
+        self, messages: list[dict[str, str]], options: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
+        """llama.cpp's own stream; the caller closing it stops the sampling loop."""
+        templated = bool(self._llm.metadata.get("tokenizer.chat_template"))
+        prompt_tokens = 0
+        if templated:
+            chunks = self._llm.create_chat_completion(messages=messages, stream=True, **options)
+        else:
+            plain = _plain_prompt(messages, options)
+            chunks = self._llm.create_completion(**plain, stream=True)
+            prompt_tokens = len(self._llm.tokenize(plain["prompt"].encode("utf-8"), special=True))
+        texts: list[str] = []
+        finish = "stop"
+        try:
+            for chunk in chunks:
+                if templated and not texts:  # the prompt is evaluated before the first chunk
+                    prompt_tokens = self._llm.n_tokens
+                choice = chunk["choices"][0]
+                text = (choice.get("delta") or {}).get("content") if templated else choice["text"]
+                finish = choice.get("finish_reason") or finish
+                texts.append(text or "")
+                if text:
+                    yield {"text": text}
+        finally:
+            chunks.close()
+        completion = self.count_tokens("".join(texts)) if any(texts) else 0
+        yield {"text": "", "finish_reason": finish, "usage": _usage(prompt_tokens, completion)}
+
+    def _url(self) -> str:
+        assert self.url is not None
         url = self.url.rstrip("/")
-        if not url.endswith("/chat/completions"):
-            url += "/v1/chat/completions"
+        return url if url.endswith("/chat/completions") else url + "/v1/chat/completions"
+
+    def _body(self, messages: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]:
         body = {"model": self.remote_model, "messages": messages, **options}
         if body["stop"] is None:
             del body["stop"]
-        response = self._client.post(url, json=body)
+        return body
+
+    def _post(self, messages: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]:
+        assert self._client is not None
+        response = self._client.post(self._url(), json=self._body(messages, options))
         response.raise_for_status()
         return dict(response.json())
+
+    def _post_stream(
+        self, messages: list[dict[str, str]], options: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
+        """The server's own server-sent events, piece by piece (usage asked for at the end;
+        estimated from the text when the server does not send it)."""
+        assert self._client is not None
+        body = self._body(messages, options)
+        body.update(stream=True, stream_options={"include_usage": True})
+        texts: list[str] = []
+        finish, usage = "stop", None
+        with self._client.stream("POST", self._url(), json=body) as response:
+            if response.is_error:
+                response.read()
+                response.raise_for_status()
+            for line in response.iter_lines():
+                data = line[5:].strip() if line.startswith("data:") else ""
+                if not data or data == "[DONE]":
+                    continue
+                chunk = json.loads(data)
+                if chunk.get("error"):
+                    raise RuntimeError(f"the LLM server failed mid-stream: {chunk['error']}")
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    finish = choice.get("finish_reason") or finish
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        texts.append(text)
+                        yield {"text": text}
+        if usage is None:
+            prompt = self.count_tokens("".join(m["content"] for m in messages))
+            usage = _usage(prompt, self.count_tokens("".join(texts)))
+        yield {"text": "", "finish_reason": finish, "usage": usage}
 
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text``: the model's tokenizer when local, ~4 characters each for a server."""

@@ -18,6 +18,12 @@ Call ops (``{"op": ...}``):
     alloc (mb: allocate and keep), unpicklable (return a lock), pid (return the worker's PID),
     spawn (start a grandchild ``sleep`` process and return its PID), env (name: return that
     environment variable), rss (return the worker's RSS in MB).
+
+Streamed calls (``Worker.stream``): ``{"op": "stream", "value": ..., "delay": s, "then": op}``
+yields ``value`` piece by piece (the items of a list, the characters of a string), sleeping
+``delay`` seconds before each piece, then runs the ``then`` op (raise, exit, hang, sleep...)
+and yields its result unless it is None. Any other input is yielded once, as ``predict``
+would return it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from . import Adapter
@@ -89,6 +96,23 @@ class ToyModel(Adapter):
         if self.leak_mb:
             _leaks.append(allocate_mb(self.leak_mb))
         return [self._one(item) for item in batch]
+
+    def predict_stream(self, item: Any) -> Iterator[Any]:
+        """Yield ``item`` piece by piece (see the module doc)."""
+        if self.leak_mb:
+            _leaks.append(allocate_mb(self.leak_mb))
+        if not (isinstance(item, dict) and item.get("op") == "stream"):
+            yield self._one(item)
+            return
+        delay = float(item.get("delay", 0))
+        for piece in item.get("value", []):
+            if delay:
+                time.sleep(delay)
+            yield piece
+        if item.get("then") is not None:
+            last = self._one(item["then"])
+            if last is not None:
+                yield last
 
     def _one(self, item: Any) -> Any:
         if not (isinstance(item, dict) and "op" in item):
