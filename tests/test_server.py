@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,14 @@ class ServerProcess:
     """``python -m modelmora.cli serve --config FILE --port P`` in a subprocess."""
 
     def __init__(
-        self, folder: Path, config: dict[str, Any] | None, env: dict[str, str] | None = None
+        self,
+        folder: Path,
+        config: dict[str, Any] | None,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.folder = folder
+        self.args = list(args)
         self.config_path: Path | None = None
         if config is not None:  # None: no --config, the packaged defaults
             self.config_path = folder / "server.yaml"
@@ -57,6 +62,7 @@ class ServerProcess:
         argv = [sys.executable, "-m", "modelmora.cli", "serve", "--port", str(self.port)]
         if self.config_path is not None:
             argv += ["--config", str(self.config_path)]
+        argv += self.args
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env)
         deadline = time.monotonic() + timeout
@@ -90,11 +96,13 @@ class ServerProcess:
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Any]:
-    """Factory: ``make_server(config_dict, env=None)`` → a started :class:`ServerProcess`."""
+    """Factory: ``make_server(config, env=None, args=())`` → a started :class:`ServerProcess`."""
     started: list[ServerProcess] = []
 
-    def make(config: dict[str, Any], env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(tmp_path, config, env)
+    def make(
+        config: dict[str, Any], env: dict[str, str] | None = None, args: Sequence[str] = ()
+    ) -> ServerProcess:
+        server = ServerProcess(tmp_path, config, env, args)
         started.append(server)
         return server.start()
 
@@ -143,6 +151,25 @@ def test_health_models_status_metrics(toy_server: ServerProcess) -> None:
         assert "modelmora_http_requests_total" in metrics
         assert "modelmora_request_latency_seconds" in metrics
         assert http.get("/docs").status_code == 200
+
+
+def test_access_log_and_log_level_options(make_server: Any, tmp_path: Path) -> None:
+    line = '"POST /api/v1/models/echo/predict HTTP/1.1" 200'
+    for args, logged in (((), True), (("--no-access-log", "--log-level", "warning"), False)):
+        server = make_server({"models": [{"name": "echo", **TOY}]}, args=args)
+        with server.client() as client:
+            assert client.post("/api/v1/models/echo/predict", json={"input": 1}).status_code == 200
+        assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
+        assert (line in server.logs()) is logged
+        server.log.unlink()
+    refused = subprocess.run(
+        [sys.executable, "-m", "modelmora.cli", "serve", "--log-level", "loud"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "--log-level must be one of" in refused.stdout + refused.stderr
 
 
 def test_concurrent_predictions_are_answered_in_order(toy_server: ServerProcess) -> None:

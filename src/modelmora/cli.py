@@ -206,6 +206,10 @@ def serve(
     config: Path | None = typer.Option(None, help="YAML model registry (default: packaged)."),
     host: str | None = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port to listen on (default 8000)."),
+    log_level: str = typer.Option(
+        "info", help="critical, error, warning, info, debug or trace (the server's own log)."
+    ),
+    access_log: bool = typer.Option(True, help="One line per request on stdout."),
 ) -> None:
     """Serve models over HTTP (OpenAI-compatible and native routes) under a memory budget."""
     from .config import ConfigError, default_config, load_config
@@ -218,7 +222,11 @@ def serve(
     except ConfigError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
-    run_server(settings)
+    levels = ("critical", "error", "warning", "info", "debug", "trace")
+    if log_level.lower() not in levels:
+        console.print(f"error: --log-level must be one of {', '.join(levels)}", style="red")
+        raise typer.Exit(2)
+    run_server(settings, log_level=log_level.lower(), access_log=access_log)
 
 
 @bench_app.command("server")

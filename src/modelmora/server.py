@@ -765,13 +765,20 @@ def _add_job_routes(app: FastAPI) -> None:
         return state.runner.cancel(job_id).summary()
 
 
-def serve(config: ServerConfig, *, log_level: str = "info") -> None:
+def serve(config: ServerConfig, *, log_level: str = "info", access_log: bool = True) -> None:
     """Run the server with uvicorn until interrupted (SIGINT/SIGTERM stop it cleanly).
 
     Args:
         config: the configuration; ``host`` and ``port`` say where to listen.
-        log_level: uvicorn's log level.
+        log_level: uvicorn's log level (critical, error, warning, info, debug, trace).
+        access_log: one line per request on stdout (uvicorn's access log).
     """
     import uvicorn
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=log_level)
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        access_log=access_log,
+    )
