@@ -1,6 +1,6 @@
 """Request checks and response bodies in the shapes OpenAI's API (and its clients) use.
 
-Pure functions between the HTTP routes of :mod:`modelmora.server` and the adapters' outputs:
+Pure functions between the HTTP routes of :mod:`modelmora.routes` and the adapters' outputs:
 embedding vectors become ``{"object": "list", "data": [...]}`` (floats or base64 float32),
 transcript dicts become json/text/srt/vtt/verbose_json, chat results become
 ``chat.completion`` objects, and the pieces of a streamed completion server-sent
