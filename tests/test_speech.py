@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from modelmora import speech
 from modelmora.audio import AudioError
+from modelmora.models.llm import _pack
 from modelmora.testing import diarization_error_rate
 from modelmora.transcript import Segment, Transcript, Turn, Word, read_rttm, write_outputs
 
@@ -251,3 +254,18 @@ def test_llm_over_http(meeting: Any) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@given(
+    costs=st.lists(st.integers(1, 12), max_size=40),
+    limit=st.integers(1, 30),
+)
+def test_pack_keeps_order_and_limit(costs: list[int], limit: int) -> None:
+    items = [f"w{i}" for i in range(len(costs))]
+    pieces = _pack(items, costs, limit, " ")
+    assert " ".join(pieces).split() == items  # nothing lost, nothing reordered
+    cost_of = dict(zip(items, costs, strict=True))
+    for piece in pieces:
+        words = piece.split()
+        # a piece over the limit is a single item that alone costs more
+        assert sum(cost_of[w] for w in words) <= limit or len(words) == 1

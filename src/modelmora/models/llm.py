@@ -431,19 +431,8 @@ class LlmAdapter(Adapter):
 
     def _chunks(self, lines: list[str], budget: int) -> list[str]:
         """Pack lines into chunks of at most ``budget`` tokens; over-long lines are cut."""
-        chunks: list[str] = []
-        current: list[str] = []
-        used = 0
-        for line in self._split_long(lines, budget):
-            cost = self.count_tokens(line) + 1
-            if current and used + cost > budget:
-                chunks.append("\n".join(current))
-                current, used = [], 0
-            current.append(line)
-            used += cost
-        if current:
-            chunks.append("\n".join(current))
-        return chunks
+        lines = self._split_long(lines, budget)
+        return _pack(lines, [self.count_tokens(line) + 1 for line in lines], budget, "\n")
 
     def _split_long(self, lines: list[str], budget: int) -> list[str]:
         out: list[str] = []
@@ -451,17 +440,10 @@ class LlmAdapter(Adapter):
             if self.count_tokens(line) < budget:
                 out.append(line)
                 continue
-            piece: list[str] = []
-            used = 0
-            for word in line.split():
-                cost = self.count_tokens(" " + word)  # per word: linear, not quadratic
-                if piece and used + cost >= budget:
-                    out.append(" ".join(piece))
-                    piece, used = [], 0
-                piece.append(word)
-                used += cost
-            if piece:
-                out.append(" ".join(piece))
+            words = line.split()
+            # per word: linear, not quadratic; each piece stays under the budget
+            costs = [self.count_tokens(" " + word) for word in words]
+            out.extend(_pack(words, costs, budget - 1, " "))
         return out
 
     def close(self) -> None:
@@ -472,3 +454,22 @@ class LlmAdapter(Adapter):
         if self._llm is not None:
             self._llm.close()
         self._llm = None
+
+
+def _pack(items: list[str], costs: list[int], limit: int, sep: str) -> list[str]:
+    """Greedily join consecutive items while their costs add up to at most ``limit``.
+
+    An item that alone costs more than ``limit`` still makes a piece of its own.
+    """
+    pieces: list[str] = []
+    piece: list[str] = []
+    used = 0
+    for item, cost in zip(items, costs, strict=True):
+        if piece and used + cost > limit:
+            pieces.append(sep.join(piece))
+            piece, used = [], 0
+        piece.append(item)
+        used += cost
+    if piece:
+        pieces.append(sep.join(piece))
+    return pieces
