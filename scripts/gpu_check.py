@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelmora import Worker
-from modelmora.memory import gpu_used_mb, nvml_available, vram_by_pid_mb
+from modelmora.runtime.memory import gpu_used_mb, nvml_available, vram_by_pid_mb
 
 
 def settle(baseline: float, slack: float = 100.0, timeout: float = 10.0) -> tuple[float, float]:
@@ -80,8 +80,8 @@ def check_scheduler(minilm: str | None) -> dict[str, Any]:
 
 
 def _alternate(source: dict[str, Any], hint: dict[str, Any], budget: float, cache: Path) -> Any:
-    from modelmora.config import ModelConfig, ServerConfig
-    from modelmora.scheduler import Scheduler
+    from modelmora.serving.config import ModelConfig, ServerConfig
+    from modelmora.serving.scheduler.core import Scheduler
 
     baseline = gpu_used_mb() or 0.0
     models = [

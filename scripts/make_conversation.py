@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from modelmora.testing import (
+from modelmora.testing.conversation import (
     DEFAULT_VOICES,
     MEETING_SCRIPT,
     THREE_SPEAKER_SCRIPT,

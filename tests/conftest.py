@@ -69,8 +69,8 @@ def bad_audio(audio_dir: Path, tone_wav: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def meeting() -> object:
     """The bundled two-speaker example (examples/conversation.*) as a Conversation."""
-    from modelmora.testing import Conversation
-    from modelmora.transcript import read_rttm
+    from modelmora.speech.transcript import read_rttm
+    from modelmora.testing.conversation import Conversation
 
     wav = REPO / "examples" / "conversation.wav"
     lines = (REPO / "examples" / "conversation.txt").read_text().splitlines()
@@ -87,7 +87,11 @@ def meeting() -> object:
 @pytest.fixture(scope="session")
 def standup(audio_dir: Path) -> object:
     """A generated three-speaker conversation (needs espeak-ng)."""
-    from modelmora.testing import THREE_SPEAKER_SCRIPT, espeak_available, make_conversation
+    from modelmora.testing.conversation import (
+        THREE_SPEAKER_SCRIPT,
+        espeak_available,
+        make_conversation,
+    )
 
     if not espeak_available():
         pytest.skip("espeak-ng is not installed")
@@ -97,7 +101,7 @@ def standup(audio_dir: Path) -> object:
 @pytest.fixture(scope="session")
 def dialogue(audio_dir: Path) -> object:
     """A short generated two-speaker exchange (four turns, ~15 s; needs espeak-ng)."""
-    from modelmora.testing import MEETING_SCRIPT, espeak_available, make_conversation
+    from modelmora.testing.conversation import MEETING_SCRIPT, espeak_available, make_conversation
 
     if not espeak_available():
         pytest.skip("espeak-ng is not installed")
@@ -107,7 +111,7 @@ def dialogue(audio_dir: Path) -> object:
 @pytest.fixture(scope="session")
 def short_dialogue(audio_dir: Path) -> object:
     """Two generated turns by two voices (~6 s; needs espeak-ng), for batches run often."""
-    from modelmora.testing import MEETING_SCRIPT, espeak_available, make_conversation
+    from modelmora.testing.conversation import MEETING_SCRIPT, espeak_available, make_conversation
 
     if not espeak_available():
         pytest.skip("espeak-ng is not installed")

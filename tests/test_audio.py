@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelmora.audio import SAMPLE_RATE, AudioError, audio_duration, check_audio_file, load_audio
 from modelmora.errors import ModelMoraError
+from modelmora.speech.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    audio_duration,
+    check_audio_file,
+    load_audio,
+)
 
 
 def test_load_downmixes_and_resamples(tone_wav: Path) -> None:

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from modelmora import bench_isolation
-from modelmora._inprocess import sample_input
-from modelmora.bench_isolation import (
+from modelmora.bench import isolation as bench_isolation
+from modelmora.bench.inprocess import sample_input
+from modelmora.bench.isolation import (
     NOISE_FLOOR_MB,
     IsolationOptions,
     decide_verdict,
@@ -22,7 +22,7 @@ from modelmora.bench_isolation import (
     plot_timelines,
     run_isolation,
 )
-from modelmora.bench_startup import run_startup
+from modelmora.bench.startup import run_startup
 from modelmora.cli import app
 
 # --- the verdict rules (pure) ------------------------------------------------------------------

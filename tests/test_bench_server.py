@@ -6,7 +6,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from modelmora.bench_server import ServerBenchOptions, format_table, run_server_bench
+from modelmora.bench.server import ServerBenchOptions, format_table, run_server_bench
 from modelmora.cli import app
 
 

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelmora.cli import app
-from modelmora.transcript import read_rttm
+from modelmora.speech.transcript import read_rttm
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = ("txt", "srt", "vtt", "json", "tsv", "rttm")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modelmora.config import (
+from modelmora.models import ModelSpec
+from modelmora.serving.config import (
     ConfigError,
     ModelConfig,
     ServerConfig,
@@ -15,7 +16,6 @@ from modelmora.config import (
     load_config,
     parse_size_mb,
 )
-from modelmora.models import ModelSpec
 
 
 def write(tmp_path: Path, text: str) -> Path:

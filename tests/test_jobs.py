@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from modelmora.config import ServerConfig
-from modelmora.jobs import Job, JobNotFound, JobRunner, JobStore
-from modelmora.scheduler import Scheduler
+from modelmora.serving.config import ServerConfig
+from modelmora.serving.jobs import Job, JobNotFound, JobRunner, JobStore
+from modelmora.serving.scheduler.core import Scheduler
 
 
 @pytest.fixture

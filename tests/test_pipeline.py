@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from modelmora.pipeline import STATE_DIR, BatchReport, _unique_stems, transcribe_files
-from modelmora.transcript import read_rttm
-from modelmora.workflow_config import TranscribeOptions, load_options, parse_size
+from modelmora.speech.transcript import read_rttm
+from modelmora.workflow.engine import STATE_DIR, BatchReport, _unique_stems, transcribe_files
+from modelmora.workflow.options import TranscribeOptions, load_options, parse_size
 
 MEMORY_STAGE_KEYS = {
     "name",
@@ -256,8 +256,8 @@ def test_memory_budget_caps_each_worker(tmp_path: Path, short_dialogue: Any) -> 
 
 _ISOLATED_RUN = """
 import json, sys
-from modelmora.pipeline import transcribe_files
-from modelmora.workflow_config import TranscribeOptions
+from modelmora.workflow.engine import transcribe_files
+from modelmora.workflow.options import TranscribeOptions
 
 options = TranscribeOptions(
     diarize=True, summarize=True, memory_report=sys.argv[2], llm_max_tokens=48
@@ -304,7 +304,7 @@ def test_stage_major_isolated_batch(tmp_path: Path, dialogue: Any, standup: Any)
     events = [
         line.split("INFO: ", 1)[1]
         for line in log.read_text().splitlines()
-        if "modelmora.pipeline INFO: stage " in line
+        if "modelmora.workflow.engine INFO: stage " in line
     ]
     order = [(e.split()[1].rstrip(":"), "start" if "starting" in e else "end") for e in events]
     assert order == [

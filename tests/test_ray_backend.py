@@ -22,8 +22,8 @@ from typing import Any
 import psutil
 import pytest
 
-from modelmora.pipeline import STATE_DIR, _Run, transcribe_files
-from modelmora.workflow_config import TranscribeOptions, load_options
+from modelmora.workflow.engine import STATE_DIR, _Run, transcribe_files
+from modelmora.workflow.options import TranscribeOptions, load_options
 
 ML_MODULES = ("torch", "faster_whisper", "ctranslate2", "llama_cpp", "resemblyzer", "onnxruntime")
 TIMING_KEYS = {"wall_s", "load_s", "release_s", "log"}
@@ -107,7 +107,7 @@ def cluster() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def conversations(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three short generated two-speaker exchanges (two turns each)."""
-    from modelmora.testing import MEETING_SCRIPT, espeak_available, make_conversation
+    from modelmora.testing.conversation import MEETING_SCRIPT, espeak_available, make_conversation
 
     if not espeak_available():
         pytest.skip("espeak-ng is not installed")

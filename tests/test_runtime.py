@@ -25,8 +25,8 @@ from modelmora import (
     WorkerStopped,
     WorkerTimeout,
 )
-from modelmora.memory import TreeSampler, process_rss_mb
-from modelmora.protocol import SHM_DIR, Call, discard, encode
+from modelmora.runtime.memory import TreeSampler, process_rss_mb
+from modelmora.runtime.protocol import SHM_DIR, Call, discard, encode
 
 
 def gone(pid: int) -> bool:
@@ -241,7 +241,7 @@ def test_no_orphan_when_parent_is_kill9ed(tmp_path):
         p.pid
         for p in psutil.process_iter(["cmdline"])
         if p.info["cmdline"]
-        and "modelmora._child" in " ".join(p.info["cmdline"])
+        and "modelmora.runtime._child" in " ".join(p.info["cmdline"])
         and str(parent.pid) in p.info["cmdline"]
     ]
     assert ours == []

@@ -16,10 +16,10 @@ from typing import Any
 import psutil
 import pytest
 
-from modelmora.config import ModelConfig, ServerConfig
 from modelmora.errors import MemoryBudgetExceeded, ModelLoadError, WorkerCrashed, WorkerStopped
-from modelmora.metrics import Metrics
-from modelmora.scheduler import ModelUnhealthy, QueueFull, Scheduler, UnknownModel
+from modelmora.serving.config import ModelConfig, ServerConfig
+from modelmora.serving.metrics import Metrics
+from modelmora.serving.scheduler.core import ModelUnhealthy, QueueFull, Scheduler, UnknownModel
 
 MakeScheduler = Callable[..., Scheduler]
 
@@ -37,7 +37,7 @@ def toy(
 def make_scheduler(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[MakeScheduler]:
     """Builds started schedulers; at the end closes them and checks every release."""
     created: list[Scheduler] = []
-    caplog.set_level(logging.INFO, logger="modelmora.scheduler")
+    caplog.set_level(logging.INFO, logger="modelmora.serving.scheduler.core")
 
     def make(models: list[ModelConfig], **kw: Any) -> Scheduler:
         kw.setdefault("cache_dir", tmp_path)

@@ -498,7 +498,7 @@ def test_openai_embeddings(openai_client: Any) -> None:
 
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from modelmora.testing import espeak_available, make_conversation
+    from modelmora.testing.conversation import espeak_available, make_conversation
 
     if not espeak_available():
         pytest.skip("espeak-ng is not installed")

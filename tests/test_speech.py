@@ -1,6 +1,6 @@
 """The in-process speech API with real models: tiny.en Whisper, Resemblyzer, the bundled GGUF.
 
-Models are cached by :mod:`modelmora.speech` for the whole module, so each loads once.
+Models are cached by :mod:`modelmora.workflow.inprocess` for the whole module, so each loads once.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelmora import speech
-from modelmora.audio import AudioError
 from modelmora.models.llm import _pack
-from modelmora.testing import diarization_error_rate
-from modelmora.transcript import Segment, Transcript, Turn, Word, read_rttm, write_outputs
+from modelmora.speech.audio import AudioError
+from modelmora.speech.transcript import Segment, Transcript, Turn, Word, read_rttm, write_outputs
+from modelmora.testing.conversation import diarization_error_rate
+from modelmora.workflow import inprocess as speech
 
 
 def _normalize(text: str) -> str:
@@ -95,7 +95,7 @@ def test_transcribe_bad_file(bad_audio: dict[str, Path], kind: str) -> None:
 
 @pytest.mark.slow
 def test_whisper_adapter_predict_contract(meeting: Any) -> None:
-    from modelmora.audio import load_audio
+    from modelmora.speech.audio import load_audio
 
     adapter = speech._adapter("whisper", model=None, cpu_threads=2)
     samples = load_audio(meeting.wav)[: 16000 * 6]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelmora.transcript import (
+from modelmora.speech.transcript import (
     FORMATS,
     Segment,
     Transcript,
@@ -180,7 +180,8 @@ def test_read_rttm_rejects_short_lines(tmp_path: Path) -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, modelmora.transcript, modelmora.audio, modelmora.speech;"
+        "import sys, modelmora.speech.transcript, modelmora.speech.audio;"
+        "import modelmora.workflow.inprocess;"
         "heavy = {'torch', 'faster_whisper', 'av', 'resemblyzer', 'llama_cpp', 'sklearn'};"
         "print(sorted(heavy & set(sys.modules)))"
     )
@@ -188,8 +189,31 @@ def test_import_is_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_write_atomic_gives_outputs_the_usual_mode(tmp_path):
-    from modelmora.transcript import _UMASK, write_atomic
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_write_atomic_gives_outputs_the_mode_the_umask_asks_for(tmp_path, umask, mode):
+    # A fresh interpreter with a known umask: the expected mode is spelled out, not computed
+    # from the module's own reading of the umask.
+    code = (
+        "import os, sys; from pathlib import Path; os.umask(int(sys.argv[1], 8));"
+        "from modelmora.paths import write_atomic;"
+        "print(oct(write_atomic(Path(sys.argv[2]), ['hello']).stat().st_mode & 0o777))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, oct(umask)[2:], str(tmp_path / "out.txt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == oct(mode)
+    assert (tmp_path / "out.txt").read_text() == "hello"
 
-    path = write_atomic(tmp_path / "out.txt", ["hello"])
-    assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK
+
+def test_reading_the_umask_does_not_change_it():
+    from modelmora.paths import current_umask
+
+    before = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+        assert current_umask() == 0o027  # reading twice: still what was set
+    finally:
+        os.umask(before)

@@ -12,12 +12,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Worker": "modelmora.runtime",
+    "Worker": "modelmora.runtime.worker",
     "ModelSpec": "modelmora.models",
     "Adapter": "modelmora.models",
-    "MemoryInfo": "modelmora.memory",
-    "ReleaseReport": "modelmora.memory",
-    "TreeSampler": "modelmora.memory",
+    "MemoryInfo": "modelmora.runtime.memory",
+    "ReleaseReport": "modelmora.runtime.memory",
+    "TreeSampler": "modelmora.runtime.memory",
     "ModelMoraError": "modelmora.errors",
     "WorkerError": "modelmora.errors",
     "WorkerCrashed": "modelmora.errors",
@@ -28,16 +28,16 @@ _EXPORTS = {
     "MemoryBudgetExceeded": "modelmora.errors",
     "ResultNotPicklable": "modelmora.errors",
     "RemoteTraceback": "modelmora.errors",
-    "transcribe_files": "modelmora.pipeline",
-    "BatchReport": "modelmora.batch_report",
-    "FileResult": "modelmora.batch_report",
-    "StageStats": "modelmora.batch_report",
-    "TranscribeOptions": "modelmora.workflow_config",
-    "load_options": "modelmora.workflow_config",
-    "transcribe": "modelmora.speech",
-    "align": "modelmora.speech",
-    "diarize": "modelmora.speech",
-    "summarize": "modelmora.speech",
+    "transcribe_files": "modelmora.workflow.engine",
+    "BatchReport": "modelmora.workflow.report",
+    "FileResult": "modelmora.workflow.report",
+    "StageStats": "modelmora.workflow.report",
+    "TranscribeOptions": "modelmora.workflow.options",
+    "load_options": "modelmora.workflow.options",
+    "transcribe": "modelmora.workflow.inprocess",
+    "align": "modelmora.workflow.inprocess",
+    "diarize": "modelmora.workflow.inprocess",
+    "summarize": "modelmora.workflow.inprocess",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -1,5 +1,5 @@
 """``python -m modelmora``: the same commands as the ``modelmora`` console script."""
 
-from .cli import main
+from modelmora.cli import main
 
 main()

@@ -33,7 +33,7 @@ console = Console(stderr=True)
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from modelmora import __version__
 
         typer.echo(f"modelmora {__version__}")
         raise typer.Exit()
@@ -64,7 +64,7 @@ def bench_overhead(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """What isolation costs: worker spawn→ready, call round trip, 38 MB array round trip."""
-    from .bench_overhead import format_table, run_overhead
+    from modelmora.bench.overhead import format_table, run_overhead
 
     result = run_overhead(spawn_runs=spawn_runs, calls=calls, array_runs=array_runs)
     if as_json:
@@ -105,8 +105,8 @@ def transcribe(
     address: str | None = typer.Option(None, help="Ray cluster address (with --backend ray)."),
 ) -> None:
     """Transcribe audio files: Whisper, word alignment, speakers, summary; one worker per stage."""
-    from .pipeline import transcribe_files
-    from .workflow_config import load_options
+    from modelmora.workflow.engine import transcribe_files
+    from modelmora.workflow.options import load_options
 
     try:
         options = load_options(
@@ -159,8 +159,13 @@ def bench_isolation(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Subprocess-then-exit against in-process del + gc.collect(), with a verdict."""
-    from .bench_isolation import IsolationOptions, format_table, plot_timelines, run_isolation
-    from .errors import ModelMoraError
+    from modelmora.bench.isolation import (
+        IsolationOptions,
+        format_table,
+        plot_timelines,
+        run_isolation,
+    )
+    from modelmora.errors import ModelMoraError
 
     try:
         options = IsolationOptions(model=model, iterations=iterations, device=device)
@@ -188,7 +193,7 @@ def bench_startup(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Cold worker start → loaded → first and second inference, per packaged model."""
-    from .bench_startup import format_table, run_startup
+    from modelmora.bench.startup import format_table, run_startup
 
     try:
         result = run_startup(models or None, runs=runs)
@@ -212,8 +217,8 @@ def serve(
     access_log: bool = typer.Option(True, help="One line per request on stdout."),
 ) -> None:
     """Serve models over HTTP (OpenAI-compatible and native routes) under a memory budget."""
-    from .config import ConfigError, default_config, load_config
-    from .server import serve as run_server
+    from modelmora.serving.config import ConfigError, default_config, load_config
+    from modelmora.serving.http.app import serve as run_server
 
     try:
         settings = load_config(config) if config is not None else default_config()
@@ -240,7 +245,7 @@ def bench_server(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """HTTP overhead over a direct worker call, batching throughput, churn under a budget."""
-    from .bench_server import ServerBenchOptions, format_table, run_server_bench
+    from modelmora.bench.server import ServerBenchOptions, format_table, run_server_bench
 
     try:
         options = ServerBenchOptions(
@@ -272,7 +277,7 @@ def bench_pipeline(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Memory, wall time and quality of the workflow against in-process and per-file designs."""
-    from .bench_pipeline import format_table, run_pipeline_bench
+    from modelmora.bench.pipeline import format_table, run_pipeline_bench
 
     try:
         result = run_pipeline_bench(

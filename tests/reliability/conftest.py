@@ -22,7 +22,7 @@ import pytest
 
 _COUNTS: dict[str, dict[str, Any]] = {}
 
-CHILD_MARKER = "modelmora._child"
+CHILD_MARKER = "modelmora.runtime._child"
 
 
 @dataclass
@@ -67,7 +67,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def workers_of(parent_pid: int) -> list[psutil.Process]:
     """Worker processes started by ``parent_pid``, alive or orphaned.
 
-    A worker's command line is ``python -m modelmora._child FD PARENT_PID``, so its parent
+    A worker's command line is ``python -m modelmora.runtime._child FD PARENT_PID``, so its parent
     is known even after the parent died (other people's workers on this machine are ignored).
     """
     found = []
@@ -133,7 +133,7 @@ CLIP_TEXTS = ("Hello there.", "Open the door.", "Good morning.")
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three one-second espeak-ng clips, one voice each."""
-    from modelmora.testing import espeak_available, make_conversation
+    from modelmora.testing.conversation import espeak_available, make_conversation
 
     if not espeak_available():
         pytest.skip("espeak-ng is not installed")

@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 import pytest
 
-from modelmora.pipeline import BatchReport, transcribe_files
-from modelmora.workflow_config import TranscribeOptions
+from modelmora.workflow.engine import BatchReport, transcribe_files
+from modelmora.workflow.options import TranscribeOptions
 
 from .conftest import Tally, outputs_of, tree_of, wait_all_gone, wait_for_worker, workers_of
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from modelmora.audio import SAMPLE_RATE, load_audio
 from modelmora.errors import ModelLoadError
 from modelmora.models import Adapter, check_device, resolve_device
-from modelmora.transcript import Segment, Turn, Word
+from modelmora.speech.audio import SAMPLE_RATE, load_audio
+from modelmora.speech.transcript import Segment, Turn, Word
 
 __all__ = ["DiarizerAdapter", "assign_speakers"]
 
@@ -117,7 +117,7 @@ class DiarizerAdapter(Adapter):
             per item: segments labelled (and split where the speaker changes mid-segment).
 
         Raises:
-            modelmora.audio.AudioError: an item's file is not usable audio.
+            modelmora.speech.audio.AudioError: an item's file is not usable audio.
             ValueError: an item has no ``audio``.
         """
         results = []

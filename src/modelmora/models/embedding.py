@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import Adapter, check_device, resolve_device
+from modelmora.models import Adapter, check_device, resolve_device
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "EmbeddingAdapter", "default_embedding_path"]
 

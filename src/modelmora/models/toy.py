@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from . import Adapter
+from modelmora.models import Adapter
 
 __all__ = ["ToyCudaModel", "ToyModel", "allocate_mb"]
 
@@ -143,9 +143,9 @@ class ToyModel(Adapter):
         if op == "env":
             return os.environ.get(str(item["name"]))
         if op == "rss":
-            from ..memory import process_rss_mb
+            import psutil
 
-            return process_rss_mb()
+            return float(psutil.Process().memory_info().rss) / _MB
         raise ValueError(f"unknown toy op {op!r}")
 
 

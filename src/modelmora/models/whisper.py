@@ -1,8 +1,9 @@
 """Whisper speech recognition through faster-whisper (CTranslate2), with word timestamps.
 
-Runs in a worker process (or in-process through :mod:`modelmora.speech` for debugging). Each
+Runs in a worker process (or in-process through :mod:`modelmora.workflow.inprocess`, for
+debugging). Each
 input is one audio file (or a 16 kHz float32 array); each output is a transcript dict in the
-whisperx shape (see :mod:`modelmora.transcript`): segments with their words, each word with
+whisperx shape (see :mod:`modelmora.speech.transcript`): segments with their words, each word with
 ``start``, ``end`` and ``score`` (faster-whisper's word probability).
 """
 
@@ -15,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from modelmora.audio import SAMPLE_RATE, load_audio
 from modelmora.errors import ModelLoadError
 from modelmora.models import Adapter, check_device
-from modelmora.transcript import Segment, Transcript, Word
+from modelmora.speech.audio import SAMPLE_RATE, load_audio
+from modelmora.speech.transcript import Segment, Transcript, Word
 
 __all__ = ["WhisperAdapter", "default_whisper_model"]
 
@@ -123,7 +124,7 @@ class WhisperAdapter(Adapter):
             One transcript dict per item (:meth:`Transcript.to_dict` shape).
 
         Raises:
-            modelmora.audio.AudioError: an item's file is not usable audio.
+            modelmora.speech.audio.AudioError: an item's file is not usable audio.
             ValueError: an item has no ``audio``.
         """
         results = []

@@ -1,0 +1,1 @@
+"""The benchmarks: isolation, runtime overhead, startup, pipeline, server and Ray."""

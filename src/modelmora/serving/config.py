@@ -1,0 +1,334 @@
+"""The model server's configuration: a registry of models and the server's limits, from YAML.
+
+A config file looks like this (every field but ``models[].name`` and ``models[].adapter`` is
+optional)::
+
+    memory_budget_mb: 4096        # or "4GB"; default: 80% of the RAM available at start
+    models:
+      - name: whisper-1
+        adapter: whisper          # whisper, diarizer, llm, embedding, toy, toy-cuda
+        source: /models/tiny.en   # package default when left out; a path or a model name
+        keep_alive_s: 600         # null: never unloaded for idleness
+      - name: minilm
+        adapter: embedding
+        max_batch_size: 32
+        max_wait_ms: 5
+        priority: high            # eviction class: critical, high, normal, low
+        pinned: true              # loaded at start, never evicted
+
+:func:`load_config` validates it with pydantic and reports every error with the file, the line
+and the field (``config.yaml:12: models[1].adapter: Input should be 'whisper', ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelmora.errors import ModelMoraError
+from modelmora.models import ModelSpec
+from modelmora.paths import default_cache_dir
+
+__all__ = [
+    "PRIORITIES",
+    "ConfigError",
+    "ModelConfig",
+    "ServerConfig",
+    "default_config",
+    "load_config",
+    "parse_size_mb",
+]
+
+#: Priority classes, most important first (request priority and eviction class alike).
+PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low")
+
+Priority = Literal["critical", "high", "normal", "low"]
+AdapterKind = Literal["whisper", "diarizer", "llm", "embedding", "toy", "toy-cuda"]
+
+# Adapters whose constructor takes ``model`` (what ``source`` maps to) and ``device``.
+_TAKES_MODEL = {"whisper", "llm", "embedding"}
+_TAKES_DEVICE = {"whisper", "embedding", "diarizer", "toy-cuda"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNIT_MB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}
+
+
+class ConfigError(ModelMoraError):
+    """The configuration is invalid; the message names the file, the line and the field."""
+
+
+def parse_size_mb(value: Any) -> float | None:
+    """Parse a memory size into MB: a number (already MB) or text such as ``"4GB"``, ``"512M"``.
+
+    Args:
+        value: ``None``, a number, or a string with an optional unit (B, KB, MB, GB, TB;
+            binary multiples either way).
+
+    Returns:
+        The size in MB, or ``None`` for ``None``.
+
+    Raises:
+        ValueError: the text is not a size.
+    """
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size: use a number of MB or e.g. '512MB', '4GB'")
+    unit = (match.group(2) or "m")[0].lower()
+    return float(match.group(1)) * _UNIT_MB[unit]
+
+
+class ModelConfig(BaseModel):
+    """One model the server can serve.
+
+    Attributes:
+        name: what clients ask for (``model`` in OpenAI requests).
+        adapter: the adapter kind.
+        source: model name or local path; ``None`` for the adapter's packaged default.
+        params: extra keyword arguments for the adapter's constructor.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        footprint_mb: RAM the model takes once loaded (skips learning it).
+        vram_footprint_mb: GPU memory the model takes once loaded.
+        max_batch_size: most items per call into the worker.
+        max_wait_ms: how long the first item of a batch waits for more.
+        keep_alive_s: idle seconds before the model is unloaded; ``None``: never.
+        priority: eviction class (lower classes are evicted first).
+        pinned: loaded at start and never evicted.
+        max_concurrency: workers (each with one batch in flight) the model may have.
+        memory_limit_mb: RSS cap of the worker; past it the worker is killed.
+        max_tasks: recycle the worker after this many calls.
+        max_rss_growth_mb: recycle the worker when its RSS grew this much over its RSS
+            right after loading.
+        threads: numeric thread pools' size in the worker.
+        load_timeout_s: seconds a load may take.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    adapter: AdapterKind
+    source: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    footprint_mb: float | None = Field(default=None, gt=0)
+    vram_footprint_mb: float | None = Field(default=None, ge=0)
+    max_batch_size: int = Field(default=1, ge=1)
+    max_wait_ms: float = Field(default=0.0, ge=0)
+    keep_alive_s: float | None = Field(default=300.0, gt=0)
+    priority: Priority = "normal"
+    pinned: bool = False
+    max_concurrency: int = Field(default=1, ge=1)
+    memory_limit_mb: float | None = Field(default=None, gt=0)
+    max_tasks: int | None = Field(default=None, ge=1)
+    max_rss_growth_mb: float | None = Field(default=None, gt=0)
+    threads: int | None = Field(default=None, ge=1)
+    load_timeout_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("footprint_mb", "vram_footprint_mb", "memory_limit_mb", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> float | None:
+        return parse_size_mb(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "a model name is 1-128 letters, digits, '.', '_', ':' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _source_fits(self) -> ModelConfig:
+        if self.source is not None and self.adapter not in _TAKES_MODEL:
+            raise ValueError(
+                f"adapter {self.adapter!r} takes no source: only "
+                f"{', '.join(sorted(_TAKES_MODEL))} do (use params for its settings)"
+            )
+        clash = {"model", "device"} & set(self.params)
+        if clash:
+            raise ValueError(f"set {' and '.join(sorted(clash))} with source/device, not params")
+        return self
+
+    def to_spec(self) -> ModelSpec:
+        """The :class:`ModelSpec` a worker loads: ``source`` becomes the adapter's ``model``."""
+        params = dict(self.params)
+        if self.source is not None:
+            params["model"] = self.source
+        if self.adapter in _TAKES_DEVICE and self.device != "auto":
+            params["device"] = self.device
+        return ModelSpec(kind=self.adapter, params=params)
+
+
+class ServerConfig(BaseModel):
+    """The server: where it listens, its limits, and the models it serves.
+
+    Attributes:
+        host, port: where the HTTP server listens.
+        memory_budget_mb: RAM all workers together may take; ``None``: 80% of the RAM
+            available when the scheduler starts. Accepts sizes such as ``"4GB"``.
+        vram_budget_mb: GPU memory all workers together may take; ``None``: not enforced.
+        cache_dir: learned footprints and the jobs database live here
+            (default ``$MODELMORA_CACHE_DIR`` or ``~/.cache/modelmora``).
+        jobs_db: the SQLite file of async jobs (default ``cache_dir/jobs.sqlite``).
+        api_key: bearer token required on every route but health (also ``MODELMORA_API_KEY``).
+        max_request_mb: largest request body accepted.
+        queue_limit: most requests waiting at once; past it requests are refused (503).
+        request_timeout_s: longest a call into a worker may take before it is killed.
+        retry_crashed: run a batch once more when its worker crashed during it.
+        unhealthy_cooldown_s: how long a model whose load failed is refused.
+        models: the registry.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    memory_budget_mb: float | None = Field(default=None, gt=0)
+    vram_budget_mb: float | None = Field(default=None, gt=0)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    jobs_db: Path | None = None
+    api_key: str | None = None
+    max_request_mb: float = Field(default=100.0, gt=0)
+    queue_limit: int = Field(default=256, ge=1)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    retry_crashed: bool = True
+    unhealthy_cooldown_s: float = Field(default=30.0, ge=0)
+    models: list[ModelConfig] = Field(default_factory=list)
+
+    @field_validator("memory_budget_mb", "vram_budget_mb", "max_request_mb", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> float | None:
+        return parse_size_mb(value)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> ServerConfig:
+        self.cache_dir = self.cache_dir.expanduser()
+        if self.jobs_db is None:
+            self.jobs_db = self.cache_dir / "jobs.sqlite"
+        if self.api_key is None:
+            self.api_key = os.environ.get("MODELMORA_API_KEY") or None
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"model name {model.name!r} is used twice: names must be unique")
+            seen.add(model.name)
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        """The model called ``name``.
+
+        Raises:
+            KeyError: no model has that name.
+        """
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
+
+
+def default_config(**overrides: Any) -> ServerConfig:
+    """The packaged offline defaults: tiny.en as ``whisper-1``, MiniLM embeddings, Gemma 3 270M.
+
+    Args:
+        overrides: ServerConfig fields to set (host, port, memory_budget_mb, ...).
+
+    Returns:
+        A validated :class:`ServerConfig`.
+    """
+    models = [
+        ModelConfig(name="whisper-1", adapter="whisper"),
+        ModelConfig(name="all-minilm-l6-v2", adapter="embedding", max_batch_size=32, max_wait_ms=5),
+        ModelConfig(name="gemma-3-270m", adapter="llm"),
+    ]
+    return ServerConfig.model_validate({"models": models, **overrides})
+
+
+def load_config(path: str | os.PathLike[str]) -> ServerConfig:
+    """Read and validate a YAML config file.
+
+    Relative ``source`` paths and ``cache_dir``/``jobs_db`` are taken relative to the file.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The validated :class:`ServerConfig`.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not validate; the message names
+            the file, the line and the field of every error.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from exc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path.name}{line}: not valid YAML: {exc.problem or exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}:1: the config must be a mapping (host, port, models, ...)")
+    _resolve_paths(data, path.parent)
+    try:
+        return ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(path.name, root, err) for err in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for key in ("cache_dir", "jobs_db"):
+        if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+            data[key] = str(base / data[key])
+    models = data.get("models")
+    for model in models if isinstance(models, list) else []:
+        source = model.get("source") if isinstance(model, dict) else None
+        if isinstance(source, str) and source.startswith(("./", "../")):
+            model["source"] = str((base / source).resolve())
+
+
+def _describe(filename: str, root: yaml.Node | None, err: Any) -> str:
+    loc = tuple(err["loc"])
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    line = _line_of(root, loc)
+    where = f"{filename}:{line}" if line else filename
+    return f"{where}: {field or '(top level)'}: {err['msg']}"
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of its deepest existing ancestor)."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    child = value
+                    # an extra or scalar field: point at its key, where the reader looks
+                    line = key.start_mark.line + 1
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            child = node.value[part]
+        if child is None:
+            break
+        node = child
+        if not isinstance(node, yaml.ScalarNode):
+            line = node.start_mark.line + 1
+    return line

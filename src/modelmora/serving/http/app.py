@@ -1,0 +1,222 @@
+"""The model server: FastAPI over the scheduler, OpenAI-compatible and native routes.
+
+Routes (OpenAPI at ``/docs``)::
+
+    GET  /v1/models                      POST /v1/embeddings
+    GET  /v1/models/{name}               POST /v1/audio/transcriptions   (multipart)
+                                         POST /v1/chat/completions       (stream=true: SSE)
+    GET  /api/v1/models                  POST /api/v1/models/{name}/load | unload | predict
+                                                                         (stream=true: SSE)
+    GET  /api/v1/status                  POST /api/v1/jobs   GET|DELETE /api/v1/jobs/{id}
+                                         GET  /api/v1/jobs/{id}/result
+    GET  /metrics   GET /health/live   GET /health/ready
+
+Every request item becomes one ``scheduler.submit`` (so the scheduler batches items of
+concurrent requests together); the handler awaits the futures without blocking the event loop.
+A streamed request is one submit with a chunk callback: the worker's chunks go out as
+server-sent events as they are produced, and a client that disconnects stops the generation.
+Every failure is a JSON error in OpenAI's shape, ``{"error": {"message", "type", "code",
+"param"}}``: runtime exceptions are mapped to status codes in
+:mod:`modelmora.serving.http.errors` and
+nowhere else.
+
+This module assembles the app (:func:`create_app`): the lifespan that starts and stops the
+scheduler and the job runner, the middleware (auth, size limit, HTTP metrics), and
+:func:`serve`. The routes are in :mod:`modelmora.serving.http.routes`, the state they share in
+:mod:`modelmora.serving.http.state`, the request bodies in :mod:`modelmora.serving.http.bodies`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+
+from modelmora.serving.config import ServerConfig
+from modelmora.serving.http.errors import ApiError, add_error_handlers
+from modelmora.serving.http.routes import add_job_routes, add_native_routes, add_openai_routes
+from modelmora.serving.http.state import AppState
+from modelmora.serving.jobs import JobRunner, JobStore
+from modelmora.serving.metrics import Metrics
+from modelmora.serving.scheduler.core import Scheduler
+
+__all__ = ["ApiError", "create_app", "serve"]
+
+logger = logging.getLogger(__name__)
+
+_PUBLIC = ("/health/",)
+
+
+def _start(state: AppState) -> None:
+    try:
+        state.scheduler.start()
+        state.runner.start()
+        state.started.set()
+        logger.info("model server ready: %d model(s)", len(state.config.models))
+    except BaseException as exc:  # reported by /health/ready and every request
+        state.start_error = exc
+        logger.exception("the scheduler failed to start")
+
+
+_Lifespan = Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]
+
+
+def _make_lifespan(state: AppState) -> _Lifespan:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.modelmora = state
+        # Started in the background so /health/live answers at once and /health/ready says 503.
+        starting = asyncio.create_task(asyncio.to_thread(_start, state))
+        try:
+            yield
+        finally:
+            await starting
+            await asyncio.to_thread(_shutdown, state)
+
+    return lifespan
+
+
+def _shutdown(state: AppState) -> None:
+    state.runner.stop(timeout=5.0)
+    state.scheduler.close(drain=True, timeout=30)
+    state.runner.stop(timeout=1.0)
+    state.store.close()
+
+
+# --- middleware: auth, size limit, HTTP metrics -------------------------------------------
+
+
+class _Guard:
+    """Pure ASGI middleware: bearer-token auth, request size limit, HTTP metrics."""
+
+    def __init__(self, app: Any, *, api_key: str | None, max_bytes: int, metrics: Metrics) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
+        self.requests = Counter(
+            "modelmora_http_requests",
+            "HTTP requests, per route and status.",
+            ["method", "route", "status"],
+            registry=metrics.registry,
+        )
+        self.latency = Histogram(
+            "modelmora_http_request_seconds",
+            "HTTP request time, per route.",
+            ["route"],
+            registry=metrics.registry,
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        error = self._refuse(scope)
+        if error is not None:
+            await error.response()(scope, receive, send_status)
+        else:
+            await self.app(scope, self._limited(scope, receive), send_status)
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self.requests.labels(scope["method"], route, str(status[0])).inc()
+        self.latency.labels(route).observe(time.perf_counter() - started)
+
+    def _refuse(self, scope: dict[str, Any]) -> ApiError | None:
+        headers = dict(scope["headers"])
+        if self.api_key and not scope["path"].startswith(_PUBLIC):
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if given != f"Bearer {self.api_key}":
+                return ApiError(
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                    "authentication_error",
+                    "invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return self._too_large()
+        return None
+
+    def _too_large(self) -> ApiError:
+        limit = self.max_bytes / 2**20
+        return ApiError(413, f"request body larger than {limit:g} MB", code="request_too_large")
+
+    def _limited(self, scope: dict[str, Any], receive: Any) -> Any:
+        """``receive`` that refuses a body (chunked included) past the limit."""
+        seen = [0]
+
+        async def limited() -> dict[str, Any]:
+            message: dict[str, Any] = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > self.max_bytes:  # an HTTPException passes through body parsing as is
+                raise HTTPException(413, self._too_large().message)
+            return message
+
+        return limited
+
+
+# --- app --------------------------------------------------------------------------------------
+
+
+def create_app(config: ServerConfig, *, metrics: Metrics | None = None) -> FastAPI:
+    """Build the FastAPI app; its lifespan starts and stops the scheduler and the job runner.
+
+    Args:
+        config: the server configuration (models, budget, limits, auth).
+        metrics: the metrics registry to use (a new one by default).
+
+    Returns:
+        The app, to run with uvicorn (see :func:`serve`).
+    """
+    metrics = metrics or Metrics()
+    jobs_db = Path(config.jobs_db or Path(config.cache_dir) / "jobs.sqlite")
+    uploads = jobs_db.parent / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    scheduler = Scheduler(config, metrics=metrics)
+    store = JobStore(jobs_db)
+    state = AppState(config, metrics, scheduler, store, JobRunner(store, scheduler), uploads)
+    app = FastAPI(
+        title="ModelMora",
+        summary="Models in isolated worker processes under a memory budget.",
+        lifespan=_make_lifespan(state),
+    )
+    max_bytes = int(config.max_request_mb * 2**20)
+    app.add_middleware(_Guard, api_key=config.api_key, max_bytes=max_bytes, metrics=metrics)
+    add_error_handlers(app)
+    add_openai_routes(app)
+    add_native_routes(app)
+    add_job_routes(app)
+    return app
+
+
+def serve(config: ServerConfig, *, log_level: str = "info", access_log: bool = True) -> None:
+    """Run the server with uvicorn until interrupted (SIGINT/SIGTERM stop it cleanly).
+
+    Args:
+        config: the configuration; ``host`` and ``port`` say where to listen.
+        log_level: uvicorn's log level (critical, error, warning, info, debug, trace).
+        access_log: one line per request on stdout (uvicorn's access log).
+    """
+    import uvicorn
+
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        access_log=access_log,
+    )

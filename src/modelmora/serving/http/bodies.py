@@ -1,0 +1,91 @@
+"""The HTTP request bodies (pydantic models), and the check on model names in paths and bodies.
+
+Unknown fields are ignored; a field that fails its check is answered 400 with the field as
+``param`` (see :func:`modelmora.serving.http.errors.add_error_handlers`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ChatMessage",
+    "ChatRequest",
+    "EmbeddingRequest",
+    "JobRequest",
+    "ModelName",
+    "PredictRequest",
+    "Priority",
+    "check_name",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def check_name(name: str, what: str = "model") -> str:
+    """``name`` if it is a valid name (letters, digits, '.', '_', ':', '-'); else ValueError."""
+    if not _NAME.match(name) or set(name) <= {"."}:
+        raise ValueError(f"bad {what} name {name!r}: use letters, digits, '.', '_', ':' or '-'")
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(check_name)]
+
+Priority = Literal["critical", "high", "normal", "low"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class EmbeddingRequest(_Body):
+    """``POST /v1/embeddings``."""
+
+    model: ModelName
+    input: str | list[str] = Field(description="a text or a list of texts")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class ChatMessage(_Body):
+    """One chat message; ``content`` is text or a list of ``{"type": "text"}`` parts."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_Body):
+    """``POST /v1/chat/completions``."""
+
+    model: ModelName
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+
+
+class PredictRequest(_Body):
+    """``POST /api/v1/models/{name}/predict``: one input, answered synchronously."""
+
+    input: Any
+    priority: Priority = "normal"
+    stream: bool = Field(
+        default=False,
+        description="answer server-sent events, one {'output': chunk} per chunk, then [DONE]",
+    )
+
+
+class JobRequest(_Body):
+    """``POST /api/v1/jobs``."""
+
+    model: ModelName
+    input: Any
+    priority: Priority = "normal"

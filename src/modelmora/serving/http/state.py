@@ -1,0 +1,135 @@
+"""What the routes share: :class:`AppState`, and its way of running requests on the scheduler.
+
+:meth:`AppState.run` submits each item of a request (so the scheduler batches items of
+concurrent requests together) and awaits the futures without blocking the event loop;
+:meth:`AppState.stream` submits one item with a chunk callback and yields the worker's chunks
+as they are produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncGenerator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelmora.serving.config import ServerConfig
+from modelmora.serving.http.bodies import check_name
+from modelmora.serving.http.errors import ApiError, map_exception, starting_error
+from modelmora.serving.jobs import JobRunner, JobStore
+from modelmora.serving.metrics import Metrics
+from modelmora.serving.scheduler.core import Scheduler
+
+__all__ = ["AppState"]
+
+
+@dataclass
+class AppState:
+    """What the routes share: the config, the scheduler, the job store and its runner."""
+
+    config: ServerConfig
+    metrics: Metrics
+    scheduler: Scheduler
+    store: JobStore
+    runner: JobRunner
+    uploads: Path
+    started: threading.Event = field(default_factory=threading.Event)
+    start_error: BaseException | None = None
+
+    def adapter(self, name: str, allowed: tuple[str, ...] = ()) -> str:
+        """The adapter kind of model ``name``, checked against the kinds a route serves."""
+        check_name(name)
+        try:
+            kind = str(self.config.model(name).adapter)
+        except KeyError:
+            names = ", ".join(m.name for m in self.config.models) or "none"
+            raise ApiError(
+                404, f"model {name!r} does not exist (served: {names})", code="model_not_found"
+            ) from None
+        if allowed and kind not in allowed:
+            raise ApiError(
+                400,
+                f"model {name!r} is a {kind} model; this route serves "
+                f"{' or '.join(allowed)} models",
+                code="wrong_model_kind",
+                param="model",
+            )
+        return kind
+
+    async def run(self, model: str, items: list[Any], priority: str = "normal") -> list[Any]:
+        """Submit each item, await them all (within ``request_timeout_s``); outputs in order."""
+        if not self.started.is_set():
+            raise starting_error()
+        futures = []
+        try:
+            for item in items:
+                futures.append(self.scheduler.submit(model, item, priority))
+            waits = [asyncio.wrap_future(f) for f in futures]
+            # The scheduler kills a call past request_timeout_s; this bound also covers the
+            # wait in the queue and a (re)load, so it only fires when something is stuck.
+            limit = self.config.request_timeout_s + self.config.model(model).load_timeout_s
+            try:
+                return await asyncio.wait_for(asyncio.gather(*waits), timeout=limit)
+            except TimeoutError:
+                raise TimeoutError(f"no result from model {model!r} within {limit:.0f} s") from None
+        except BaseException as exc:
+            for future in futures:
+                future.cancel()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise map_exception(exc) from exc
+
+    async def stream(
+        self, model: str, item: Any, priority: str = "normal"
+    ) -> AsyncGenerator[Any, None]:
+        """Submit one streamed item; yield its chunks as the worker produces them.
+
+        The scheduler's pool thread hands each chunk to the event loop. Closing this generator
+        early (the client went away) stops the stream in the worker at its next chunk.
+
+        Raises:
+            ApiError: the request was refused, failed or timed out (after the chunks before).
+        """
+        if not self.started.is_set():
+            raise starting_error()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        stopped = threading.Event()
+
+        def on_chunk(value: Any) -> bool:  # in a scheduler thread
+            if stopped.is_set():
+                return False
+            loop.call_soon_threadsafe(queue.put_nowait, (True, value))
+            return True
+
+        def on_done(future: Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(queue.put_nowait, (False, future))
+
+        try:
+            future = self.scheduler.submit(model, item, priority, on_chunk=on_chunk)
+        except Exception as exc:
+            raise map_exception(exc) from exc
+        future.add_done_callback(on_done)
+        limit = self.config.request_timeout_s + self.config.model(model).load_timeout_s
+        deadline = loop.time() + limit
+        try:
+            while True:
+                try:
+                    is_chunk, value = await asyncio.wait_for(queue.get(), deadline - loop.time())
+                except TimeoutError:
+                    error = TimeoutError(f"model {model!r} did not finish within {limit:.0f} s")
+                    raise map_exception(error) from None
+                if is_chunk:
+                    yield value
+                    continue
+                if value.exception() is not None:
+                    raise map_exception(value.exception()) from value.exception()
+                return
+        finally:
+            stopped.set()
+            future.cancel()  # still queued: dropped

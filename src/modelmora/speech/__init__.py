@@ -1,0 +1,1 @@
+"""Speech data and files: audio decoding and checks, transcript types, output formats."""
