@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from modelmora.models.llm import _pack
 from modelmora.speech.audio import AudioError
-from modelmora.speech.transcript import Segment, Transcript, Turn, Word, read_rttm, write_outputs
+from modelmora.speech.formats import write_outputs
+from modelmora.speech.transcript import Segment, Transcript, Turn, Word, read_rttm
 from modelmora.testing.conversation import diarization_error_rate
 from modelmora.workflow import inprocess as speech
 

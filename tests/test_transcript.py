@@ -10,17 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from modelmora.speech.formats import FORMATS, parse_formats, write_outputs
 from modelmora.speech.transcript import (
-    FORMATS,
     Segment,
     Transcript,
     Turn,
     Word,
     format_timestamp,
-    parse_formats,
     read_rttm,
     write_atomic,
-    write_outputs,
 )
 
 
@@ -91,8 +89,9 @@ def test_parse_formats() -> None:
     assert parse_formats("all") == list(FORMATS)
     assert parse_formats("vtt, srt,srt") == ["srt", "vtt"]
     assert parse_formats(["JSON"]) == ["json"]
-    with pytest.raises(ValueError, match="txt, srt, vtt, json, tsv, rttm"):
-        parse_formats("docx")
+    assert parse_formats("docx,html") == ["html", "docx"]
+    with pytest.raises(ValueError, match="txt, srt, vtt, json, tsv, rttm, html, docx or all"):
+        parse_formats("doc")
 
 
 @pytest.mark.parametrize("diarized", [True, False])
@@ -119,7 +118,8 @@ def test_every_format_parses_back(tmp_path: Path, diarized: bool) -> None:
     if diarized:
         assert txt.splitlines()[0] == "[SPEAKER_00]: Hello there."
         assert srt[0].text == "SPEAKER_00: Hello there."
-        assert vtt[1].text == "SPEAKER_01: Hi,\tall good?"
+        # WebVTT names the speaker in a voice span, not in the text.
+        assert (vtt[1].voice, vtt[1].text) == ("SPEAKER_01", "Hi,\tall good?")
         assert tsv[0] == "start\tend\tspeaker\ttext"
         assert turns == transcript.turns
         line = (tmp_path / "out" / "my talk.rttm").read_text().splitlines()[0]
@@ -127,6 +127,7 @@ def test_every_format_parses_back(tmp_path: Path, diarized: bool) -> None:
     else:
         assert txt.splitlines()[0] == "Hello there."
         assert srt[0].text == "Hello there."
+        assert vtt[0].voice is None
         assert turns == []
 
 

@@ -35,12 +35,12 @@ def current_umask() -> int:
     return 0o022  # not Linux, or /proc not mounted: the common default
 
 
-def write_atomic(path: Path, chunks: Iterable[str]) -> Path:
-    """Write text to ``path`` atomically: a temporary file in the same folder, then a rename.
+def write_atomic(path: Path, chunks: Iterable[str | bytes]) -> Path:
+    """Write text (UTF-8) or bytes to ``path`` atomically: a temporary file, then a rename.
 
     Args:
         path: the destination; its folder must exist.
-        chunks: the text, in pieces (written as they come, so long outputs stream).
+        chunks: the text or bytes, in pieces (written as they come, so long outputs stream).
 
     Returns:
         ``path``.
@@ -51,9 +51,9 @@ def write_atomic(path: Path, chunks: Iterable[str]) -> Path:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the usual mode
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+        with os.fdopen(fd, "wb") as handle:
             for chunk in chunks:
-                handle.write(chunk)
+                handle.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)

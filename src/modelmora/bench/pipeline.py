@@ -564,7 +564,8 @@ def format_table(f: dict[str, Any]) -> Any:
 
 def _inprocess(files: list[Path], device: str, max_tokens: int) -> dict[str, Any]:
     """The no-isolation pipeline: every model loaded once, in this process."""
-    from modelmora.speech.transcript import write_atomic, write_outputs
+    from modelmora.speech.formats import write_outputs
+    from modelmora.speech.transcript import write_atomic
     from modelmora.workflow.inprocess import align, diarize, summarize, transcribe
 
     texts = {}

@@ -1,4 +1,4 @@
-"""Transcripts: the result records of the speech workflow and the files they are written to.
+"""Transcripts: the result records of the speech workflow.
 
 A :class:`Transcript` holds segments of text with word timings and, once diarized, a speaker on
 every word and segment. ``to_dict``/``from_dict`` use the JSON shape of whisperx::
@@ -8,19 +8,16 @@ every word and segment. ``to_dict``/``from_dict`` use the JSON shape of whisperx
                               "speaker": "SPEAKER_00"}]}],
      "language": "en", "duration": 2.5}
 
-:func:`write_outputs` writes the formats ``whisper`` and ``whisperx`` users expect (txt, srt, vtt,
-json, tsv, rttm), each one atomically (a temporary file in the same folder, then ``os.replace``),
-so a reader never sees half a file and a crash never leaves one behind.
+The output formats (txt, srt, vtt, json, tsv, rttm, html, docx) and ``write_outputs`` live in
+:mod:`modelmora.speech.formats`, which builds on these records.
 
 This module is pure Python: importing it costs no ML framework.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,22 +25,16 @@ from typing import Any
 from modelmora.paths import write_atomic
 
 __all__ = [
-    "FORMATS",
     "Segment",
     "Transcript",
     "Turn",
     "Word",
     "format_timestamp",
-    "parse_formats",
     "read_rttm",
     "write_atomic",
-    "write_outputs",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Output formats :func:`write_outputs` knows, in the order ``all`` writes them.
-FORMATS: tuple[str, ...] = ("txt", "srt", "vtt", "json", "tsv", "rttm")
 
 
 @dataclass
@@ -209,142 +200,6 @@ def format_timestamp(seconds: float, decimal: str = ".", always_hours: bool = Tr
     secs, millis = divmod(millis, 1000)
     hours_part = f"{hours:02d}:" if always_hours or hours else ""
     return f"{hours_part}{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
-
-
-def _label(segment: Segment) -> str:
-    return f"{segment.speaker}: " if segment.speaker else ""
-
-
-def _txt(transcript: Transcript, stem: str) -> Iterator[str]:
-    for segment in transcript.segments:
-        text = segment.text.strip()
-        yield f"[{segment.speaker}]: {text}\n" if segment.speaker else f"{text}\n"
-
-
-def _srt(transcript: Transcript, stem: str) -> Iterator[str]:
-    for index, segment in enumerate(transcript.segments, start=1):
-        start = format_timestamp(segment.start, ",")
-        end = format_timestamp(segment.end, ",")
-        yield f"{index}\n{start} --> {end}\n{_label(segment)}{segment.text.strip()}\n\n"
-
-
-def _vtt(transcript: Transcript, stem: str) -> Iterator[str]:
-    yield "WEBVTT\n\n"
-    for segment in transcript.segments:
-        start, end = format_timestamp(segment.start), format_timestamp(segment.end)
-        yield f"{start} --> {end}\n{_label(segment)}{segment.text.strip()}\n\n"
-
-
-def _tsv(transcript: Transcript, stem: str) -> Iterator[str]:
-    # whisper's TSV: integer milliseconds, tabs in the text replaced so columns stay aligned.
-    header = "start\tend\tspeaker\ttext\n" if transcript.speakers else "start\tend\ttext\n"
-    yield header
-    for segment in transcript.segments:
-        text = segment.text.strip().replace("\t", " ")
-        start, end = round(segment.start * 1000), round(segment.end * 1000)
-        speaker = f"{segment.speaker or ''}\t" if transcript.speakers else ""
-        yield f"{start}\t{end}\t{speaker}{text}\n"
-
-
-def _json(transcript: Transcript, stem: str) -> Iterator[str]:
-    yield json.dumps(transcript.to_dict(), ensure_ascii=False, indent=2)
-    yield "\n"
-
-
-def _speaker_runs(transcript: Transcript) -> list[Turn]:
-    if transcript.turns:
-        return list(transcript.turns)
-    runs: list[Turn] = []
-    for segment in transcript.segments:
-        if segment.speaker is None:
-            continue
-        if runs and runs[-1].speaker == segment.speaker:
-            runs[-1] = Turn(runs[-1].start, max(runs[-1].end, segment.end), segment.speaker)
-        else:
-            runs.append(Turn(segment.start, segment.end, segment.speaker))
-    return runs
-
-
-def _rttm(transcript: Transcript, stem: str) -> Iterator[str]:
-    # RTTM file ids cannot hold spaces: the id is the first whitespace-free field.
-    file_id = "_".join(stem.split()) or "audio"
-    for turn in _speaker_runs(transcript):
-        duration = max(turn.end - turn.start, 0.0)
-        yield (
-            f"SPEAKER {file_id} 1 {turn.start:.3f} {duration:.3f} <NA> <NA> "
-            f"{turn.speaker} <NA> <NA>\n"
-        )
-
-
-_WRITERS: dict[str, Callable[[Transcript, str], Iterator[str]]] = {
-    "txt": _txt,
-    "srt": _srt,
-    "vtt": _vtt,
-    "json": _json,
-    "tsv": _tsv,
-    "rttm": _rttm,
-}
-
-
-def parse_formats(formats: str | Iterable[str]) -> list[str]:
-    """Normalize output formats: ``"all"``, ``"srt,vtt"`` or a list of names.
-
-    Args:
-        formats: format names, comma-separated text, or ``"all"``.
-
-    Returns:
-        The distinct formats, in :data:`FORMATS` order.
-
-    Raises:
-        ValueError: a name is not one of :data:`FORMATS` or ``all``.
-    """
-    names = formats.split(",") if isinstance(formats, str) else list(formats)
-    wanted: set[str] = set()
-    for name in (n.strip().lower() for n in names):
-        if name == "all":
-            wanted.update(FORMATS)
-        elif name in _WRITERS:
-            wanted.add(name)
-        elif name:
-            raise ValueError(f"unknown output format {name!r}: use {', '.join(FORMATS)} or all")
-    return [name for name in FORMATS if name in wanted]
-
-
-def write_outputs(
-    transcript: Transcript,
-    out_dir: str | os.PathLike[str],
-    stem: str,
-    formats: str | Sequence[str] = "all",
-) -> list[Path]:
-    """Write a transcript as ``out_dir/<stem>.<format>`` for each format, atomically.
-
-    Speaker labels appear wherever the transcript is diarized: ``[SPEAKER_00]: text`` in txt,
-    a ``SPEAKER_00: `` prefix on srt/vtt cues, a speaker column in tsv, and one RTTM line per
-    speaker turn (an undiarized transcript gives an empty RTTM file).
-
-    Args:
-        transcript: what to write.
-        out_dir: the output folder (created if missing).
-        stem: the file name without extension (usually the audio file's stem).
-        formats: see :func:`parse_formats`.
-
-    Returns:
-        The paths written, in :data:`FORMATS` order.
-
-    Raises:
-        ValueError: an unknown format, or an empty ``stem``.
-        OSError: the folder cannot be created or written.
-    """
-    if not stem or "/" in stem or stem in (".", ".."):
-        raise ValueError(f"bad output stem {stem!r}: give a file name without folders")
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in parse_formats(formats):
-        path = write_atomic(folder / f"{stem}.{name}", _WRITERS[name](transcript, stem))
-        logger.debug("wrote %s", path)
-        written.append(path)
-    return written
 
 
 def read_rttm(path: str | os.PathLike[str]) -> list[Turn]:

@@ -44,7 +44,8 @@ from modelmora.models import Adapter, ModelSpec, resolve_adapter
 from modelmora.runtime.memory import TreeSampler, gpu_used_mb, process_rss_mb
 from modelmora.runtime.worker import Worker
 from modelmora.speech.audio import AudioError, check_audio_file
-from modelmora.speech.transcript import Transcript, parse_formats, write_atomic, write_outputs
+from modelmora.speech.formats import parse_formats, write_outputs
+from modelmora.speech.transcript import Transcript, write_atomic
 from modelmora.workflow.inprocess import align
 from modelmora.workflow.options import TranscribeOptions
 from modelmora.workflow.report import REPORT_VERSION, BatchReport, FileResult, StageStats

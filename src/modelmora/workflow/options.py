@@ -112,7 +112,7 @@ class TranscribeOptions:
         Raises:
             ValueError: a value out of range, naming the valid choices.
         """
-        from modelmora.speech.transcript import parse_formats
+        from modelmora.speech.formats import parse_formats
 
         parse_formats(self.formats)
         if self.device not in DEVICES:

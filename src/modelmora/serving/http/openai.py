@@ -5,8 +5,8 @@ adapters' outputs:
 embedding vectors become ``{"object": "list", "data": [...]}`` (floats or base64 float32),
 transcript dicts become json/text/srt/vtt/verbose_json, chat results become
 ``chat.completion`` objects, and the pieces of a streamed completion server-sent
-``chat.completion.chunk`` events. Subtitles are written by
-:func:`modelmora.speech.transcript.write_outputs`, the same writers the CLI uses.
+``chat.completion.chunk`` events. Subtitles are rendered in memory by
+:func:`modelmora.speech.formats.render`, the same renderers the CLI writes files with.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable
@@ -26,7 +25,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from modelmora.serving.config import ModelConfig
-from modelmora.speech.transcript import Transcript, write_outputs
+from modelmora.speech.formats import render
+from modelmora.speech.transcript import Transcript
 
 __all__ = [
     "RESPONSE_FORMATS",
@@ -131,12 +131,6 @@ def check_transcription_options(
         raise InputError(message, "language")
 
 
-def _subtitles(transcript: Transcript, kind: str) -> str:
-    with tempfile.TemporaryDirectory(prefix="modelmora-sub-") as folder:
-        (path,) = write_outputs(transcript, folder, "transcript", [kind])
-        return path.read_text(encoding="utf-8")
-
-
 def transcription(
     result: dict[str, Any], response_format: str, granularities: list[str], temperature: float
 ) -> Response:
@@ -154,7 +148,9 @@ def transcription(
     if response_format == "text":
         return PlainTextResponse(transcript.text + "\n")
     if response_format in ("srt", "vtt"):
-        return PlainTextResponse(_subtitles(transcript, response_format))
+        text = render(transcript, response_format)
+        assert isinstance(text, str)  # srt and vtt are text (only docx renders bytes)
+        return PlainTextResponse(text)
     body: dict[str, Any] = {
         "task": "transcribe",
         "language": transcript.language or "",

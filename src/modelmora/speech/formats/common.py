@@ -1,0 +1,136 @@
+"""What every output format shares: the render options and the speaker turns of a transcript."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from modelmora.speech.transcript import Segment, Transcript, format_timestamp
+
+__all__ = [
+    "SPEAKER_COLOURS",
+    "RenderOptions",
+    "SpeakerTurn",
+    "clock",
+    "speaker_turns",
+    "summary_blocks",
+]
+
+
+#: Speaker colours (RGB hex) of the HTML viewer and the DOCX, by order of first appearance.
+SPEAKER_COLOURS = (
+    "1f77b4", "d62728", "2ca02c", "9467bd", "ff7f0e", "17becf", "8c564b", "e377c2", "7f7f7f",
+    "bcbd22",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a transcript is rendered (every field has the default that renders as before).
+
+    Attributes:
+        max_line_width: srt/vtt: the most characters on one subtitle line (None: no limit).
+        max_line_count: srt/vtt: the most lines in one cue (None: one cue per segment).
+        max_duration: srt/vtt: the longest cue, seconds (None: no limit).
+        min_duration: srt/vtt: a shorter cue is shown longer, up to the next cue's start.
+        highlight_words: srt/vtt: karaoke cues, the spoken word underlined (as whisper's).
+        txt_timestamps: txt: an ``[hh:mm:ss]`` stamp at the start of every turn.
+        low_confidence: html/docx: words scored below this are marked.
+        audio: html: the recording, as the page's player loads it (a path, made relative to
+            the output folder by :func:`~modelmora.speech.formats.write_outputs`, or a URL).
+        embed_audio: html: embed the recording (``audio`` must then be a readable file).
+        summary: html/docx: the summary (Markdown-ish text) shown above the transcript.
+        title: html/docx: the document's title (default: the output's stem).
+    """
+
+    max_line_width: int | None = None
+    max_line_count: int | None = None
+    max_duration: float | None = None
+    min_duration: float | None = None
+    highlight_words: bool = False
+    txt_timestamps: bool = False
+    low_confidence: float = 0.5
+    audio: str | None = None
+    embed_audio: bool = False
+    summary: str | None = None
+    title: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_width", "max_line_count"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        for name in ("max_duration", "min_duration"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive seconds, got {value}")
+        if self.max_duration and self.min_duration and self.min_duration > self.max_duration:
+            raise ValueError(
+                f"min_duration ({self.min_duration}) is longer than max_duration "
+                f"({self.max_duration})"
+            )
+        if self.embed_audio and not self.audio:
+            raise ValueError("embed_audio needs the recording: give audio")
+
+
+@dataclass
+class SpeakerTurn:
+    """Consecutive segments of one speaker (or, undiarized, of nobody): one paragraph."""
+
+    speaker: str | None
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def start(self) -> float:
+        """When the turn starts, seconds."""
+        return self.segments[0].start
+
+    @property
+    def end(self) -> float:
+        """When the turn ends, seconds."""
+        return max(segment.end for segment in self.segments)
+
+    @property
+    def text(self) -> str:
+        """The turn's text, its segments joined by spaces."""
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+
+def speaker_turns(transcript: Transcript) -> Iterator[SpeakerTurn]:
+    """Group consecutive segments of the same speaker into turns, in time order."""
+    turn: SpeakerTurn | None = None
+    for segment in transcript.segments:
+        if turn is not None and turn.speaker == segment.speaker:
+            turn.segments.append(segment)
+            continue
+        if turn is not None:
+            yield turn
+        turn = SpeakerTurn(segment.speaker, [segment])
+    if turn is not None:
+        yield turn
+
+
+def clock(seconds: float) -> str:
+    """``hh:mm:ss`` (no milliseconds): the stamp people read in a transcript."""
+    return format_timestamp(max(seconds, 0.0))[:8]
+
+
+def summary_blocks(summary: str) -> list[tuple[str, str]]:
+    """The summary's Markdown-ish text as ``(kind, text)`` blocks: ``heading``, ``bullet``,
+    ``para``. The summary file's own title (``# ...``) and footer rule (``---``) are dropped."""
+    blocks: list[tuple[str, str]] = []
+    for raw in summary.strip().splitlines():
+        line = raw.strip()
+        if not line or line == "---" or line.startswith("# "):
+            continue
+        bullet = re.match(r"^(?:[-*]|\d+[.)])\s+(.*)", line)
+        if bullet:
+            blocks.append(("bullet", bullet.group(1)))
+        elif line.startswith("#"):
+            blocks.append(("heading", line.lstrip("#").strip()))
+        elif blocks and blocks[-1][0] == "para" and not raw.startswith(" "):
+            blocks[-1] = ("para", f"{blocks[-1][1]} {line}")
+        else:
+            blocks.append(("para", line))
+    return [(kind, text.strip("_*")) if kind == "para" else (kind, text) for kind, text in blocks]
