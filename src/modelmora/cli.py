@@ -81,7 +81,10 @@ def transcribe(
     audio: Annotated[list[Path], typer.Argument(help="Audio files (any format FFmpeg reads).")],
     output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="Output folder."),
     output_format: str | None = typer.Option(
-        None, "--output-format", "-f", help="txt|srt|vtt|json|tsv|rttm|all (comma-separated)."
+        None,
+        "--output-format",
+        "-f",
+        help="txt|srt|vtt|json|tsv|rttm|html|docx|all (comma-separated).",
     ),
     model: str | None = typer.Option(None, help="Whisper size name or model folder."),
     language: str | None = typer.Option(None, help="Language code (default: detect)."),
@@ -103,6 +106,19 @@ def transcribe(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished work (no resume)."),
     backend: str | None = typer.Option(None, help="local|ray: where the stages' models run."),
     address: str | None = typer.Option(None, help="Ray cluster address (with --backend ray)."),
+    max_line_width: int | None = typer.Option(None, help="srt/vtt: characters per line."),
+    max_line_count: int | None = typer.Option(None, help="srt/vtt: lines per cue."),
+    max_duration: float | None = typer.Option(None, help="srt/vtt: longest cue, seconds."),
+    min_duration: float | None = typer.Option(None, help="srt/vtt: shortest cue, seconds."),
+    highlight_words: bool | None = typer.Option(
+        None, "--highlight-words/--no-highlight-words", help="srt/vtt: karaoke-style cues."
+    ),
+    txt_timestamps: bool | None = typer.Option(
+        None, "--txt-timestamps/--no-txt-timestamps", help="txt: [hh:mm:ss] per speaker turn."
+    ),
+    embed_audio: bool | None = typer.Option(
+        None, "--embed-audio/--no-embed-audio", help="html: embed the recording in the page."
+    ),
 ) -> None:
     """Transcribe audio files: Whisper, word alignment, speakers, summary; one worker per stage."""
     from modelmora.workflow.engine import transcribe_files
@@ -130,6 +146,13 @@ def transcribe(
             overwrite=overwrite or None,
             backend=backend,
             address=address,
+            max_line_width=max_line_width,
+            max_line_count=max_line_count,
+            max_duration=max_duration,
+            min_duration=min_duration,
+            highlight_words=highlight_words,
+            txt_timestamps=txt_timestamps,
+            embed_audio=embed_audio,
         )
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)

@@ -245,12 +245,21 @@ class _Run:
             self.say(f"warning: {job.path}: no summary: {reason}", style="yellow")
         logger.warning("%s: %s failed: %s", job.path, stage.name, reason)
 
-    def write_transcript(self, job: _Job) -> None:
-        """Write the file's transcript outputs (atomically) from its current transcript."""
+    def write_transcript(self, job: _Job, formats: list[str] | None = None) -> None:
+        """Write the file's transcript outputs (atomically) from its current transcript
+        (``formats``: only these, to add the summary to the formats that show it)."""
         if job.transcript is None:
             return
         transcript = Transcript.from_dict(job.transcript)
-        paths = write_outputs(transcript, self.out_dir, job.result.stem, self.formats)
+        summary_md = self.out_dir / f"{job.result.stem}.summary.md"
+        summary = (
+            summary_md.read_text("utf-8") if job.result.summary.get("status") == "ok" else None
+        )
+        render = self.options.render_options(str(job.path.resolve()), summary)
+        wanted = self.formats if formats is None else formats
+        paths = write_outputs(transcript, self.out_dir, job.result.stem, wanted, render)
+        if formats is not None:
+            return
         job.result.outputs = [str(p) for p in paths]
         job.result.speakers = transcript.speakers
         job.written = True
@@ -340,6 +349,9 @@ def _summarize_stage(run: _Run) -> _Stage:
     def accept(job: _Job, output: Any) -> None:
         _write_summary(run, job, str(output["summary"]).strip(), params)
         job.result.summary = {"status": "ok", "reason": None}
+        with_summary = [name for name in run.formats if name in ("html", "docx")]
+        if with_summary and job.written:
+            run.write_transcript(job, with_summary)
 
     return _Stage(
         name="summarize",

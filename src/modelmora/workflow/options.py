@@ -26,7 +26,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelmora.speech.formats import RenderOptions
 
 __all__ = ["BACKENDS", "DEVICES", "TranscribeOptions", "load_options", "parse_size"]
 
@@ -75,6 +78,9 @@ class TranscribeOptions:
             nodes; outputs, report and resume state are the same).
         address: the Ray cluster to use (``host:6379``, ``ray://host:10001``, ``auto``);
             None: ``$RAY_ADDRESS``, else a Ray instance started on this machine for the batch.
+        max_line_width, max_line_count, max_duration, min_duration, highlight_words: subtitle
+            shaping for srt/vtt; txt_timestamps: ``[hh:mm:ss]`` per turn in txt; embed_audio:
+            the html page embeds the recording (see ``modelmora.speech.formats.RenderOptions``).
     """
 
     output_dir: str = "."
@@ -102,6 +108,13 @@ class TranscribeOptions:
     crash_on: str | None = field(default_factory=lambda: os.environ.get("MODELMORA_CRASH_ON"))
     backend: str = "local"
     address: str | None = None
+    max_line_width: int | None = None
+    max_line_count: int | None = None
+    max_duration: float | None = None
+    min_duration: float | None = None
+    highlight_words: bool = False
+    txt_timestamps: bool = False
+    embed_audio: bool = False
 
     def validate(self) -> TranscribeOptions:
         """Check the values up front (before any file or worker is touched).
@@ -115,6 +128,7 @@ class TranscribeOptions:
         from modelmora.speech.formats import parse_formats
 
         parse_formats(self.formats)
+        self.render_options()
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}: use one of {', '.join(DEVICES)}")
         if self.beam_size < 1:
@@ -148,6 +162,24 @@ class TranscribeOptions:
 
             if not ray_available():
                 raise ValueError(INSTALL_HINT)
+
+    def render_options(self, audio: str | None = None, summary: str | None = None) -> RenderOptions:
+        """How the outputs are rendered, for the recording ``audio`` with its ``summary``.
+
+        Raises:
+            ValueError: a subtitle limit out of range.
+        """
+        from modelmora.speech.formats import RenderOptions
+
+        shaping = ("max_line_width", "max_line_count", "max_duration", "min_duration")
+        return RenderOptions(
+            **{name: getattr(self, name) for name in shaping},
+            highlight_words=self.highlight_words,
+            txt_timestamps=self.txt_timestamps,
+            audio=audio,
+            embed_audio=self.embed_audio and audio is not None,
+            summary=summary,
+        )
 
     def memory_budget_mb(self) -> float | None:
         """The memory budget in MB, or None without one."""
