@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from modelmora.speech.transcript import Segment, Transcript, format_timestamp
+from modelmora.speech.transcript import Segment, Transcript, Word, format_timestamp
 
 __all__ = [
     "SPEAKER_COLOURS",
@@ -14,6 +14,7 @@ __all__ = [
     "SpeakerTurn",
     "clock",
     "speaker_turns",
+    "split_speakers",
     "summary_blocks",
 ]
 
@@ -98,9 +99,10 @@ class SpeakerTurn:
 
 
 def speaker_turns(transcript: Transcript) -> Iterator[SpeakerTurn]:
-    """Group consecutive segments of the same speaker into turns, in time order."""
+    """Group consecutive segments of the same speaker into turns, in time order (a segment
+    whose words change speaker is cut first: see :func:`split_speakers`)."""
     turn: SpeakerTurn | None = None
-    for segment in transcript.segments:
+    for segment in split_speakers(transcript).segments:
         if turn is not None and turn.speaker == segment.speaker:
             turn.segments.append(segment)
             continue
@@ -134,3 +136,25 @@ def summary_blocks(summary: str) -> list[tuple[str, str]]:
         else:
             blocks.append(("para", line))
     return [(kind, text.strip("_*")) if kind == "para" else (kind, text) for kind, text in blocks]
+
+
+def split_speakers(transcript: Transcript) -> Transcript:
+    """The transcript with every segment whose words have several speakers cut where the
+    speaker changes (the diarizer labels words; a segment may straddle a change of voice)."""
+    segments: list[Segment] = []
+    for segment in transcript.segments:
+        runs: list[list[Word]] = []
+        for word in segment.words:
+            who = word.speaker or segment.speaker
+            if runs and (runs[-1][0].speaker or segment.speaker) == who:
+                runs[-1].append(word)
+            else:
+                runs.append([word])
+        if len(runs) <= 1:
+            segments.append(replace(segment, id=len(segments)))
+            continue
+        for run in runs:
+            text = "".join(word.word for word in run)
+            who = run[0].speaker or segment.speaker
+            segments.append(Segment(len(segments), run[0].start, run[-1].end, text, run, who))
+    return replace(transcript, segments=segments)

@@ -16,6 +16,7 @@ from modelmora.speech.formats.common import (
     SpeakerTurn,
     clock,
     speaker_turns,
+    split_speakers,
     summary_blocks,
 )
 from modelmora.speech.transcript import Transcript
@@ -81,7 +82,7 @@ def render_docx(transcript: Transcript, options: RenderOptions, stem: str = "") 
     document.add_heading("Transcript", level=1)
     colours = {
         speaker: SPEAKER_COLOURS[index % len(SPEAKER_COLOURS)]
-        for index, speaker in enumerate(transcript.speakers)
+        for index, speaker in enumerate(split_speakers(transcript).speakers)
     }
     for turn in speaker_turns(transcript):
         _turn(document, turn, colours, options.low_confidence)

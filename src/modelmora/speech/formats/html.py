@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from modelmora.speech.formats.common import SPEAKER_COLOURS, RenderOptions, summary_blocks
+from modelmora.speech.formats.common import (
+    SPEAKER_COLOURS,
+    RenderOptions,
+    split_speakers,
+    summary_blocks,
+)
 from modelmora.speech.transcript import Transcript
 
 __all__ = ["page_data", "render_html"]
@@ -41,6 +46,7 @@ def page_data(transcript: Transcript, options: RenderOptions, stem: str = "") ->
     ``segments`` are ``[start, end, speaker index or -1, text, words]`` with words as
     ``[start, end, text, score]``; ``speakers`` are the labels (or names) by index.
     """
+    transcript = split_speakers(transcript)
     speakers = transcript.speakers
     index = {speaker: number for number, speaker in enumerate(speakers)}
     segments = [
