@@ -98,6 +98,7 @@
       input.title = `Rename ${data.speakers[spk]} everywhere`;
       input.style.setProperty("--c", colour(spk));
       input.addEventListener("change", () => rename(spk, input.value));
+      input.addEventListener("blur", () => { input.value = names[spk]; });
       box.append(input);
     });
   }
@@ -109,7 +110,8 @@
       label.textContent = names[spk];
     }
     const input = document.querySelector(`.mm-name[data-spk="${spk}"]`);
-    if (input && input.value !== names[spk]) input.value = names[spk];
+    // While the reader types in it, an emptied box stays empty (it is filled back on blur).
+    if (input && input !== document.activeElement) input.value = names[spk];
   }
 
   // --- playback: the word at the current time, kept in view -----------------------------------
