@@ -119,8 +119,9 @@ def clock(seconds: float) -> str:
 
 
 def summary_blocks(summary: str) -> list[tuple[str, str]]:
-    """The summary's Markdown-ish text as ``(kind, text)`` blocks: ``heading``, ``bullet``,
-    ``para``. The summary file's own title (``# ...``) and footer rule (``---``) are dropped."""
+    """The summary's Markdown-ish lines as ``(kind, text)`` blocks: ``heading``, ``bullet``,
+    ``para`` (one per line: a model's summary is not hard-wrapped). The summary file's own
+    title (``# ...``) and footer rule (``---``) are dropped, emphasis marks stripped."""
     blocks: list[tuple[str, str]] = []
     for raw in summary.strip().splitlines():
         line = raw.strip()
@@ -128,14 +129,12 @@ def summary_blocks(summary: str) -> list[tuple[str, str]]:
             continue
         bullet = re.match(r"^(?:[-*]|\d+[.)])\s+(.*)", line)
         if bullet:
-            blocks.append(("bullet", bullet.group(1)))
+            blocks.append(("bullet", bullet.group(1).strip("_*")))
         elif line.startswith("#"):
             blocks.append(("heading", line.lstrip("#").strip()))
-        elif blocks and blocks[-1][0] == "para" and not raw.startswith(" "):
-            blocks[-1] = ("para", f"{blocks[-1][1]} {line}")
         else:
-            blocks.append(("para", line))
-    return [(kind, text.strip("_*")) if kind == "para" else (kind, text) for kind, text in blocks]
+            blocks.append(("para", line.strip("_*")))
+    return blocks
 
 
 def split_speakers(transcript: Transcript) -> Transcript:

@@ -352,9 +352,9 @@
 
   build();
   buildSpeakers();
-  const minutes = Math.round(data.duration / 60);
-  document.getElementById("mm-info").textContent =
-    `${minutes} min · ${names.length} speaker${names.length === 1 ? "" : "s"} · ${words.length} words`;
+  const plural = (n, what) => `${n} ${what}${n === 1 ? "" : "s"}`;
+  document.getElementById("mm-info").textContent = [stamp(data.duration, ".", false),
+    plural(names.length, "speaker"), plural(words.length, "word")].join(" · ");
   // For scripts and tests driving the page.
   window.modelmora = { exportText, rename, seek, find, names, words, ready: true };
 })();
