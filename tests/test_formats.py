@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,8 @@ def test_docx_has_the_summary_then_bold_speakers_with_times() -> None:
     document = docx.Document(io.BytesIO(blob))
     texts = [p.text for p in document.paragraphs]
     assert texts.index("Summary") < texts.index("We met.") < texts.index("Transcript")
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:  # no time of writing: reproducible
+        assert {entry.date_time for entry in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     turns = _docx_turns(blob)
     expected = [
         (s.speaker, s.start, s.text.strip())

@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
+from modelmora.speech.formats import FORMATS
 from modelmora.workflow.engine import BatchReport, transcribe_files
 from modelmora.workflow.options import TranscribeOptions
 
@@ -47,7 +48,7 @@ def reference(clips: list[Path], tmp_path_factory: pytest.TempPathFactory) -> di
     report = transcribe_files(clips, _options(), out)
     assert report.exit_code == 0, [f.error for f in report.files]
     outputs = outputs_of(out)
-    assert len(outputs) == 6 * len(clips)
+    assert len(outputs) == len(FORMATS) * len(clips)
     return {"outputs": outputs, "wall_s": time.monotonic() - t0}
 
 

@@ -8,6 +8,7 @@ when the transcript has word scores. Word and LibreOffice open it.
 from __future__ import annotations
 
 import io
+import zipfile
 from typing import Any
 
 from modelmora.speech.formats.common import (
@@ -86,6 +87,21 @@ def render_docx(transcript: Transcript, options: RenderOptions, stem: str = "") 
     }
     for turn in speaker_turns(transcript):
         _turn(document, turn, colours, options.low_confidence)
+    document.core_properties.author = "modelmora"
     buffer = io.BytesIO()
     document.save(buffer)
-    return buffer.getvalue()
+    return _reproducible(buffer.getvalue())
+
+
+def _reproducible(blob: bytes) -> bytes:
+    """The same document with every zip entry dated 1980-01-01, so the same transcript gives
+    the same bytes (python-docx stamps each entry with the time of writing; a resumed batch
+    must give identical outputs)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(blob)) as source, zipfile.ZipFile(out, "w") as target:
+        for entry in source.infolist():
+            info = zipfile.ZipInfo(entry.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = entry.external_attr
+            target.writestr(info, source.read(entry.filename))
+    return out.getvalue()
