@@ -33,7 +33,7 @@ def _modelmora(
     ("args", "message"),
     [
         (["--device", "tpu"], "use one of auto, cpu, cuda"),
-        (["-f", "doc"], "use txt, srt, vtt, json, tsv, rttm, html, docx or all"),
+        (["-f", "doc"], "unknown output format 'doc'"),
         (["--memory-budget", "lots"], "bad memory size"),
         (["--num-speakers", "2", "--min-speakers", "1"], "not both"),
         (["--beam-size", "0"], "beam_size must be at least 1"),

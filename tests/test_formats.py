@@ -254,3 +254,17 @@ def test_the_http_route_renders_subtitles_without_a_temporary_folder(
     body = bytes(response.body).decode()
     assert body == render(transcript, "vtt")
     assert [c.voice for c in _vtt(body)] == [A, B]
+
+
+def test_the_options_reach_the_renderers_from_yaml_and_flags(tmp_path: Path) -> None:
+    from modelmora.workflow.options import load_options
+
+    config = tmp_path / "modelmora.yaml"
+    config.write_text("max_line_width: 42\nmax-line-count: 2\nhighlight_words: true\n")
+    options = load_options(config, max_line_count=1, txt_timestamps=True)
+    render_options = options.render_options("/data/a.wav", "Summary.")
+    assert (render_options.max_line_width, render_options.max_line_count) == (42, 1)
+    assert render_options.highlight_words and render_options.txt_timestamps
+    assert (render_options.audio, render_options.summary) == ("/data/a.wav", "Summary.")
+    with pytest.raises(ValueError, match="max_duration must be positive"):
+        load_options(None, max_duration=0)

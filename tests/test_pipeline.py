@@ -106,7 +106,7 @@ def test_config_wrong_type_and_missing_file(tmp_path: Path) -> None:
     ("values", "message"),
     [
         ({"device": "tpu"}, "use one of auto, cpu, cuda"),
-        ({"formats": "docx"}, "use txt, srt, vtt, json, tsv, rttm or all"),
+        ({"formats": "doc"}, "use txt, srt, vtt, json, tsv, rttm, html, docx or all"),
         ({"num_speakers": 2, "min_speakers": 1}, "not both"),
         ({"min_speakers": 5, "max_speakers": 2}, "larger than max_speakers"),
         ({"beam_size": 0}, "beam_size"),
