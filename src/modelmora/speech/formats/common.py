@@ -145,7 +145,7 @@ def split_speakers(transcript: Transcript) -> Transcript:
         runs: list[list[Word]] = []
         for word in segment.words:
             who = word.speaker or segment.speaker
-            if runs and (runs[-1][0].speaker or segment.speaker) == who:
+            if runs and ((runs[-1][0].speaker or segment.speaker) == who or not word.word.strip()):
                 runs[-1].append(word)
             else:
                 runs.append([word])

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from modelmora.speech.formats.common import RenderOptions
+from modelmora.speech.formats.common import RenderOptions, split_speakers
 from modelmora.speech.transcript import Segment, Transcript, Word, format_timestamp
 
 __all__ = ["Cue", "build_cues", "render_srt", "render_vtt"]
@@ -103,10 +103,10 @@ def _shaped(transcript: Transcript, options: RenderOptions, label_width: int) ->
     cues: list[Cue] = []
     current: list[Word] = []
     speaker: str | None = None
-    for segment in transcript.segments:
+    for segment in split_speakers(transcript).segments:
+        who = segment.speaker
+        prefix = len(f"{who}: ") if who and label_width else 0
         for position, word in enumerate(_tokens(segment)):
-            who = word.speaker or segment.speaker
-            prefix = len(f"{who}: ") if who and label_width else 0
             if current and (
                 who != speaker
                 or (position == 0 and options.max_line_count is None)  # keep segments apart
@@ -129,26 +129,13 @@ def _cue(words: list[Word], speaker: str | None, options: RenderOptions, label: 
 
 
 def _plain(transcript: Transcript) -> list[Cue]:
-    """One cue per segment, split only where the speaker changes inside it."""
+    """One cue per segment (a segment whose words change speaker is cut there first)."""
     cues = []
-    for segment in transcript.segments:
-        runs: list[list[Word]] = []
-        for word in segment.words:
-            if runs and (word.speaker or segment.speaker) == (
-                runs[-1][0].speaker or segment.speaker
-            ):
-                runs[-1].append(word)
-            elif word.word.strip():
-                runs.append([word])
-        if len(runs) <= 1:
-            words = [w for w in segment.words if w.word.strip()]
-            cue = Cue(segment.start, segment.end, segment.speaker, words)
-            cue.text = segment.text.strip()
-            cues.append(cue)
-            continue
-        for run in runs:
-            speaker = run[0].speaker or segment.speaker
-            cues.append(Cue(run[0].start, run[-1].end, speaker, run, [list(range(len(run)))]))
+    for segment in split_speakers(transcript).segments:
+        words = [w for w in segment.words if w.word.strip()]
+        cue = Cue(segment.start, segment.end, segment.speaker, words)
+        cue.text = segment.text.strip()
+        cues.append(cue)
     return cues
 
 
