@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-# chromium + chromium-driver: the HTML viewer's browser tests; libreoffice-writer-nogui +
-# poppler-utils: the DOCX test converts to PDF and renders a page.
-SYSTEM_PACKAGES=(espeak-ng sox libsndfile1 chromium chromium-driver libreoffice-writer-nogui poppler-utils)
+# chromium + chromium-driver, firefox-esr: the HTML viewer's browser tests;
+# libreoffice-writer-nogui + poppler-utils: the DOCX test converts to PDF and reads it back.
+SYSTEM_PACKAGES=(espeak-ng sox libsndfile1 chromium chromium-driver firefox-esr
+    libreoffice-writer-nogui poppler-utils)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

@@ -1,4 +1,5 @@
-"""The HTML viewer in a real headless Chromium, on the bundled generated conversation.
+"""The HTML viewer in real headless browsers (Chromium, Firefox), on the bundled generated
+conversation.
 
 The transcript is the conversation's reference (``testing.transcripts.transcript_of``): word
 times are exact by construction, so seeking and highlighting can be checked to the word.
@@ -17,16 +18,16 @@ import pytest
 
 from modelmora.speech.formats import RenderOptions, write_outputs
 from modelmora.speech.transcript import Transcript
-from modelmora.testing.browser import chromium, chromium_available, console_errors
+from modelmora.testing.browser import (
+    chromium,
+    chromium_available,
+    console_errors,
+    firefox,
+    firefox_available,
+)
 from modelmora.testing.transcripts import transcript_of
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not chromium_available(),
-        reason="needs chromium, chromium-driver and selenium (scripts/setup.sh installs them)",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,8 @@ def page(meeting: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
+    if not chromium_available():
+        pytest.skip("needs chromium, chromium-driver and selenium (scripts/setup.sh installs them)")
     downloads = tmp_path_factory.mktemp("downloads")
     with chromium(str(downloads)) as driver:
         yield driver, downloads
@@ -185,3 +188,53 @@ def test_search_marks_every_match_and_steps_through_them(opened: tuple[Any, Tran
     assert driver.find_element(By.ID, "mm-hits").text == f"2 of {expected}"
     # Typing in the search box must not start playback (space is a character there).
     assert driver.execute_script("return document.getElementById('mm-audio').paused")
+
+
+_SEEKED = """new Promise((done) => {
+  const audio = document.getElementById("mm-audio");
+  audio.addEventListener("seeked", () => done(audio.currentTime), {once: true});
+  document.querySelector('.w[data-i="%d"]').click();
+})"""
+
+_PLAY_A_SECOND = """new Promise((done) => {
+  const audio = document.getElementById("mm-audio");
+  const space = () => document.body.dispatchEvent(
+    new KeyboardEvent("keydown", {key: " ", code: "Space", bubbles: true}));
+  audio.addEventListener("playing", () => setTimeout(() => {
+    space();
+    setTimeout(() => done([audio.paused, audio.currentTime,
+      [...document.querySelectorAll(".w.now")].map((w) => +w.dataset.i)]), 200);
+  }, 1000), {once: true});
+  space();
+})"""
+
+
+@pytest.mark.skipif(not firefox_available(), reason="needs firefox-esr (scripts/setup.sh)")
+def test_the_page_works_in_firefox(page: tuple[Path, Transcript]) -> None:
+    path, transcript = page
+    words = [w for s in transcript.segments for w in s.words]
+    with firefox() as browser:
+        browser.navigate(path.as_uri())
+        assert browser.evaluate("window.modelmora.ready")
+        assert browser.evaluate("document.querySelectorAll('.turn').length") == len(
+            transcript.segments
+        )
+        browser.evaluate(
+            "new Promise((done) => { const a = document.getElementById('mm-audio');"
+            " if (a.readyState >= 1) done(); else a.onloadedmetadata = () => done(); })"
+        )
+        assert abs(browser.evaluate(_SEEKED % 40) - words[40].start) <= 0.05
+        paused, t, now = browser.evaluate(_PLAY_A_SECOND)
+        expected = max(i for i, w in enumerate(words) if w.start <= t + 1e-3)
+        assert paused and t > words[40].start + 0.5
+        assert now == [expected]
+        renamed = browser.evaluate(
+            "(() => { const box = document.querySelector('.mm-name[data-spk=\"1\"]');"
+            " box.value = 'Maria'; box.dispatchEvent(new Event('change'));"
+            " return [...document.querySelectorAll('.spk')].map((e) => e.textContent); })()"
+        )
+        assert renamed == [
+            "Maria" if s.speaker == "SPEAKER_01" else "SPEAKER_00" for s in transcript.segments
+        ]
+        assert "\nMaria: " in browser.evaluate("window.modelmora.exportText('srt')")
+        assert browser.console_errors() == []

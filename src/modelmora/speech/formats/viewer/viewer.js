@@ -348,6 +348,7 @@
   }
   audio.addEventListener("play", () => requestAnimationFrame(loop));
   audio.addEventListener("seeked", tick);
+  audio.addEventListener("pause", tick);
   audio.addEventListener("timeupdate", tick);
 
   build();
