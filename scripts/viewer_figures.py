@@ -11,7 +11,7 @@ words a minute) is rendered with ``-f html``; the page is opened from a file and
 
 Usage::
 
-    python scripts/viewer_figures.py [--hours 2] [--runs 3]
+    python scripts/viewer_figures.py [--hours 2] [--runs 3] [--firefox]
     python scripts/viewer_figures.py --screenshot docs/viewer.png --page out/conversation.html
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from modelmora.speech.formats import write_outputs
-from modelmora.testing.browser import chromium, console_errors
+from modelmora.testing.browser import chromium, console_errors, firefox
 from modelmora.testing.transcripts import synthetic_meeting
 
 # Run a step, then resolve with the milliseconds until the frame after it was painted.
@@ -79,6 +79,29 @@ def measure(page: Path, runs: int) -> dict[str, Any]:
     }
 
 
+def measure_firefox(page: Path, runs: int) -> dict[str, Any]:
+    """The same figures in Firefox (over WebDriver BiDi)."""
+    frame = "new Promise((done) => requestAnimationFrame(() => setTimeout(() => done(%s), 0)))"
+    figures: dict[str, list[float]] = {"first_render_ms": [], **{k: [] for k in _STEPS}}
+    with firefox() as browser:
+        for _ in range(runs):
+            browser.navigate(page.as_uri())
+            figures["first_render_ms"].append(float(browser.evaluate(frame % "performance.now()")))
+            for name, step in _STEPS.items():
+                timed = frame % "performance.now() - t0"
+                script = (
+                    f"(() => {{ const t0 = performance.now(); ({step})(); return {timed}; }})()"
+                )
+                figures[name].append(float(browser.evaluate(script)))
+        if browser.console_errors():
+            raise RuntimeError(f"the page logged errors: {browser.console_errors()}")
+        version = browser.version
+    return {
+        "browser": f"firefox {version}",
+        **{name: round(statistics.median(values), 1) for name, values in figures.items()},
+    }
+
+
 def screenshot(page: Path, out: Path) -> None:
     """A screenshot of ``page`` for the README: the summary folded, a word highlighted (as
     while playing), the second speaker renamed "Maria"."""
@@ -102,6 +125,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=2.0)
     parser.add_argument("--speakers", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--firefox", action="store_true", help="also measure in Firefox")
     parser.add_argument("--screenshot", type=Path, help="write a PNG of --page here instead")
     parser.add_argument("--page", type=Path, help="the page to screenshot")
     args = parser.parse_args()
@@ -123,6 +147,8 @@ def main() -> None:
             "render_s": round(render_s, 3),
             **measure(page, args.runs),
         }
+        if args.firefox:
+            result["firefox"] = measure_firefox(page, args.runs)
     print(json.dumps(result, indent=2))
 
 
