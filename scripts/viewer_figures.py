@@ -7,7 +7,8 @@ words a minute) is rendered with ``-f html``; the page is opened from a file and
 - ``rename_ms``: renaming one speaker in every turn, until the next frame;
 - ``search_ms``: a search that matches across the whole meeting, until the next frame;
 - ``seek_far_ms``: a seek two hours in (highlight the word, scroll it into view, next frame);
-- ``scroll_end_ms``: a jump to the end of the page, until the next frame.
+- ``scroll_end_ms``: a jump to the end of the page, until the next frame;
+- ``scroll_30_screens_ms``: scrolling one screen per frame for 30 frames (60 fps: 500 ms).
 
 Usage::
 
@@ -33,8 +34,8 @@ from modelmora.testing.transcripts import synthetic_meeting
 _TIMED = """
 const done = arguments[arguments.length - 1];
 const t0 = performance.now();
-(%s)();
-requestAnimationFrame(() => setTimeout(() => done(performance.now() - t0), 0));
+Promise.resolve((%s)()).then(() =>
+  requestAnimationFrame(() => setTimeout(() => done(performance.now() - t0), 0)));
 """
 
 _STEPS = {
@@ -43,6 +44,11 @@ _STEPS = {
     "seek_far_ms": "() => window.modelmora.seek(window.modelmora.words.at(-5).s)",
     "scroll_end_ms": "() => { window.scrollTo(0, document.body.scrollHeight); "
     "document.body.getBoundingClientRect(); }",
+    # One screen further on each of 30 animation frames, from the top (60 fps: 500 ms).
+    "scroll_30_screens_ms": "() => new Promise((done) => { window.scrollTo(0, 0); let n = 0;"
+    " const step = () => { window.scrollBy(0, 700);"
+    " if (++n < 30) requestAnimationFrame(step); else done(); };"
+    " requestAnimationFrame(step); })",
 }
 
 
