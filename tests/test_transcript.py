@@ -181,9 +181,9 @@ def test_read_rttm_rejects_short_lines(tmp_path: Path) -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, modelmora.speech.transcript, modelmora.speech.audio;"
+        "import sys, modelmora.speech.transcript, modelmora.speech.audio, modelmora.speech.formats;"
         "import modelmora.workflow.inprocess;"
-        "heavy = {'torch', 'faster_whisper', 'av', 'resemblyzer', 'llama_cpp', 'sklearn'};"
+        "heavy = {'torch', 'faster_whisper', 'av', 'resemblyzer', 'llama_cpp', 'sklearn', 'docx'};"
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

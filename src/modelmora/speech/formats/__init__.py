@@ -42,7 +42,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Renderer = Callable[[Transcript, RenderOptions, str], "str | bytes"]
+#: A format: (transcript, options, stem) -> the file's text, or bytes for binary formats.
+Renderer = Callable[[Transcript, RenderOptions, str], str | bytes]
 
 #: Every format, by name, in the order ``all`` writes them.
 RENDERERS: dict[str, Renderer] = {
