@@ -268,3 +268,12 @@ def test_the_options_reach_the_renderers_from_yaml_and_flags(tmp_path: Path) -> 
     assert (render_options.audio, render_options.summary) == ("/data/a.wav", "Summary.")
     with pytest.raises(ValueError, match="max_duration must be positive"):
         load_options(None, max_duration=0)
+
+
+def test_undiarized_text_is_cut_into_paragraphs() -> None:
+    from modelmora.speech.formats import speaker_turns
+
+    segments = [Segment(i, 1.0 * i, 1.0 * i + 0.9, f" Sentence {i}.", [], None) for i in range(8)]
+    segments += [Segment(8, 20.0, 21.0, " After a pause.", [], None)]
+    paragraphs = [[s.id for s in turn.segments] for turn in speaker_turns(Transcript(segments))]
+    assert paragraphs == [[0, 1, 2, 3, 4, 5], [6, 7], [8]]

@@ -8,6 +8,7 @@ Assertions are on the DOM and the media element, never on pixels.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from collections.abc import Iterator
@@ -188,6 +189,28 @@ def test_search_marks_every_match_and_steps_through_them(opened: tuple[Any, Tran
     assert driver.find_element(By.ID, "mm-hits").text == f"2 of {expected}"
     # Typing in the search box must not start playback (space is a character there).
     assert driver.execute_script("return document.getElementById('mm-audio').paused")
+
+
+def test_an_undiarized_page_reads_in_paragraphs(
+    browser: tuple[Any, Path], page: tuple[Path, Transcript], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    from modelmora.speech.formats import speaker_turns
+
+    driver, _ = browser
+    transcript = copy.deepcopy(page[1])
+    for segment in transcript.segments:
+        segment.speaker = None
+        for word in segment.words:
+            word.speaker = None
+    (path,) = write_outputs(transcript, tmp_path, "plain", ["html"])
+    driver.get(path.as_uri())
+    _wait(driver, "return !!(window.modelmora && window.modelmora.ready)")
+    assert driver.find_elements(By.CSS_SELECTOR, ".spk") == []
+    turns = driver.find_elements(By.CSS_SELECTOR, ".turn")
+    assert len(turns) == len(list(speaker_turns(transcript))) > 1
+    assert console_errors(driver) == []
 
 
 _SEEKED = """new Promise((done) => {

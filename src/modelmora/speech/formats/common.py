@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 from modelmora.speech.transcript import Segment, Transcript, Word, format_timestamp
 
 __all__ = [
+    "PARAGRAPH_PAUSE_S",
+    "PARAGRAPH_SEGMENTS",
     "SPEAKER_COLOURS",
     "RenderOptions",
     "SpeakerTurn",
@@ -24,6 +26,12 @@ SPEAKER_COLOURS = (
     "1f77b4", "d62728", "2ca02c", "9467bd", "ff7f0e", "17becf", "8c564b", "e377c2", "7f7f7f",
     "bcbd22",
 )  # fmt: skip
+
+
+#: Undiarized text is cut into paragraphs at a pause this long (seconds)...
+PARAGRAPH_PAUSE_S = 2.0
+#: ...or after this many segments (the HTML viewer follows the same rule).
+PARAGRAPH_SEGMENTS = 6
 
 
 @dataclass(frozen=True)
@@ -100,10 +108,16 @@ class SpeakerTurn:
 
 def speaker_turns(transcript: Transcript) -> Iterator[SpeakerTurn]:
     """Group consecutive segments of the same speaker into turns, in time order (a segment
-    whose words change speaker is cut first: see :func:`split_speakers`)."""
+    whose words change speaker is cut first: see :func:`split_speakers`). Without speakers,
+    a pause of :data:`PARAGRAPH_PAUSE_S` or :data:`PARAGRAPH_SEGMENTS` segments end a turn,
+    so an undiarized transcript still reads in paragraphs."""
     turn: SpeakerTurn | None = None
     for segment in split_speakers(transcript).segments:
-        if turn is not None and turn.speaker == segment.speaker:
+        if (
+            turn is not None
+            and turn.speaker == segment.speaker
+            and not _new_paragraph(turn, segment)
+        ):
             turn.segments.append(segment)
             continue
         if turn is not None:
@@ -111,6 +125,13 @@ def speaker_turns(transcript: Transcript) -> Iterator[SpeakerTurn]:
         turn = SpeakerTurn(segment.speaker, [segment])
     if turn is not None:
         yield turn
+
+
+def _new_paragraph(turn: SpeakerTurn, segment: Segment) -> bool:
+    if turn.speaker is not None:
+        return False
+    pause = segment.start - turn.segments[-1].end
+    return pause >= PARAGRAPH_PAUSE_S or len(turn.segments) >= PARAGRAPH_SEGMENTS
 
 
 def clock(seconds: float) -> str:

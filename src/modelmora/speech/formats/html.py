@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import quote
 
 from modelmora.speech.formats.common import (
+    PARAGRAPH_PAUSE_S,
+    PARAGRAPH_SEGMENTS,
     SPEAKER_COLOURS,
     RenderOptions,
     split_speakers,
@@ -70,6 +72,7 @@ def page_data(transcript: Transcript, options: RenderOptions, stem: str = "") ->
         "speakers": speakers,
         "colours": [f"#{colour}" for colour in SPEAKER_COLOURS],
         "low": options.low_confidence,
+        "paragraph": [PARAGRAPH_PAUSE_S, PARAGRAPH_SEGMENTS],  # undiarized text: new paragraph
         "segments": segments,
     }
 

@@ -66,13 +66,19 @@
 
   function build() {
     const frag = document.createDocumentFragment();
-    let turn = null;
+    let turn = null, count = 0, lastEnd = 0;
+    const [pause, most] = data.paragraph;
     data.segments.forEach(([s, e, spk, text, segWords], seg) => {
-      if (turn === null || turn.spk !== spk) {
+      // Without speakers, a pause or a run of segments starts a paragraph (as in the DOCX).
+      const cut = spk < 0 && (s - lastEnd >= pause || count >= most);
+      if (turn === null || turn.spk !== spk || cut) {
         turn = newTurn(spk, s);
         turns.push(turn);
         frag.append(turn.el);
+        count = 0;
       }
+      count += 1;
+      lastEnd = e;
       const items = segWords.length
         ? segWords.map(([ws, we, wt, p]) => ({ s: ws, e: we, text: wt, p, seg }))
         : [{ s, e, text: ` ${text}`, p: 1, seg }];
