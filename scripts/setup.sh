@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-SYSTEM_PACKAGES=(espeak-ng sox libsndfile1)
+SYSTEM_PACKAGES=(espeak-ng sox libsndfile1 wrk)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -36,7 +36,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/mod
     .venv/bin/python -m pip install -q --upgrade pip
     # torch first and pinned: 2.13.0 is the CPU build this project is tested with.
     .venv/bin/python -m pip install -q "torch==2.13.0"
-    .venv/bin/python -m pip install -q -e ".[all,dev,ray]"
+    .venv/bin/python -m pip install -q -e ".[all,dev,ray,bench-peers]"
     echo "$want" > "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/modelmora --version 2>/dev/null || echo modelmora))"
