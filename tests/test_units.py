@@ -50,7 +50,7 @@ def test_sizes_that_are_not_positive_sizes_are_refused_everywhere(text: str | fl
 
 
 def test_a_bool_is_not_a_size() -> None:
-    with pytest.raises(ValueError, match="not a memory size"):
+    with pytest.raises(ValueError, match="bad memory size"):
         parse_size_mb(True)
 
 

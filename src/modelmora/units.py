@@ -54,11 +54,11 @@ def parse_size_mb(value: str | float) -> float:
         ValueError: not a size, or not a positive one (the message shows the accepted forms).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{value!r} is not a memory size: use {_SIZE_FORMS}")
+        raise ValueError(f"bad memory size {value!r}: use {_SIZE_FORMS}")
     if isinstance(value, str):
         match = _SIZE.fullmatch(value)
         if match is None:
-            raise ValueError(f"{value!r} is not a memory size: use {_SIZE_FORMS}")
+            raise ValueError(f"bad memory size {value!r}: use {_SIZE_FORMS}")
         number, unit, is_bytes = match.groups()
         if unit:
             mb = float(number) * _UNIT_MB[unit.lower()]
@@ -67,7 +67,7 @@ def parse_size_mb(value: str | float) -> float:
     else:
         mb = float(value)
     if not math.isfinite(mb) or mb <= 0:
-        raise ValueError(f"a memory size must be positive, got {value!r}: use {_SIZE_FORMS}")
+        raise ValueError(f"bad memory size {value!r}: it must be positive")
     return mb
 
 
