@@ -22,6 +22,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelmora.units import DEVICES, check_device
+
 __all__ = [
     "ADAPTERS",
     "DEVICES",
@@ -41,17 +43,6 @@ ADAPTERS: dict[str, str] = {
     "llm": "modelmora.models.llm:LlmAdapter",
     "embedding": "modelmora.models.embedding:EmbeddingAdapter",
 }
-
-
-#: Device names every adapter that takes a device accepts.
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def check_device(device: str) -> str:
-    """Return ``device`` if it is one of :data:`DEVICES`; else a ValueError naming them."""
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
-    return device
 
 
 def resolve_device(device: str) -> str:
