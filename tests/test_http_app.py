@@ -326,7 +326,7 @@ def test_a_lost_worker_is_never_the_clients_fault(
 def test_a_500_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR)
     try:
-        {}["missing"]  # noqa: B018
+        {}["missing"]
     except KeyError as exc:
         error = map_exception(exc)
     assert error.status == 500

@@ -25,10 +25,10 @@ and a job until its ``max_attempts``; any other error is the call's own and is n
 from __future__ import annotations
 
 __all__ = [
+    "InvalidInput",
     "MemoryBudgetExceeded",
     "MemoryLimitExceeded",
     "ModelLoadError",
-    "InvalidInput",
     "ModelMoraError",
     "RemoteTraceback",
     "ResultNotPicklable",

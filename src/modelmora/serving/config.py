@@ -37,9 +37,9 @@ from modelmora.paths import default_cache_dir
 __all__ = [
     "PRIORITIES",
     "RANK",
-    "Priority",
     "ConfigError",
     "ModelConfig",
+    "Priority",
     "ServerConfig",
     "default_config",
     "load_config",

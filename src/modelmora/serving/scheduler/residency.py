@@ -35,6 +35,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(eq=False)
 class Request:
     """One submitted item waiting for (or in) a batch."""
