@@ -131,6 +131,8 @@ def add_openai_routes(app: FastAPI) -> None:
         path = await _save_upload(file, state.uploads)
         try:
             item = {"audio": str(path), "language": language}
+            if prompt:  # OpenAI's prompt is Whisper's initial prompt
+                item["initial_prompt"] = prompt
             (result,) = await state.run(model, [item])
         finally:
             path.unlink(missing_ok=True)
