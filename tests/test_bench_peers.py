@@ -51,8 +51,18 @@ def test_unknown_server_is_refused_with_the_choices() -> None:
 def test_bench_peers_runs_modelmora_and_litserve_side_by_side() -> None:
     pytest.importorskip("litserve")
     out = subprocess.run(
-        [sys.executable, "-m", "modelmora", "bench", "peers", "--servers", "modelmora,litserve"]
-        + ["--rounds", "1", "--duration", "3", "--connections", "4", "--json"],
+        [
+            *(
+                sys.executable,
+                "-m",
+                "modelmora",
+                "bench",
+                "peers",
+                "--servers",
+                "modelmora,litserve",
+            ),
+            *("--rounds", "1", "--duration", "3", "--connections", "4", "--json"),
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from modelmora.serving.config import Priority
 from modelmora.units import check_model_name
 
 __all__ = [
@@ -28,8 +29,6 @@ check_name = check_model_name
 
 
 ModelName = Annotated[str, AfterValidator(check_name)]
-
-Priority = Literal["critical", "high", "normal", "low"]
 
 
 class _Body(BaseModel):
