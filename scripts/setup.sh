@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-# chromium + chromium-driver, firefox-esr: the HTML viewer's browser tests;
-# libreoffice-writer-nogui + poppler-utils: the DOCX test converts to PDF and reads it back.
-SYSTEM_PACKAGES=(espeak-ng sox libsndfile1 chromium chromium-driver firefox-esr
+# wrk: the server benchmark's load generator; chromium + chromium-driver, firefox-esr: the HTML
+# viewer's browser tests; libreoffice-writer-nogui + poppler-utils: the DOCX test converts to PDF.
+SYSTEM_PACKAGES=(espeak-ng sox libsndfile1 wrk chromium chromium-driver firefox-esr
     libreoffice-writer-nogui poppler-utils)
 
 missing=()
@@ -39,7 +39,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/mod
     .venv/bin/python -m pip install -q --upgrade pip
     # torch first and pinned: 2.13.0 is the CPU build this project is tested with.
     .venv/bin/python -m pip install -q "torch==2.13.0"
-    .venv/bin/python -m pip install -q -e ".[all,dev,ray]"
+    .venv/bin/python -m pip install -q -e ".[all,dev,ray,bench-peers]"
     echo "$want" > "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/modelmora --version 2>/dev/null || echo modelmora))"

@@ -179,5 +179,5 @@ def test_parse_size(text: object, mb: float) -> None:
 
 
 def test_parse_size_rejects_text() -> None:
-    with pytest.raises(ValueError, match="not a size"):
+    with pytest.raises(ValueError, match="bad memory size"):
         parse_size_mb("lots")

@@ -21,7 +21,8 @@ from rich.console import Console
 
 from modelmora.speech.transcript import read_rttm
 from modelmora.workflow.engine import STATE_DIR, BatchReport, _unique_stems, transcribe_files
-from modelmora.workflow.options import TranscribeOptions, load_options, parse_size
+from modelmora.testing.faults import crash_on
+from modelmora.workflow.options import TranscribeOptions, load_options
 
 MEMORY_STAGE_KEYS = {
     "name",
@@ -55,18 +56,18 @@ def _console() -> tuple[Console, StringIO]:
 # --- options -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "mb"),
-    [("512M", 512.0), ("4G", 4096.0), ("1.5GiB", 1536.0), ("2048", 2048.0), ("1024k", 1.0)],
-)
-def test_parse_size(text: str, mb: float) -> None:
-    assert parse_size(text) == pytest.approx(mb)
-
-
-@pytest.mark.parametrize("text", ["lots", "-1G", "0", "4 X"])
-def test_parse_size_rejects_non_sizes(text: str) -> None:
-    with pytest.raises(ValueError, match="memory size"):
-        parse_size(text)
+def test_fault_injection_is_no_user_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segfaulting a worker is for the test fixtures only: no option, no variable, no YAML."""
+    monkeypatch.setenv("MODELMORA_CRASH_ON", "*")
+    assert "crash_on" not in TranscribeOptions().to_dict()
+    with pytest.raises(ValueError, match=r"unknown option\(s\) crash_on"):
+        load_options(crash_on="*")
+    config = tmp_path / "modelmora.yaml"
+    config.write_text("crash_on: '*'\n")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) crash_on"):
+        load_options(config)
 
 
 def test_config_file_then_flags_override(tmp_path: Path) -> None:
@@ -192,8 +193,8 @@ def test_a_crash_on_one_file_is_contained(tmp_path: Path, short_dialogue: Any) -
     for name in ("a.wav", "b_crash.wav", "c.wav"):
         shutil.copy(short_dialogue.wav, inputs / name)
     paths = sorted(inputs.iterdir())
-    options = TranscribeOptions(crash_on="*crash*", formats="txt")
-    report = transcribe_files(paths, options, tmp_path / "out")
+    with crash_on("*crash*"):
+        report = transcribe_files(paths, TranscribeOptions(formats="txt"), tmp_path / "out")
     files = _by_stem(report)
     assert files["a"].ok and files["c"].ok
     assert files["b_crash"].error == (

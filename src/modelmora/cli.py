@@ -287,6 +287,42 @@ def bench_server(
         Console().print(format_table(result))
 
 
+@bench_app.command("peers")
+def bench_peers(
+    servers: str = typer.Option(
+        "modelmora,litserve,ray-serve", help="Comma-separated: modelmora, litserve, ray-serve."
+    ),
+    rounds: int = typer.Option(2, help="Alternated rounds (each server once per round)."),
+    duration: float = typer.Option(10.0, help="Seconds of load per measurement."),
+    connections: int = typer.Option(32, help="Concurrent connections of the loaded measurement."),
+    model: str | None = typer.Option(
+        None, help="sentence-transformers folder (default: the packaged all-MiniLM-L6-v2)."
+    ),
+    no_wrk: bool = typer.Option(False, "--no-wrk", help="Use the built-in client, not wrk."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """ModelMora beside LitServe and Ray Serve: same model, same batching, same load."""
+    from modelmora.bench.peers.run import PeersOptions, format_table, run_peers_bench
+
+    try:
+        options = PeersOptions(
+            servers=tuple(s.strip() for s in servers.split(",") if s.strip()),
+            rounds=rounds,
+            duration_s=duration,
+            connections=connections,
+            model=model,
+            use_wrk=not no_wrk,
+        )
+    except ValueError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    result = run_peers_bench(options)
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
+
+
 @bench_app.command("pipeline")
 def bench_pipeline(
     files: int = typer.Option(10, help="Generated two-speaker conversations (~30 s each)."),

@@ -24,6 +24,7 @@ from typing import Any
 
 from modelmora.models import Adapter, resolve_adapter
 from modelmora.runtime.memory import nvml_available, peak_rss_mb, process_rss_mb, vram_by_pid_mb
+from modelmora.units import MB
 
 __all__ = ["FRAMEWORKS", "STEPS", "InProcessProbe", "sample_input"]
 
@@ -40,7 +41,6 @@ FRAMEWORKS: dict[str, str] = {
 STEPS = ("baseline", "import", "load", "inference", "release")
 
 _SAMPLE_RATE = 16_000
-_MB = 1024 * 1024
 
 
 def sample_input(kind: str) -> Any:
@@ -135,8 +135,8 @@ class InProcessProbe(Adapter):
         reserved = allocated = None
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            reserved = torch.cuda.memory_reserved() / _MB
-            allocated = torch.cuda.memory_allocated() / _MB
+            reserved = torch.cuda.memory_reserved() / MB
+            allocated = torch.cuda.memory_allocated() / MB
         return {
             "step": step,
             "t": time.monotonic(),

@@ -38,9 +38,9 @@ from modelmora.runtime.memory import (
     vram_by_pid_mb,
 )
 from modelmora.runtime.worker import Worker
+from modelmora.units import check_device
 
 __all__ = [
-    "DEVICES",
     "FALLBACK_MODEL",
     "NOISE_FLOOR_MB",
     "IsolationOptions",
@@ -53,7 +53,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 #: Below this many MB a delta is measurement noise (allocator slack, page-cache jitter).
 NOISE_FLOOR_MB = 5.0
 #: PASS when the subprocess delta is under this fraction of the same-process delta.
@@ -140,8 +139,7 @@ class IsolationOptions:
     stop_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}: use one of {', '.join(DEVICES)}")
+        check_device(self.device)
         if self.iterations < 1:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
         ModelSpec.parse(self.model)  # fails early, naming the valid kinds

@@ -14,16 +14,12 @@ from typing import Any
 
 from rich.table import Table
 
+from modelmora.bench.harness import cpu_count, percentile
 from modelmora.runtime.worker import Worker
 
 __all__ = ["format_table", "run_overhead"]
 
 _AUDIO_10_MIN = 10 * 60 * 16_000  # float32 samples: 38.4 MB
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run_overhead(spawn_runs: int = 10, calls: int = 1000, array_runs: int = 10) -> dict[str, Any]:
@@ -66,22 +62,16 @@ def run_overhead(spawn_runs: int = 10, calls: int = 1000, array_runs: int = 10) 
             del echo
     return {
         "spawn_ready_ms": statistics.median(spawn) * 1e3,
-        "roundtrip_p50_ms": _percentile(small, 0.50) * 1e3,
-        "roundtrip_p99_ms": _percentile(small, 0.99) * 1e3,
+        "roundtrip_p50_ms": percentile(small, 0.50) * 1e3,
+        "roundtrip_p99_ms": percentile(small, 0.99) * 1e3,
         "array_38mb_roundtrip_ms": statistics.median(big) * 1e3,
         "array_mb": audio.nbytes / 1e6,
         "spawn_runs": spawn_runs,
         "calls": calls,
         "array_runs": array_runs,
         "python": platform.python_version(),
-        "cpu_count": _cpu_count(),
+        "cpu_count": cpu_count(),
     }
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def format_table(result: dict[str, Any]) -> Table:

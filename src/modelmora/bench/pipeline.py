@@ -29,9 +29,7 @@ import json
 import logging
 import os
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modelmora.runtime.memory import TreeSampler
+from modelmora.bench.harness import CONFIG_NAME, run_timed, run_transcribe
+from modelmora.units import check_device
 
 __all__ = ["DEFAULT_AUDIO_DIR", "format_table", "make_bench_audio", "run_pipeline_bench"]
 
@@ -129,44 +128,13 @@ def make_bench_audio(folder: str | os.PathLike[str], files: int = 10) -> dict[st
 # --- running the designs ---------------------------------------------------------------------
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _timed(argv: list[str], log: Path) -> tuple[float, float, float, int]:
-    """Run a command; return (wall s, CPU s, peak RSS of its process tree in MB, exit code).
-
-    CPU seconds count the command and every process under it (workers are reaped by their
-    parent, so ``RUSAGE_CHILDREN`` includes them): on a shared machine they compare designs
-    more fairly than wall time.
-    """
-    with log.open("ab") as sink:
-        cpu0 = _children_cpu_s()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=sink, stderr=sink)
-        sampler = TreeSampler(proc.pid, interval=0.05).start()
-        code = proc.wait()
-        wall = time.perf_counter() - t0
-        sampler.stop()
-    return wall, _children_cpu_s() - cpu0, sampler.peak_mb, code
-
-
-def _cli(
-    files: Sequence[Path], out: Path, log: Path, *flags: str
-) -> tuple[float, float, float, int]:
-    argv = [sys.executable, "-m", "modelmora.cli", "transcribe", *map(str, files), "-o", str(out)]
-    config = log.parent / "bench.yaml"  # written by run_pipeline_bench
-    return _timed([*argv, "--overwrite", "--config", str(config), *flags], log)
-
-
 def _baseline(
     mode: str, files: Sequence[Path], out: Path, log: Path, device: str, max_tokens: int = 64
 ) -> dict[str, Any]:
     result = out / f"{mode}-{len(list(out.glob(f'{mode}-*.json')))}.json"
     argv = [sys.executable, "-m", "modelmora.bench.pipeline", mode, "--result", str(result)]
     argv += ["--llm-max-tokens", str(max_tokens)]
-    wall, cpu, peak, code = _timed([*argv, "--device", device, *map(str, files)], log)
+    wall, cpu, peak, code = run_timed([*argv, "--device", device, *map(str, files)], log)
     if code != 0:
         raise RuntimeError(f"the {mode} baseline failed (exit {code}): see {log}")
     data: dict[str, Any] = json.loads(result.read_text())
@@ -236,7 +204,7 @@ def _speaker_counts(out: Path, files: Sequence[Path]) -> list[int]:
 def _isolated(files: list[Path], work: Path, log: Path, device: str) -> dict[str, Any]:
     out, report = work / "isolated", work / "memory-report.json"
     flags = ["--diarize", "--summarize", "--device", device, "--memory-report", str(report)]
-    wall, cpu, peak, code = _cli(files, out, log, *flags)
+    wall, cpu, peak, code = run_transcribe(files, out, log, *flags)
     if code != 0:
         raise RuntimeError(f"the isolated batch failed (exit {code}): see {log}")
     memory = json.loads(report.read_text())
@@ -255,7 +223,7 @@ def _transcribe_only(files: list[Path], work: Path, log: Path, device: str) -> f
     """Wall time of the workflow's transcribe stage alone (no diarization, no summary)."""
     report = work / "transcribe-only.json"
     flags = ["--device", device, "-f", "json", "--memory-report", str(report)]
-    code = _cli(files, work / "transcribe-only", log, *flags)[3]
+    code = run_transcribe(files, work / "transcribe-only", log, *flags)[3]
     if code != 0:
         raise RuntimeError(f"the transcribe-only batch failed (exit {code}): see {log}")
     stages = json.loads(report.read_text())["stages"]
@@ -272,7 +240,7 @@ def _real_recordings(
             "ask what you can do for your country."
         )
         out = work / "jfk"
-        _cli([jfk], out, log, "--device", device, "-f", "json")
+        run_transcribe([jfk], out, log, "--device", device, "-f", "json")
         direct = _baseline("direct", [jfk], work, log, device)
         result["jfk"] = {
             "wer_workflow": _wer([reference], _texts(out, [jfk])),
@@ -280,7 +248,7 @@ def _real_recordings(
         }
     if meeting is not None and rttm is not None:
         out = work / "meeting"
-        _cli([meeting], out, log, "--device", device, "--diarize", "-f", "rttm,json")
+        run_transcribe([meeting], out, log, "--device", device, "--diarize", "-f", "rttm,json")
         hyp = out / f"{meeting.stem}.rttm"
         result["meeting"] = {
             "der_no_collar": _der([(rttm, hyp)]),
@@ -324,8 +292,7 @@ def run_pipeline_bench(
     """
     if files < 1:
         raise ValueError(f"files must be at least 1, got {files}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}: use one of auto, cpu, cuda")
+    check_device(device)
     if (meeting is None) != (meeting_rttm is None):
         raise ValueError("give both --meeting and --meeting-rttm, or neither")
     if backend not in ("local", "ray"):
@@ -335,7 +302,7 @@ def run_pipeline_bench(
         work = Path(work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         log = work / "bench.log"
-        (work / "bench.yaml").write_text(f"llm_max_tokens: {llm_max_tokens}\n")
+        (work / CONFIG_NAME).write_text(f"llm_max_tokens: {llm_max_tokens}\n")
         two, three = audio["two"], audio["three"]
         if backend == "ray":
             from modelmora.bench.ray import run_ray_bench
@@ -352,7 +319,7 @@ def run_pipeline_bench(
             _transcribe_only(two, work, log, device),
         ]
         direct_s = [direct["wall_s"], _baseline("direct", two, work, log, device)["wall_s"]]
-        _cli(three, work / "three", log, "--diarize", "--device", device, "-f", "rttm")
+        run_transcribe(three, work / "three", log, "--diarize", "--device", device, "-f", "rttm")
         real = _real_recordings(
             work,
             log,

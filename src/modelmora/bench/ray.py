@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelmora.bench.harness import run_transcribe
 from modelmora.runtime.memory import TreeSampler
 
 __all__ = ["format_ray_table", "run_ray_bench"]
@@ -52,10 +53,8 @@ def run_ray_bench(
     """
     from ray.cluster_utils import Cluster
 
-    from modelmora.bench.pipeline import _cli
-
     flags = ["--diarize", "--summarize", "--device", device]
-    wall_local, _, peak_local, code = _cli(
+    wall_local, _, peak_local, code = run_transcribe(
         files, work / "local", log, *flags, "--memory-report", str(work / "local.json")
     )
     if code != 0:
@@ -72,7 +71,7 @@ def run_ray_bench(
         raylets = _node_processes(cluster)
         idle = {name: TreeSampler(pid).sample() for name, pid in raylets.items()}
         samplers = {name: TreeSampler(pid).start() for name, pid in raylets.items()}
-        wall_ray, _, _, code = _cli(
+        wall_ray, _, _, code = run_transcribe(
             files,
             work / "ray",
             log,

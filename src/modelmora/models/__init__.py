@@ -22,6 +22,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelmora.units import DEVICES, check_device
+
 __all__ = [
     "ADAPTERS",
     "DEVICES",
@@ -43,17 +45,6 @@ ADAPTERS: dict[str, str] = {
 }
 
 
-#: Device names every adapter that takes a device accepts.
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def check_device(device: str) -> str:
-    """Return ``device`` if it is one of :data:`DEVICES`; else a ValueError naming them."""
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
-    return device
-
-
 def resolve_device(device: str) -> str:
     """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu`` (imports torch: workers only)."""
     if device != "auto":
@@ -73,7 +64,13 @@ class Adapter:
         """Load the model's weights. Called once, in the worker, before any call."""
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        """Run the model on a batch of inputs; return one output per input, in order."""
+        """Run the model on a batch of inputs; return one output per input, in order.
+
+        Raises:
+            modelmora.errors.InvalidInput: an item the model cannot take (a plain
+                ``ValueError`` is treated the same): the server answers it 400, and any
+                other exception 500.
+        """
         raise NotImplementedError
 
     def close(self) -> None:

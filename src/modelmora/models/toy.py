@@ -38,16 +38,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from modelmora.models import Adapter
+from modelmora.units import MB
 
 __all__ = ["ToyCudaModel", "ToyModel", "allocate_mb"]
 
-_MB = 1024 * 1024
 _leaks: list[bytearray] = []  # what the "leak" behaviour keeps alive, on purpose
 
 
 def allocate_mb(mb: float) -> bytearray:
     """Allocate ``mb`` megabytes and touch every page so the RSS really grows."""
-    block = bytearray(int(mb * _MB))  # calloc'd: zero pages are not resident yet
+    block = bytearray(int(mb * MB))  # calloc'd: zero pages are not resident yet
     for i in range(0, len(block), 4096):
         block[i] = 1
     return block
@@ -145,7 +145,7 @@ class ToyModel(Adapter):
         if op == "rss":
             import psutil
 
-            return float(psutil.Process().memory_info().rss) / _MB
+            return float(psutil.Process().memory_info().rss) / MB
         raise ValueError(f"unknown toy op {op!r}")
 
 
@@ -160,7 +160,7 @@ class ToyCudaModel(Adapter):
     def load(self) -> None:
         import torch
 
-        n = int(self.alloc_mb * _MB)
+        n = int(self.alloc_mb * MB)
         self.tensor = torch.ones(n, dtype=torch.uint8, device=self.device)
         torch.cuda.synchronize()
 

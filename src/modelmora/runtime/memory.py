@@ -18,6 +18,8 @@ from typing import Any
 
 import psutil
 
+from modelmora.units import MB
+
 __all__ = [
     "MemoryInfo",
     "ReleaseReport",
@@ -34,7 +36,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_MB = 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -87,11 +88,11 @@ def process_rss_mb(pid: int | None = None) -> float:
     if pid is None or pid == os.getpid():
         try:
             with open("/proc/self/statm", "rb") as f:
-                return int(f.read().split()[1]) * _PAGE / _MB
+                return int(f.read().split()[1]) * _PAGE / MB
         except OSError:  # not Linux
-            return float(psutil.Process().memory_info().rss) / _MB
+            return float(psutil.Process().memory_info().rss) / MB
     try:
-        return float(psutil.Process(pid).memory_info().rss) / _MB
+        return float(psutil.Process(pid).memory_info().rss) / MB
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0.0
 
@@ -128,12 +129,12 @@ def tree_rss_mb(pid: int | None = None) -> float:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += proc.memory_info().rss
-    return total / _MB
+    return total / MB
 
 
 def available_mb() -> float:
     """Memory the machine can still give without swapping (``MemAvailable``), in MB."""
-    return float(psutil.virtual_memory().available) / _MB
+    return float(psutil.virtual_memory().available) / MB
 
 
 # --- NVML (optional) -----------------------------------------------------------------------
@@ -180,7 +181,7 @@ def vram_by_pid_mb() -> dict[int, float]:
                 procs.extend(query(handle))
         for proc in procs:
             used = proc.usedGpuMemory or 0  # None when the driver hides it
-            usage[proc.pid] = usage.get(proc.pid, 0.0) + used / _MB
+            usage[proc.pid] = usage.get(proc.pid, 0.0) + used / MB
     return usage
 
 
@@ -190,7 +191,7 @@ def gpu_used_mb() -> float | None:
         return None
     import pynvml
 
-    return sum(float(pynvml.nvmlDeviceGetMemoryInfo(h).used) for h in _nvml_handles()) / _MB
+    return sum(float(pynvml.nvmlDeviceGetMemoryInfo(h).used) for h in _nvml_handles()) / MB
 
 
 # --- release verification -------------------------------------------------------------------

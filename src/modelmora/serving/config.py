@@ -23,9 +23,8 @@ and the field (``config.yaml:12: models[1].adapter: Input should be 'whisper', .
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,55 +32,41 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modelmora.errors import ModelMoraError
 from modelmora.models import ModelSpec
 from modelmora.paths import default_cache_dir
+from modelmora.units import Device, check_model_name, parse_size_mb
 
 __all__ = [
     "PRIORITIES",
+    "RANK",
     "ConfigError",
     "ModelConfig",
+    "Priority",
     "ServerConfig",
     "default_config",
     "load_config",
     "parse_size_mb",
 ]
 
-#: Priority classes, most important first (request priority and eviction class alike).
-PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low")
-
+#: A priority class: of a request (who runs first) and of a model (who is evicted last).
 Priority = Literal["critical", "high", "normal", "low"]
+#: The priority classes, most important first: the one definition the scheduler, the job
+#: store and the HTTP bodies use.
+PRIORITIES: tuple[str, ...] = get_args(Priority)
+#: Priority class → rank (0 is the most urgent).
+RANK: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 AdapterKind = Literal["whisper", "diarizer", "llm", "embedding", "toy", "toy-cuda"]
 
 # Adapters whose constructor takes ``model`` (what ``source`` maps to) and ``device``.
 _TAKES_MODEL = {"whisper", "llm", "embedding"}
 _TAKES_DEVICE = {"whisper", "embedding", "diarizer", "toy-cuda"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNIT_MB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}
 
 
 class ConfigError(ModelMoraError):
     """The configuration is invalid; the message names the file, the line and the field."""
 
 
-def parse_size_mb(value: Any) -> float | None:
-    """Parse a memory size into MB: a number (already MB) or text such as ``"4GB"``, ``"512M"``.
-
-    Args:
-        value: ``None``, a number, or a string with an optional unit (B, KB, MB, GB, TB;
-            binary multiples either way).
-
-    Returns:
-        The size in MB, or ``None`` for ``None``.
-
-    Raises:
-        ValueError: the text is not a size.
-    """
-    if value is None or isinstance(value, int | float):
-        return None if value is None else float(value)
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a size: use a number of MB or e.g. '512MB', '4GB'")
-    unit = (match.group(2) or "m")[0].lower()
-    return float(match.group(1)) * _UNIT_MB[unit]
+def _size_or_none(value: Any) -> float | None:
+    """A size field: None stays None (not set); anything else is a size (``"4GB"``, 512)."""
+    return None if value is None else parse_size_mb(value)
 
 
 class ModelConfig(BaseModel):
@@ -115,7 +100,7 @@ class ModelConfig(BaseModel):
     adapter: AdapterKind
     source: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     footprint_mb: float | None = Field(default=None, gt=0)
     vram_footprint_mb: float | None = Field(default=None, ge=0)
     max_batch_size: int = Field(default=1, ge=1)
@@ -133,17 +118,12 @@ class ModelConfig(BaseModel):
     @field_validator("footprint_mb", "vram_footprint_mb", "memory_limit_mb", mode="before")
     @classmethod
     def _size(cls, value: Any) -> float | None:
-        return parse_size_mb(value)
+        return _size_or_none(value)
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(
-                "a model name is 1-128 letters, digits, '.', '_', ':' or '-', "
-                "starting with a letter or digit"
-            )
-        return value
+        return check_model_name(value)
 
     @model_validator(mode="after")
     def _source_fits(self) -> ModelConfig:
@@ -206,7 +186,7 @@ class ServerConfig(BaseModel):
     @field_validator("memory_budget_mb", "vram_budget_mb", "max_request_mb", mode="before")
     @classmethod
     def _size(cls, value: Any) -> float | None:
-        return parse_size_mb(value)
+        return _size_or_none(value)
 
     @model_validator(mode="after")
     def _resolve(self) -> ServerConfig:

@@ -22,24 +22,28 @@ Pydantic validates the file (this is a config boundary); the engine itself takes
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from modelmora.speech.formats import RenderOptions
 
-__all__ = ["BACKENDS", "DEVICES", "TranscribeOptions", "load_options", "parse_size"]
+from modelmora.units import check_device, parse_size_mb
 
-#: Devices the workflow accepts.
-DEVICES = ("auto", "cpu", "cuda")
+__all__ = ["BACKENDS", "INSTALL_HINT", "TranscribeOptions", "load_options", "ray_available"]
+
 #: Where the stages' models run: this machine, or a Ray cluster (the ``ray`` extra).
 BACKENDS = ("local", "ray")
+#: What to tell users who ask for the Ray backend without Ray installed.
+INSTALL_HINT = "the ray backend needs Ray: pip install 'modelmora[ray]'"
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-_UNITS = {"k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
+
+def ray_available() -> bool:
+    """True when Ray can be imported (the ``ray`` extra is installed)."""
+    return importlib.util.find_spec("ray") is not None
 
 
 @dataclass
@@ -72,8 +76,6 @@ class TranscribeOptions:
         threads: cap on each worker's numeric threads (None: the libraries' defaults).
         file_timeout: seconds one file may take in one stage before its worker is killed.
         overwrite: redo every stage instead of resuming from saved results.
-        crash_on: fault injection for tests: the transcribe worker segfaults on files whose
-            name matches this glob (default: ``$MODELMORA_CRASH_ON``).
         backend: ``local`` (workers on this machine) or ``ray`` (workers on a Ray cluster's
             nodes; outputs, report and resume state are the same).
         address: the Ray cluster to use (``host:6379``, ``ray://host:10001``, ``auto``);
@@ -105,7 +107,6 @@ class TranscribeOptions:
     threads: int | None = None
     file_timeout: float = 3600.0
     overwrite: bool = False
-    crash_on: str | None = field(default_factory=lambda: os.environ.get("MODELMORA_CRASH_ON"))
     backend: str = "local"
     address: str | None = None
     max_line_width: int | None = None
@@ -129,8 +130,7 @@ class TranscribeOptions:
 
         parse_formats(self.formats)
         self.render_options()
-        if self.device not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}: use one of {', '.join(DEVICES)}")
+        check_device(self.device)
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
         for name in ("num_speakers", "min_speakers", "max_speakers"):
@@ -157,11 +157,8 @@ class TranscribeOptions:
             raise ValueError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         if self.address is not None and self.backend != "ray":
             raise ValueError("address names a Ray cluster: use it with backend ray")
-        if self.backend == "ray":
-            from modelmora.workflow.ray import INSTALL_HINT, ray_available
-
-            if not ray_available():
-                raise ValueError(INSTALL_HINT)
+        if self.backend == "ray" and not ray_available():
+            raise ValueError(INSTALL_HINT)
 
     def render_options(self, audio: str | None = None, summary: str | None = None) -> RenderOptions:
         """How the outputs are rendered, for the recording ``audio`` with its ``summary``.
@@ -183,44 +180,11 @@ class TranscribeOptions:
 
     def memory_budget_mb(self) -> float | None:
         """The memory budget in MB, or None without one."""
-        return None if self.memory_budget is None else parse_size(self.memory_budget)
+        return None if self.memory_budget is None else parse_size_mb(self.memory_budget)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as plain data (for the report and the config file format)."""
         return dataclasses.asdict(self)
-
-
-def parse_size(text: str | float) -> float:
-    """Parse a memory size (``512M``, ``4G``, ``1.5GiB``, ``2048`` = MB) into megabytes.
-
-    Args:
-        text: the size; a bare number means megabytes.
-
-    Returns:
-        Megabytes.
-
-    Raises:
-        ValueError: not a size (the message shows the accepted forms).
-    """
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        match = _SIZE.match(text)
-        if match is None:
-            raise ValueError(
-                f"bad memory size {text!r}: use a number of MB or one with a unit "
-                "(512M, 4G, 1.5GiB, 1T)"
-            )
-        number, unit, suffix = match.groups()
-        if unit:
-            value = float(number) * _UNITS[unit.lower()]
-        elif suffix:  # "100b": bytes
-            value = float(number) / (1024 * 1024)
-        else:  # a bare number: megabytes
-            value = float(number)
-    if value <= 0:
-        raise ValueError(f"memory size must be positive, got {text!r}")
-    return value
 
 
 def _read_config(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ the jobs, the resume state, every output, the report and the progress bars. The 
 only writer, so a file is written once whichever node ran it, and outputs, report and resume
 state are the local backend's (resume works across backends).
 
-Data flow of one stage (:func:`process`, called by the engine in place of its local loop)::
+Data flow of one stage (:meth:`RayRunner.process`; the local runner's counterpart)::
 
     pending files ─► queue ─► one _StageActor per node that fits the stage's resource request
                                 (CPUs, GPUs, memory = the model's measured footprint)
@@ -28,25 +28,20 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelmora.models import ModelSpec
 from modelmora.runtime.memory import TreeSampler
 from modelmora.runtime.worker import THREAD_ENV_VARS, Worker
+from modelmora.units import MB
+from modelmora.workflow.options import INSTALL_HINT, TranscribeOptions
+from modelmora.workflow.stages import Job, Stage, StageBook, StageRunner, failure_reason
 
-if TYPE_CHECKING:
-    from modelmora.workflow.engine import _Job, _Run, _Stage
-    from modelmora.workflow.report import StageStats
-
-__all__ = ["INSTALL_HINT", "StageRunner", "ray_available", "ray_stage_runner"]
+__all__ = ["RayRunner"]
 
 logger = logging.getLogger(__name__)
-
-#: What to tell users who ask for the Ray backend without Ray installed.
-INSTALL_HINT = "the ray backend needs Ray: pip install 'modelmora[ray]'"
 
 #: A file whose node is lost this many times fails instead of being retried again.
 MAX_ATTEMPTS = 3
@@ -54,15 +49,6 @@ MAX_ATTEMPTS = 3
 DEFAULT_FOOTPRINT_MB = 1024.0
 #: The actor process itself (Ray worker + modelmora, no model), on top of the model's footprint.
 ACTOR_OVERHEAD_MB = 150.0
-
-StageRunner = Callable[["_Run", "_Stage", "list[_Job]", "StageStats", Any], None]
-
-
-def ray_available() -> bool:
-    """True when Ray can be imported (the ``ray`` extra is installed)."""
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
 
 
 # --- the actor (runs on the cluster's nodes) --------------------------------------------------
@@ -104,27 +90,23 @@ class _StageActor:
         try:
             worker.start()
         except Exception as exc:
-            from modelmora.workflow.engine import _one_line
-
-            return {"error": _one_line(exc, Path(""))}
+            return {"error": failure_reason(exc, Path(""))}
         self.worker = worker
         return {"load_s": worker.load_s or 0.0, "memory": _memory(worker)}
 
     def call(self, item: dict[str, Any], path: str, timeout: float) -> dict[str, Any]:
-        from modelmora.workflow.engine import _one_line
-
         out: dict[str, Any] = {"load_s": 0.0, "restarted": False}
         if self.worker is None:  # the last one crashed: a fresh one, as the local loop does
             started = self.start()
             if "error" in started:
-                return {**out, "error": f"the {self.name} model did not load: {started['error']}"}
+                return {**out, "load_error": started["error"]}
             out.update(load_s=started["load_s"], restarted=True)
         assert self.worker is not None
         t0 = time.perf_counter()
         try:
             (output,) = self.worker.call([item], timeout=timeout)
         except Exception as exc:
-            out["error"] = _one_line(exc, Path(path))
+            out["error"] = failure_reason(exc, Path(path))
             out["memory"] = _memory(self.worker)
             if not self.worker.alive:  # crashed, hung or over budget: it was killed
                 out["release"] = self._stop_worker()
@@ -172,7 +154,7 @@ class _Request:
         return (
             resources.get("CPU", 0.0) >= self.cpus
             and resources.get("GPU", 0.0) >= self.gpus
-            and resources.get("memory", 0.0) >= self.memory_mb * 2**20
+            and resources.get("memory", 0.0) >= self.memory_mb * MB
         )
 
 
@@ -183,9 +165,8 @@ def _footprints() -> Any:
     return FootprintStore(default_cache_dir() / "footprints.json")
 
 
-def _request(run: _Run, stage: _Stage, cluster_gpus: float) -> _Request:
+def _request(opts: TranscribeOptions, stage: Stage, cluster_gpus: float) -> _Request:
     """CPUs, GPUs and memory for the stage's actor; memory from the model's measured peak."""
-    opts = run.options
     known = _footprints().get(stage.spec.label())
     footprint = known["peak_rss_mb"] if known else DEFAULT_FOOTPRINT_MB
     on_gpu = opts.device == "cuda" or (opts.device == "auto" and cluster_gpus > 0)
@@ -211,15 +192,13 @@ class _Slot:
 
 @dataclass
 class _StageRun:
-    """The driver's state for one stage on the cluster."""
+    """The driver's state for one stage on the cluster; every file ends in ``book``."""
 
-    run: _Run
-    stage: _Stage
-    stats: StageStats
-    task: Any
+    book: StageBook
+    options: TranscribeOptions
     request: _Request
-    queue: deque[_Job]
-    inflight: dict[Any, tuple[_Slot, str, _Job | None]] = field(default_factory=dict)
+    queue: deque[Job]
+    inflight: dict[Any, tuple[_Slot, str, Job | None]] = field(default_factory=dict)
     slots: list[_Slot] = field(default_factory=list)
     attempts: dict[int, int] = field(default_factory=dict)
     node_peaks: dict[str, float] = field(default_factory=dict)
@@ -241,34 +220,34 @@ class _StageRun:
     def spawn(self, node: str) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        opts = self.run.options
+        stage = self.book.stage
         actor = (
             _actor_class()
             .options(
                 num_cpus=self.request.cpus,
                 num_gpus=self.request.gpus,
-                memory=int(self.request.memory_mb * 2**20),
+                memory=int(self.request.memory_mb * MB),
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
             )
             .remote(
-                self.stage.spec,
-                self.stage.name,
-                opts.memory_budget_mb(),
-                opts.threads,
+                stage.spec,
+                stage.name,
+                self.options.memory_budget_mb(),
+                self.options.threads,
                 {var: os.environ.get(var) for var in THREAD_ENV_VARS},
             )
         )
         slot = _Slot(actor, node)
         self.slots.append(slot)
         self.inflight[actor.start.remote()] = (slot, "start", None)
-        logger.info("stage %s: actor on node %s", self.stage.name, node[:12])
+        logger.info("stage %s: actor on node %s", stage.name, node[:12])
 
     def dispatch(self, slot: _Slot) -> None:
         """Give the slot the next file, or stop it when none is left."""
         if self.queue:
             job = self.queue.popleft()
             ref = slot.actor.call.remote(
-                self.stage.item(job), str(job.path), self.run.options.file_timeout
+                self.book.stage.item(job), str(job.path), self.options.file_timeout
             )
             self.inflight[ref] = (slot, "call", job)
         else:
@@ -284,38 +263,28 @@ class _StageRun:
 
     def started(self, slot: _Slot, result: dict[str, Any]) -> None:
         if "error" in result:  # the model cannot load: no file of this stage can run
-            reason = f"the {self.stage.name} model did not load: {result['error']}"
-            self.fail_rest(reason)
+            self.fail_load(result["error"])
             self.inflight[slot.actor.stop.remote()] = (slot, "stop", None)
             return
-        self.stats.load_s += result["load_s"]
+        self.book.loaded(result["load_s"])
         self.note(result.get("memory"))
         self.dispatch(slot)
 
-    def called(self, slot: _Slot, job: _Job, result: dict[str, Any]) -> None:
-        from modelmora.workflow.engine import _one_line
-
-        stats, stage = self.stats, self.stage
-        stats.load_s += result["load_s"]
-        stats.restarts += int(result["restarted"])
+    def called(self, slot: _Slot, job: Job, result: dict[str, Any]) -> None:
+        book = self.book
+        book.loaded(result["load_s"])
+        if result["restarted"]:
+            book.restarted()
         self.note(result.get("memory"))
         if "release" in result:
             self.released(result["release"])
-        if "error" in result:
-            self.run.fail(job, stage, result["error"])
-            stats.failed += 1
+        if "load_error" in result:  # its fresh worker (after a crash) cannot load the model
+            self.queue.appendleft(job)
+            self.fail_load(result["load_error"])
+        elif "error" in result:
+            book.failed(job, result["error"])
         else:
-            try:
-                stage.accept(job, result["output"])
-                self.run.save(job, stage.name, result["output"], result["wall_s"])
-            except Exception as exc:
-                self.run.fail(job, stage, _one_line(exc, job.path))
-                stats.failed += 1
-            else:
-                wall_s = round(result["wall_s"], 3)
-                job.result.stages[stage.name] = {"status": "done", "wall_s": wall_s}
-                stats.processed += 1
-        self.advance()
+            book.done(job, result["output"], result["wall_s"])
         self.dispatch(slot)
 
     def stopped(self, slot: _Slot, result: dict[str, Any]) -> None:
@@ -324,9 +293,10 @@ class _StageRun:
         self.node_peaks[slot.node or "?"] = result["node_peak_mb"]
         self.retire(slot)
 
-    def lost(self, slot: _Slot, kind: str, job: _Job | None, exc: Exception) -> None:
+    def lost(self, slot: _Slot, kind: str, job: Job | None, exc: Exception) -> None:
         """The actor (its node) is gone: its file goes back on the queue, an actor elsewhere."""
-        logger.warning("stage %s: actor on node %s lost: %s", self.stage.name, slot.node, exc)
+        name = self.book.stage.name
+        logger.warning("stage %s: actor on node %s lost: %s", name, slot.node, exc)
         with contextlib.suppress(Exception):  # "unavailable" may be a blip: it must not linger
             self.retire(slot)
         if slot in self.slots:
@@ -335,11 +305,9 @@ class _StageRun:
         if job is not None:
             tries = self.attempts[id(job)] = self.attempts.get(id(job), 0) + 1
             if tries >= MAX_ATTEMPTS:
-                self.run.fail(job, self.stage, f"its node was lost {tries} times")
-                self.stats.failed += 1
-                self.advance()
+                self.book.failed(job, f"its node was lost {tries} times")
             else:
-                logger.warning("stage %s: %s goes back on the queue", self.stage.name, job.path)
+                logger.warning("stage %s: %s goes back on the queue", name, job.path)
                 self.queue.appendleft(job)
         if kind != "stop" and self.queue:
             self.replace()
@@ -347,32 +315,26 @@ class _StageRun:
     def replace(self) -> None:
         nodes = self.nodes()
         if nodes:
-            self.stats.restarts += 1
+            self.book.restarted()
             self.spawn(nodes[0])
         elif not self.slots:  # nothing left to run the rest on
             self.fail_rest("no node of the Ray cluster is left to run it")
 
     def fail_rest(self, reason: str) -> None:
         while self.queue:
-            self.run.fail(self.queue.popleft(), self.stage, reason)
-            self.stats.failed += 1
-            self.advance()
+            self.book.failed(self.queue.popleft(), reason)
+
+    def fail_load(self, reason: str) -> None:
+        self.book.load_failed(list(self.queue), reason)
+        self.queue.clear()
 
     def note(self, memory: dict[str, Any] | None) -> None:
-        if memory is None:
-            return
-        self.stats.peak_rss_mb = max(self.stats.peak_rss_mb, memory["peak_rss_mb"])
-        if memory["vram_mb"] is not None:
-            self.stats.peak_vram_mb = max(self.stats.peak_vram_mb or 0.0, memory["vram_mb"])
+        if memory is not None:
+            self.book.memory(memory["peak_rss_mb"], memory["vram_mb"])
 
     def released(self, release: dict[str, Any]) -> None:
         self.note(release["memory"])
-        self.stats.released = self.stats.released and release["released"]
-        self.stats.release_s = max(self.stats.release_s, release["release_s"])
-
-    def advance(self) -> None:
-        if self.run.progress is not None and self.task is not None:
-            self.run.progress.advance(self.task)
+        self.book.released(release["released"], release["release_s"])
 
 
 def _loop(state: _StageRun) -> None:
@@ -397,82 +359,79 @@ def _loop(state: _StageRun) -> None:
             state.stopped(slot, result)
 
 
-def process(run: _Run, stage: _Stage, pending: list[_Job], stats: StageStats, task: Any) -> None:
-    """Run ``pending`` through the stage's model on the cluster; every file is accounted for.
+class RayRunner(StageRunner):
+    """Each stage's model on the nodes of a Ray cluster (``backend="ray"``).
 
-    The Ray counterpart of the engine's local loop (same arguments, same effects on the jobs,
-    the resume state, the outputs and ``stats``).
-
-    Args:
-        run: the batch's shared state (options, folders, progress).
-        stage: the stage to run.
-        pending: the files that still need it (not cached).
-        stats: the stage's record, updated in place.
-        task: the stage's progress bar task, or None.
-    """
-    import ray
-
-    t0 = time.perf_counter()
-    request = _request(run, stage, ray.cluster_resources().get("GPU", 0.0))
-    state = _StageRun(run, stage, stats, task, request, deque(pending))
-    nodes = state.nodes()[: len(pending)]
-    logger.info(
-        "stage %s: %d file(s) on %d node(s), each asking %s CPU, %s GPU, %.0f MB (%s)",
-        stage.name,
-        len(pending),
-        len(nodes),
-        request.cpus,
-        request.gpus,
-        request.memory_mb,
-        request.source,
-    )
-    try:
-        for node in nodes:
-            state.spawn(node)
-        if not nodes:
-            state.fail_rest(
-                f"no node of the Ray cluster has {request.cpus} CPU, {request.gpus} GPU "
-                f"and {request.memory_mb:.0f} MB of memory"
-            )
-        _loop(state)
-    finally:
-        for slot in list(state.slots):  # an error above: nothing may keep running
-            state.retire(slot)
-        stats.wall_s = time.perf_counter() - t0
-    for node, peak in state.node_peaks.items():
-        logger.info("stage %s: node %s peak %.0f MB", stage.name, node[:12], peak)
-    if stats.peak_rss_mb:
-        _footprints().update(stage.spec.label(), stats.peak_rss_mb, stats.peak_vram_mb)
-
-
-@contextlib.contextmanager
-def ray_stage_runner(address: str | None) -> Iterator[StageRunner]:
-    """Connect to Ray for one batch and yield the stage runner the engine calls.
-
-    Args:
-        address: the cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None uses
-            ``$RAY_ADDRESS`` or starts a Ray instance on this machine for the batch.
-
-    Yields:
-        :func:`process`.
+    Entering it connects to the cluster (``options.address``; None: ``$RAY_ADDRESS`` or a Ray
+    instance started on this machine for the batch); leaving it disconnects (and stops the
+    instance it started).
 
     Raises:
-        ValueError: Ray is not installed (the message says how to install it).
+        ValueError: on entering, when Ray is not installed (the message says how to install it).
     """
-    try:
-        import ray
-    except ImportError:
-        raise ValueError(INSTALL_HINT) from None
-    owned = not ray.is_initialized()
-    if owned:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,  # the workers' chatter would tear through the progress bars
-            logging_level=logging.WARNING,
-        )
-    try:
-        yield process
-    finally:
-        if owned:
+
+    name = "ray"
+
+    def __init__(self, options: TranscribeOptions) -> None:
+        super().__init__(options)
+        self._owned = False
+
+    def __enter__(self) -> RayRunner:
+        try:
+            import ray
+        except ImportError:
+            raise ValueError(INSTALL_HINT) from None
+        self._owned = not ray.is_initialized()
+        if self._owned:
+            ray.init(
+                address=self.options.address,
+                include_dashboard=False,
+                log_to_driver=False,  # the workers' chatter would tear through the progress bars
+                logging_level=logging.WARNING,
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._owned:
+            import ray
+
             ray.shutdown()
+            self._owned = False
+
+    def process(self, book: StageBook, pending: list[Job]) -> None:
+        """Run ``pending`` through the stage's model on the cluster (see the module doc)."""
+        import ray
+
+        t0 = time.perf_counter()
+        stage, stats = book.stage, book.stats
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        request = _request(self.options, stage, gpus)
+        state = _StageRun(book, self.options, request, deque(pending))
+        nodes = state.nodes()[: len(pending)]
+        logger.info(
+            "stage %s: %d file(s) on %d node(s), each asking %s CPU, %s GPU, %.0f MB (%s)",
+            stage.name,
+            len(pending),
+            len(nodes),
+            request.cpus,
+            request.gpus,
+            request.memory_mb,
+            request.source,
+        )
+        try:
+            for node in nodes:
+                state.spawn(node)
+            if not nodes:
+                state.fail_rest(
+                    f"no node of the Ray cluster has {request.cpus} CPU, {request.gpus} GPU "
+                    f"and {request.memory_mb:.0f} MB of memory"
+                )
+            _loop(state)
+        finally:
+            for slot in list(state.slots):  # an error above: nothing may keep running
+                state.retire(slot)
+            stats.wall_s = time.perf_counter() - t0
+        for node, peak in state.node_peaks.items():
+            logger.info("stage %s: node %s peak %.0f MB", stage.name, node[:12], peak)
+        if stats.peak_rss_mb:
+            _footprints().update(stage.spec.label(), stats.peak_rss_mb, stats.peak_vram_mb)

@@ -6,10 +6,12 @@ Unknown fields are ignored; a field that fails its check is answered 400 with th
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from modelmora.serving.config import Priority
+from modelmora.units import check_model_name
 
 __all__ = [
     "ChatMessage",
@@ -22,19 +24,11 @@ __all__ = [
     "check_name",
 ]
 
-_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def check_name(name: str, what: str = "model") -> str:
-    """``name`` if it is a valid name (letters, digits, '.', '_', ':', '-'); else ValueError."""
-    if not _NAME.match(name) or set(name) <= {"."}:
-        raise ValueError(f"bad {what} name {name!r}: use letters, digits, '.', '_', ':' or '-'")
-    return name
+#: ``name`` if it is a valid model name (the registry's rule); else a ValueError stating it.
+check_name = check_model_name
 
 
 ModelName = Annotated[str, AfterValidator(check_name)]
-
-Priority = Literal["critical", "high", "normal", "low"]
 
 
 class _Body(BaseModel):
