@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Set up ModelMora on a fresh Debian/Ubuntu machine: system packages, .venv, the package with
-# every extra. Idempotent: a second run with an unchanged pyproject.toml takes seconds.
+# every extra; and .venv310, the oldest Python that pyproject.toml accepts with the light
+# dependencies only (no ML framework), where scripts/test.sh runs the tests that need no model.
+# Idempotent: a second run with an unchanged pyproject.toml takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+# The declared minimum (requires-python): pyenv's, else one on PATH; none found: skipped.
+PYTHON_MIN=${PYTHON_MIN:-$(ls -d "$HOME"/.pyenv/versions/3.10.*/bin/python 2>/dev/null | sort -V | tail -1)}
+PYTHON_MIN=${PYTHON_MIN:-$(command -v python3.10 || true)}
 # wrk: the server benchmark's load generator; chromium + chromium-driver, firefox-esr: the HTML
 # viewer's browser tests; libreoffice-writer-nogui + poppler-utils: the DOCX test converts to PDF.
 SYSTEM_PACKAGES=(espeak-ng sox libsndfile1 wrk chromium chromium-driver firefox-esr
@@ -41,5 +46,22 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/mod
     .venv/bin/python -m pip install -q "torch==2.13.0"
     .venv/bin/python -m pip install -q -e ".[all,dev,ray,bench-peers]"
     echo "$want" > "$stamp"
+fi
+
+# The minimum-Python venv: the core dependencies, the server's and the test tools only.
+if [ -n "$PYTHON_MIN" ]; then
+    if [ ! -x .venv310/bin/python ]; then
+        echo "setup: creating .venv310 ($("$PYTHON_MIN" --version))"
+        "$PYTHON_MIN" -m venv .venv310
+    fi
+    if [ ! -f .venv310/.modelmora-installed ] || [ "$(cat .venv310/.modelmora-installed)" != "$want" ]; then
+        echo "setup: installing ModelMora (light dependencies) into .venv310"
+        .venv310/bin/python -m pip install -q --upgrade pip
+        .venv310/bin/python -m pip install -q -e ".[server]" pytest pytest-timeout hypothesis \
+            pysrt webvtt-py
+        echo "$want" > .venv310/.modelmora-installed
+    fi
+else
+    echo "setup: no Python 3.10 found (pyenv or PATH): the minimum-Python tests will be skipped" >&2
 fi
 echo "setup: ready ($(.venv/bin/modelmora --version 2>/dev/null || echo modelmora))"

@@ -182,6 +182,7 @@ def test_database_and_scheduler_calls_run_off_the_event_loop(
         (Scheduler, "models"),
         (Scheduler, "status"),
         (Scheduler, "load"),
+        (Scheduler, "is_ready"),
     ):
         _watch(monkeypatch, owner, name, seen)
     with TestClient(create_app(_config(tmp_path))) as http:
@@ -206,6 +207,7 @@ def test_database_and_scheduler_calls_run_off_the_event_loop(
         "Scheduler.models",
         "Scheduler.status",
         "Scheduler.load",
+        "Scheduler.is_ready",
     }
     assert not [name for name, on_loop in seen.items() if on_loop], seen
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,8 @@ import pytest
 from rich.console import Console
 
 from modelmora.speech.transcript import read_rttm
-from modelmora.workflow.engine import STATE_DIR, BatchReport, _unique_stems, transcribe_files
 from modelmora.testing.faults import crash_on
+from modelmora.workflow.engine import STATE_DIR, BatchReport, _unique_stems, transcribe_files
 from modelmora.workflow.options import TranscribeOptions, load_options
 
 MEMORY_STAGE_KEYS = {
@@ -56,9 +57,7 @@ def _console() -> tuple[Console, StringIO]:
 # --- options -----------------------------------------------------------------------------------
 
 
-def test_fault_injection_is_no_user_option(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fault_injection_is_no_user_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Segfaulting a worker is for the test fixtures only: no option, no variable, no YAML."""
     monkeypatch.setenv("MODELMORA_CRASH_ON", "*")
     assert "crash_on" not in TranscribeOptions().to_dict()
@@ -305,7 +304,7 @@ def test_stage_major_isolated_batch(tmp_path: Path, dialogue: Any, standup: Any)
     events = [
         line.split("INFO: ", 1)[1]
         for line in log.read_text().splitlines()
-        if "modelmora.workflow.engine INFO: stage " in line
+        if re.search(r"modelmora\.workflow\.(engine|local) INFO: stage ", line)
     ]
     order = [(e.split()[1].rstrip(":"), "start" if "starting" in e else "end") for e in events]
     assert order == [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,8 +23,11 @@ from typing import Any
 import psutil
 import pytest
 
-from modelmora.workflow.engine import STATE_DIR, _Run, transcribe_files
+from modelmora.models import ModelSpec
+from modelmora.testing.faults import stage_model
+from modelmora.workflow.engine import STATE_DIR, transcribe_files
 from modelmora.workflow.options import TranscribeOptions, load_options
+from modelmora.workflow.stages import Run
 
 ML_MODULES = ("torch", "faster_whisper", "ctranslate2", "llama_cpp", "resemblyzer", "onnxruntime")
 TIMING_KEYS = {"wall_s", "load_s", "release_s", "log"}
@@ -199,6 +203,38 @@ def test_ray_outputs_equal_local_and_resume_crosses_backends(
 
 
 @pytest.mark.slow
+def test_a_model_that_cannot_load_fails_each_file_once_as_locally(
+    tmp_path: Path, cluster: Any, footprints: Path
+) -> None:
+    """The Ray runner accounts for a load failure as the local one does: same errors, same
+    figures, every file on the progress bar."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    files = [tmp_path / "in" / f"{name}.wav" for name in ("a", "b", "c")]
+    files[0].parent.mkdir()
+    for path in files:
+        path.write_bytes(b"RIFF not really audio")  # the toy model never decodes it
+    reports, bars = [], []
+    for backend, address in (("local", None), ("ray", cluster.address)):
+        buffer = StringIO()
+        console = Console(file=buffer, width=200, force_terminal=False)
+        options = TranscribeOptions(backend=backend, address=address)
+        toy = ModelSpec("toy", {"load_error": "no weights"})
+        with stage_model("transcribe", lambda spec, toy=toy: toy):
+            reports.append(transcribe_files(files, options, tmp_path / backend, console=console))
+        bars.append(re.findall(r"transcribe\s.*?(\d+)/(\d+)", buffer.getvalue())[-1])
+    local, on_ray = reports
+    assert [f.error for f in on_ray.files] == [f.error for f in local.files]
+    assert "the transcribe model did not load" in (local.files[0].error or "")
+    for report in reports:
+        (stage,) = report.stages
+        assert (stage.processed, stage.failed, stage.cached) == (0, 3, 0)
+    assert bars == [("3", "3"), ("3", "3")]
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(1800)  # real models on a shared 2-CPU machine
 def test_a_node_lost_mid_batch(
     tmp_path: Path,
@@ -210,13 +246,13 @@ def test_a_node_lost_mid_batch(
     spare = cluster.add_node(**NODE_ARGS)  # the one to lose; the module's nodes stay
     cluster.wait_for_nodes()
     saves: Counter[tuple[str, str]] = Counter()
-    save = _Run.save
+    save = Run.save
 
-    def counting(self: _Run, job: Any, stage: str, output: Any, wall_s: float) -> None:
+    def counting(self: Run, job: Any, stage: str, output: Any, wall_s: float) -> None:
         saves[(job.result.stem, stage)] += 1
         save(self, job, stage, output, wall_s)
 
-    monkeypatch.setattr(_Run, "save", counting)
+    monkeypatch.setattr(Run, "save", counting)
     files = [*conversations, conversations[0].with_name("talk0-copy.wav")]
     files[-1].write_bytes(conversations[0].read_bytes())
     options = TranscribeOptions(backend="ray", address=cluster.address, formats="json")

@@ -8,9 +8,7 @@ exercised through the official ``openai`` client in the slow tests.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,77 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
+
+from modelmora.bench.server import ServerProcess
 
 TOY = {"adapter": "toy", "keep_alive_s": 120}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """``python -m modelmora.cli serve --config FILE --port P`` in a subprocess."""
-
-    def __init__(
-        self,
-        folder: Path,
-        config: dict[str, Any] | None,
-        env: dict[str, str] | None = None,
-        args: Sequence[str] = (),
-    ) -> None:
-        self.folder = folder
-        self.args = list(args)
-        self.config_path: Path | None = None
-        if config is not None:  # None: no --config, the packaged defaults
-            self.config_path = folder / "server.yaml"
-            config = {"cache_dir": str(folder / "cache"), **config}
-            self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.env = dict(os.environ)
-        self.env.pop("MODELMORA_API_KEY", None)
-        self.env.update(env or {})
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_key = (config or {}).get("api_key") or self.env.get("MODELMORA_API_KEY")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = folder / "server.log"
-
-    def start(self, timeout: float = 120.0) -> ServerProcess:
-        argv = [sys.executable, "-m", "modelmora.cli", "serve", "--port", str(self.port)]
-        if self.config_path is not None:
-            argv += ["--config", str(self.config_path)]
-        argv += self.args
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready within {timeout} s:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120, **kwargs)
 
 
 @pytest.fixture

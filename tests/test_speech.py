@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -170,7 +170,9 @@ def test_diarizer_rejects_bad_counts() -> None:
 @pytest.mark.slow
 def test_summarize_with_bundled_gguf(meeting_transcript: Transcript) -> None:
     summary = speech.summarize(meeting_transcript, max_tokens=64)
-    assert isinstance(summary, str) and summary.strip()
+    # trimmed text, within the token cap (every word costs at least one token)
+    assert summary and summary == summary.strip()
+    assert len(summary.split()) <= 64
     assert speech.summarize(Transcript()) == ""
 
 
@@ -194,23 +196,39 @@ def test_llm_chat_and_map_reduce_locally(meeting_transcript: Transcript) -> None
         assert 0 < reply["usage"]["completion_tokens"] <= 8
         segments = meeting_transcript.to_dict()["segments"]
         asked: list[str] = []
+        replies: list[str] = []
         original = adapter._ask
-        adapter._ask = lambda prompt: asked.append(prompt) or original(prompt)  # type: ignore[method-assign]
+
+        def ask(prompt: str) -> str:
+            asked.append(prompt)
+            replies.append(original(prompt))
+            return replies[-1]
+
+        adapter._ask = ask  # type: ignore[method-assign]
         (result,) = adapter.predict([{"task": "summarize", "segments": segments}])
-        assert isinstance(result["summary"], str)
         assert len(asked) >= 3 and "part 1 of" in asked[0]  # mapped chunks, then reduced
+        assert result["summary"] == replies[-1]  # the summary is the reduce step's answer
+        assert replies[-2] in asked[-1]  # which read the mapped parts
         with pytest.raises(ValueError, match="summarize, chat"):
             adapter.predict([{"task": "translate"}])
     finally:
         adapter.close()
 
 
+class _FakeOpenAIServer(ThreadingHTTPServer):
+    """An OpenAI-compatible chat endpoint that records the requests it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeOpenAI)
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+
+
 class _FakeOpenAI(BaseHTTPRequestHandler):
-    requests: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+    server: _FakeOpenAIServer
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append((self.path, body))
+        self.server.requests.append((self.path, body))
         text = f"summary of {len(body['messages'][-1]['content'])} chars"
         reply = {
             "choices": [
@@ -232,7 +250,7 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
 def test_llm_over_http(meeting: Any) -> None:
     from modelmora.models.llm import LlmAdapter
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
+    server = _FakeOpenAIServer()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
@@ -243,15 +261,22 @@ def test_llm_over_http(meeting: Any) -> None:
         ]
         (result,) = adapter.predict([{"task": "summarize", "segments": segments}])
         assert result["summary"].startswith("summary of")
-        paths = {path for path, _ in _FakeOpenAI.requests}
-        assert paths == {"/v1/chat/completions"} and len(_FakeOpenAI.requests) >= 3
-        assert _FakeOpenAI.requests[0][1]["model"] == "llama3"
+        requests = server.requests
+        assert {path for path, _ in requests} == {"/v1/chat/completions"}
+        assert len(requests) >= 3  # mapped chunks, then reduced
+        assert all(body["model"] == "llama3" for _, body in requests)
+        assert (
+            result["summary"]
+            == f"summary of {len(requests[-1][1]['messages'][-1]['content'])} chars"
+        )
+        sent = len(requests)
         adapter2 = LlmAdapter(url + "/v1/chat/completions")
         (reply,) = adapter2.predict(
             [{"task": "chat", "messages": [{"role": "user", "content": "hi"}], "stop": ["\n"]}]
         )
         assert reply["usage"]["total_tokens"] == 13 and reply["finish_reason"] == "stop"
-        assert _FakeOpenAI.requests[-1][1]["stop"] == ["\n"]
+        assert len(requests) == sent + 1 and requests[-1][1]["stop"] == ["\n"]
+        assert requests[-1][1]["messages"] == [{"role": "user", "content": "hi"}]
     finally:
         server.shutdown()
         server.server_close()

@@ -63,7 +63,9 @@ def test_devices_are_one_list() -> None:
         ModelConfig(name="m", adapter="toy", device="tpu")
 
 
-@pytest.mark.parametrize("name", ["whisper-1", "a", "all-minilm-l6-v2", "org:model_v1.5", "x" * 128])
+@pytest.mark.parametrize(
+    "name", ["whisper-1", "a", "all-minilm-l6-v2", "org:model_v1.5", "x" * 128]
+)
 def test_good_model_names(name: str) -> None:
     assert check_model_name(name) == name
     assert ModelConfig(name=name, adapter="toy").name == name

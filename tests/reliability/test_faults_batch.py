@@ -2,7 +2,7 @@
 SIGTERM, a full disk. The batch is the real one (tiny.en in a real worker) over one-second
 espeak-ng clips; every outcome is compared byte for byte with an uninterrupted run.
 
-Already covered in tests/test_pipeline.py: a native crash on one file (CrashOnMatch) is
+Already covered in tests/test_pipeline.py: a native crash on one file (testing.faults) is
 contained and a fresh worker continues; a worker over its memory budget fails its file; a
 rerun resumes from the saved per-file state.
 """

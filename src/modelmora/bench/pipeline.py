@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modelmora.bench.harness import CONFIG_NAME, run_timed, run_transcribe
+from modelmora.bench.harness import CONFIG_NAME, cpu_count, run_timed, run_transcribe
 from modelmora.units import check_device
 
 __all__ = ["DEFAULT_AUDIO_DIR", "format_table", "make_bench_audio", "run_pipeline_bench"]
@@ -365,7 +365,7 @@ def _figures(
     figures: dict[str, Any] = {
         "files": files,
         "device": device,
-        "cpus": os.cpu_count(),
+        "cpus": cpu_count(),
         "audio_s": round(sum(w.stat().st_size / 32000 for w in two), 1),
         "memory": {
             "run_peak_rss_mb": run["peak_rss_mb"],

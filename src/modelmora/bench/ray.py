@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from modelmora.bench.harness import run_transcribe
+from modelmora.bench.harness import cpu_count, run_transcribe
 from modelmora.runtime.memory import TreeSampler
 
 __all__ = ["format_ray_table", "run_ray_bench"]
@@ -133,7 +132,7 @@ def _ray_figures(
         "backend": "ray",
         "files": len(files),
         "device": device,
-        "cpus": os.cpu_count(),
+        "cpus": cpu_count(),
         "nodes": nodes,
         "audio_s": round(sum(w.stat().st_size / 32000 for w in files), 1),
         "cluster_start_s": round(start_s, 1),

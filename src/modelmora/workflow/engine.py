@@ -17,6 +17,12 @@ at most the file in flight. A file that fails (bad audio, a model error, a worke
 hangs or goes past the memory budget) is recorded and the batch goes on; a crashed worker is
 replaced by a fresh one for the remaining files. A failed summary is not a failed file.
 
+Who runs a stage's model over its files is a *stage runner*, chosen by ``options.backend``
+(:data:`RUNNERS`): :class:`~modelmora.workflow.local.LocalRunner` (a worker on this machine) or
+:class:`~modelmora.workflow.ray.RayRunner` (actors on a Ray cluster's nodes). Both account for
+every file through one :class:`~modelmora.workflow.stages.StageBook`; everything else (the
+stages, resume, outputs, report) is here and the same for both.
+
 This module never imports an ML framework: the models live in the workers only.
 """
 
