@@ -14,6 +14,7 @@ MIN_PYTHON_TESTS=(
     tests/test_units.py
     tests/test_config.py
     tests/test_transcript.py
+    tests/test_formats.py
     tests/test_workflow_runners.py
     tests/test_runtime.py
     tests/test_server.py

@@ -39,7 +39,8 @@ __all__ = ["page_data", "render_html"]
 
 
 def _asset(name: str) -> str:
-    return resources.files("modelmora.speech.formats").joinpath("viewer", name).read_text("utf-8")
+    # One child per joinpath: Python 3.10's Traversable takes no more.
+    return (resources.files("modelmora.speech.formats") / "viewer" / name).read_text("utf-8")
 
 
 def page_data(transcript: Transcript, options: RenderOptions, stem: str = "") -> dict[str, Any]:
