@@ -10,6 +10,7 @@ what only happens there (``asyncio.TimeoutError`` is not ``TimeoutError`` before
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import secrets
 import threading
@@ -265,6 +266,7 @@ EXPECTED: list[tuple[Callable[[str], BaseException], int, str | None]] = [
     (WorkerTimeout, 504, "timeout"),
     (TimeoutError, 504, "timeout"),
     (asyncio.TimeoutError, 504, "timeout"),
+    (concurrent.futures.TimeoutError, 504, "timeout"),  # Scheduler.load(timeout=...)
     (lambda m: MemoryLimitExceeded(m, 100.0, 120.0), 502, "worker_memory_limit"),
     (lambda m: WorkerCrashed(m, -11), 502, "worker_crashed"),
     (ResultNotPicklable, 502, "result_not_picklable"),
