@@ -35,6 +35,7 @@ from modelmora.models import ModelSpec
 from modelmora.paths import default_cache_dir
 
 __all__ = [
+    "MODEL_NAME",
     "PRIORITIES",
     "RANK",
     "ConfigError",
@@ -58,7 +59,8 @@ AdapterKind = Literal["whisper", "diarizer", "llm", "embedding", "toy", "toy-cud
 # Adapters whose constructor takes ``model`` (what ``source`` maps to) and ``device``.
 _TAKES_MODEL = {"whisper", "llm", "embedding"}
 _TAKES_DEVICE = {"whisper", "embedding", "diarizer", "toy-cuda"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: What a model name may be: what clients send as ``model`` and what appears in routes' paths.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNIT_MB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}
 
@@ -143,7 +145,7 @@ class ModelConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not MODEL_NAME.match(value):
             raise ValueError(
                 "a model name is 1-128 letters, digits, '.', '_', ':' or '-', "
                 "starting with a letter or digit"
