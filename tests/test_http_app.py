@@ -222,7 +222,7 @@ def test_a_blocked_scheduler_does_not_stall_other_requests(
     def blocking(real: Callable[..., Any]) -> Callable[..., Any]:
         def slow(self: Scheduler, *args: Any, **kwargs: Any) -> Any:
             entered.set()
-            release.wait(5)
+            release.wait(10)
             return real(self, *args, **kwargs)
 
         return slow
@@ -247,7 +247,7 @@ def test_a_blocked_scheduler_does_not_stall_other_requests(
                 assert entered.wait(30), route
                 t0 = time.monotonic()
                 assert http.get("/health/live").status_code == 200
-                assert time.monotonic() - t0 < 2.0, route  # not the 5 s the other one waits
+                assert time.monotonic() - t0 < 3.0, route  # not the 10 s the other one waits
             finally:
                 release.set()
                 waiting.join(30)
