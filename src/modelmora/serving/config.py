@@ -162,7 +162,8 @@ class ServerConfig(BaseModel):
         max_request_mb: largest request body accepted.
         queue_limit: most requests waiting at once; past it requests are refused (503).
         request_timeout_s: longest a call into a worker may take before it is killed.
-        retry_crashed: run a batch once more when its worker crashed during it.
+        retry_crashed: run a batch once more when its worker was lost during it (crashed,
+            killed at its timeout or memory cap).
         unhealthy_cooldown_s: how long a model whose load failed is refused.
         models: the registry.
     """
