@@ -273,7 +273,7 @@ class SparePool:
         for spare in self.spares():
             pss = None
             with contextlib.suppress(psutil.Error, AttributeError, TypeError):
-                pss = psutil.Process(spare.pid).memory_full_info().pss / 2**20  # type: ignore[arg-type]
+                pss = psutil.Process(spare.pid).memory_full_info().pss / 2**20
             prepared = spare.prepared
             ready.append(
                 SpareInfo(
