@@ -21,7 +21,7 @@ from typing import Any
 from modelmora.runtime.footprints import FootprintStore
 from modelmora.runtime.memory import ReleaseReport, nvml_available
 from modelmora.runtime.worker import Worker
-from modelmora.serving.config import PRIORITIES, ModelConfig
+from modelmora.serving.config import PRIORITIES, RANK, ModelConfig
 
 __all__ = [
     "RANK",
@@ -34,9 +34,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Priority class → rank (0 is the most urgent).
-RANK = {p: i for i, p in enumerate(PRIORITIES)}
 
 
 @dataclass(eq=False)
