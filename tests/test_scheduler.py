@@ -490,3 +490,40 @@ def test_stream_crash_after_a_chunk_is_not_retried(make_scheduler: MakeScheduler
     assert seen == [1, 2]
     assert info(scheduler, "a")["crashes"] == 1
     assert scheduler.submit("a", "after").result(30) == "after"
+
+
+# --- spares (framework-warm starts) ---------------------------------------------------------
+
+
+def test_reloads_after_an_eviction_start_warm_from_a_spare(make_scheduler: MakeScheduler) -> None:
+    models = [toy(n, 100) for n in "abc"]
+    scheduler = make_scheduler(models, memory_budget_mb=330, keep_spares={"toy": 1})
+    for name in "ab":
+        scheduler.submit(name, 1).result(30)
+    assert scheduler.spares.spares() == []  # nothing unloaded yet: no reload to expect
+    warm_pids = []
+    for name in "cabca":  # each load evicts the least recently used model
+        scheduler.submit(name, 1).result(30)
+        wait_for(lambda: len(scheduler.spares.spares()) == 1)  # prepared in the background
+        status = scheduler.status()
+        assert status["used_mb"] <= 330 and len(status["resident"]) == 2
+        warm_pids.append(info(scheduler, name)["pid"])
+    status = scheduler.status()
+    assert status["warm_loads"] == 4 and status["cold_loads"] == 3  # a, b, c cold; then warm
+    spare = status["spares"]["ready"][0]
+    assert spare["kind"] == "toy" and spare["pid"] not in warm_pids and spare["rss_mb"] > 0
+    assert status["spares"]["lost"] == 0
+    assert sum(info(scheduler, n)["warm_loads"] for n in "abc") == 4
+    assert all(info(scheduler, n)["last_release"]["released"] for n in "abc")
+    assert scheduler.metrics is not None
+    sample = scheduler.metrics.registry.get_sample_value
+    assert sample("modelmora_worker_starts_total", {"model": "a", "start": "warm"}) == 2
+    wait_for(lambda: sample("modelmora_spares", {"kind": "toy"}) == 1, 5.0)  # janitor's gauge
+
+
+def test_no_spares_when_keep_spares_is_empty(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy(n, 100) for n in "abc"], memory_budget_mb=330, keep_spares={})
+    for name in "abca":
+        scheduler.submit(name, 1).result(30)
+    time.sleep(0.3)
+    assert scheduler.spares.spares() == [] and scheduler.status()["warm_loads"] == 0

@@ -189,14 +189,15 @@ def bench_startup(
     models: Annotated[
         list[str] | None, typer.Option("--models", help="Model spec (repeat for several).")
     ] = None,
-    runs: int = typer.Option(5, help="Cold starts per model (median reported)."),
+    runs: int = typer.Option(5, help="Cold (and warm) starts per model (median reported)."),
+    warm: bool = typer.Option(True, help="Also start each model from a spare (framework-warm)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    """Cold worker start → loaded → first and second inference, per packaged model."""
+    """Cold and framework-warm worker start → loaded → first inference, per packaged model."""
     from modelmora.bench.startup import format_table, run_startup
 
     try:
-        result = run_startup(models or None, runs=runs)
+        result = run_startup(models or None, runs=runs, warm=warm)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

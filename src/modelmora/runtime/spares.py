@@ -190,6 +190,11 @@ class SparePool:
         Raises:
             ModelLoadError, WorkerError: the spare could not be prepared.
         """
+        spare = self._new_spare(key)
+        self._add(key, spare)
+        return spare
+
+    def _new_spare(self, key: SpareKey) -> Worker:
         kind, threads, env = key
         spare = Worker(
             ModelSpec(kind),
@@ -215,23 +220,41 @@ class SparePool:
         with self._lock:
             self._rss_mb[kind], self._prepare_s[kind] = rss, prepared.prepare_s
             self.counts.prepared += 1
+        logger.info(
+            "spare %s ready (pid %s) in %.2f s: %.0f MB", kind, spare.pid, spare.spawn_s, rss
+        )
+        return spare
+
+    def _add(self, key: SpareKey, spare: Worker, reserved: bool = False) -> None:
+        """Put a prepared spare in the pool (ending its reservation while it was prepared)."""
+        with self._lock:
+            if reserved:
+                self._preparing[key] = max(self._preparing.get(key, 0) - 1, 0)
             closed = self._closed
             if not closed:
                 self._ready.setdefault(key, []).append(spare)
         if closed:
             spare.stop()
             raise WorkerError("the spare pool is closed")
-        logger.info(
-            "spare %s ready (pid %s) in %.2f s: %.0f MB", kind, spare.pid, spare.spawn_s, rss
-        )
-        return spare
 
     def _prepare_task(self, key: SpareKey) -> None:
+        # a kind never measured is measured first: a spare that then does not fit is stopped
+        measured = key[0] in self._rss_mb
+        reserved = True
         try:
-            if self.fits is not None and not self.fits(self._estimate(key)):
+            if measured and self.fits is not None and not self.fits(self._estimate(key)):
                 logger.debug("no room for a spare %s (%.0f MB)", key[0], self._estimate(key))
                 return
-            self.prepare(key)
+            spare = self._new_spare(key)
+            self._add(key, spare, reserved=True)
+            reserved = False
+            if not measured and self.fits is not None and not self.fits(self._estimate(key)):
+                logger.info("a spare %s (%.0f MB) does not fit: not kept", key[0], spare.rss_mb())
+                with self._lock:
+                    ready = self._ready.get(key, [])
+                    if spare in ready:
+                        ready.remove(spare)
+                spare.stop()
         except Exception as exc:
             if self._closed:  # killed by close()
                 return
@@ -242,7 +265,8 @@ class SparePool:
                 "could not prepare a spare %s (next try in %.0f s): %s", key[0], _RETRY_S, exc
             )
         finally:
-            self._unreserve(key)
+            if reserved:
+                self._unreserve(key)
 
     def _unreserve(self, key: SpareKey) -> None:
         with self._lock:

@@ -45,6 +45,8 @@ from typing import Any
 from modelmora.errors import MemoryBudgetExceeded, WorkerStopped
 from modelmora.runtime.footprints import FootprintStore
 from modelmora.runtime.memory import ReleaseReport, available_mb, tree_rss_mb
+from modelmora.runtime.spares import SparePool
+from modelmora.runtime.worker import SpareKey, spare_key
 from modelmora.serving.config import PRIORITIES, ServerConfig
 from modelmora.serving.metrics import Metrics
 from modelmora.serving.scheduler.errors import ModelUnhealthy, QueueFull, UnknownModel
@@ -95,6 +97,8 @@ class Scheduler(WorkerTasks):
             m.name: ModelState(m, initial_footprint(m, self._footprints)) for m in config.models
         }
         self._cond = threading.Condition()
+        self.spares = SparePool(config.keep_spares, fits=self.spare_fits)
+        self.spares_wanted: set[SpareKey] = set()
         self._seq = itertools.count()
         self._depth = dict.fromkeys(PRIORITIES, 0)
         slots = sum(m.max_concurrency for m in config.models)
@@ -118,6 +122,7 @@ class Scheduler(WorkerTasks):
         logger.info(
             "scheduler started: budget %.0f MB, %d models", self.budget_mb, len(self._models)
         )
+
         return self
 
     def close(self, drain: bool = True, timeout: float = 30.0) -> None:
@@ -152,6 +157,7 @@ class Scheduler(WorkerTasks):
                 fut.result(max(deadline - time.monotonic(), 1.0))
             except Exception as exc:  # a stop that fails must not stop the others
                 logger.error("a worker did not stop cleanly: %s", exc)
+        self.spares.close()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -336,13 +342,15 @@ class Scheduler(WorkerTasks):
             return [m.info(now) for m in self._models.values()]
 
     def status(self) -> dict[str, Any]:
-        """Budget, memory in use, resident models and queue depths."""
+        """Budget, memory in use (spares included), resident models, queues and spares."""
+        spares = self.spares.info()  # outside the lock: it reads the spares' /proc
         with self._cond:
             reps = [r for m in self._models.values() for r in m.replicas]
             return {
                 "budget_mb": round(self.budget_mb, 1),
                 "vram_budget_mb": self.vram_budget_mb,
-                "used_mb": round(sum(r.mem_mb for r in reps), 1),
+                "used_mb": round(sum(r.mem_mb for r in reps) + self.spares.reserved_mb(), 1),
+                "spares": spares,
                 "vram_used_mb": round(sum(r.vram_mb for r in reps), 1),
                 "resident": [m.cfg.name for m in self._models.values() if m.live()],
                 "loading": [
@@ -354,6 +362,10 @@ class Scheduler(WorkerTasks):
                 "queued": sum(self._depth.values()),
                 "model_queue_depths": {n: m.queued() for n, m in self._models.items()},
                 "ready": self._ready(),
+                "warm_loads": sum(m.counts["warm_loads"] for m in self._models.values()),
+                "cold_loads": sum(
+                    m.counts["loads"] - m.counts["warm_loads"] for m in self._models.values()
+                ),
             }
 
     def is_ready(self) -> bool:
@@ -444,7 +456,14 @@ class Scheduler(WorkerTasks):
         reps = [r for x in self._models.values() for r in x.replicas]
         stopping = [r for r in reps if r.state == "stopping"]
         held = [r for r in reps if r.state != "stopping"]
-        short_ram = ram - (self.budget_mb - sum(r.mem_mb for r in held))
+        key = spare_key(m.spec.kind, m.cfg.threads)
+        # the spare this load takes is part of ``ram``; the others are given up before models
+        spare_mb = self.spares.reserved_mb() - self.spares.peek_mb(key)
+        short_ram = ram - (self.budget_mb - sum(r.mem_mb for r in held) - spare_mb)
+        shed: list[Future[ReleaseReport]] = []
+        if short_ram > 0 and spare_mb > 0:
+            shed = self.spares.shed(short_ram, keep_key=key)
+            short_ram -= spare_mb - (self.spares.reserved_mb() - self.spares.peek_mb(key))
         short_vram = 0.0
         if self.vram_budget_mb is not None:
             short_vram = vram - (self.vram_budget_mb - sum(r.vram_mb for r in held))
@@ -463,7 +482,7 @@ class Scheduler(WorkerTasks):
             victims = found
         for vm, rep in victims:
             self._evict(vm, rep, f"to make room for {m.cfg.name}")
-        after = [r.stopped for r in stopping] + [rep.stopped for _, rep in victims]
+        after = [r.stopped for r in stopping] + [rep.stopped for _, rep in victims] + shed
         self._start_load(m, ram, vram, after)
         return True
 
@@ -509,6 +528,11 @@ class Scheduler(WorkerTasks):
             if self.metrics:  # outside the lock: psutil walks /proc for the process trees
                 for name, pids, vram in live:
                     self.metrics.set_memory(name, sum(tree_rss_mb(p) for p in pids), vram)
+                spares = self.spares.spares()
+                counts = dict.fromkeys(self.spares.keep, 0)
+                for spare in spares:
+                    counts[spare.spec.kind] = counts.get(spare.spec.kind, 0) + 1
+                self.metrics.set_spares(counts, sum(w.rss_mb() for w in spares))
 
     def _janitor_once(self) -> list[tuple[str, list[int], float | None]]:
         """Unload idle models past their keep-alive; return each live model's worker PIDs."""
@@ -526,4 +550,5 @@ class Scheduler(WorkerTasks):
                 pids = [r.worker.pid for r in live if r.worker.pid]
                 live_pids.append((m.cfg.name, pids, m.vram_mb))
         self._gauge_resident()
+        self.ensure_spares()  # replaces spares that died, and those that fit again
         return live_pids

@@ -35,7 +35,8 @@ from modelmora.errors import (
 )
 from modelmora.runtime.footprints import FootprintStore
 from modelmora.runtime.memory import ReleaseReport
-from modelmora.runtime.worker import Worker
+from modelmora.runtime.spares import SparePool
+from modelmora.runtime.worker import SpareKey, Worker
 from modelmora.serving.config import ServerConfig
 from modelmora.serving.metrics import Metrics
 from modelmora.serving.scheduler.errors import ModelUnhealthy
@@ -62,6 +63,8 @@ class WorkerTasks:
     budget_mb: float
     vram_budget_mb: float | None
     _footprints: FootprintStore
+    spares: SparePool
+    spares_wanted: set[SpareKey]  # keys of the workers that were unloaded: reloads to expect
     _models: dict[str, ModelState]
     _cond: threading.Condition
     _seq: itertools.count[int]
@@ -87,13 +90,24 @@ class WorkerTasks:
         )
         rep = Replica(worker, mem_mb=ram, vram_mb=vram)
         m.replicas.append(rep)
-        self._pool.submit(self._load_task, m, rep, after)
+        # taken now, under the lock: the admission counted its memory as the model's
+        spare = self.spares.take(worker.spare_key())
+        self._pool.submit(self._load_task, m, rep, after, spare)
 
-    def _load_task(self, m: ModelState, rep: Replica, after: list[Future[ReleaseReport]]) -> None:
+    def _load_task(
+        self,
+        m: ModelState,
+        rep: Replica,
+        after: list[Future[ReleaseReport]],
+        spare: Worker | None = None,
+    ) -> None:
         for fut in after:  # evicted workers are gone before the new one allocates
             fut.exception()
         try:
-            rep.worker.start()
+            try:
+                rep.worker.start(spare=spare)
+            finally:
+                self.spares.record(rep.worker, spare)
         except Exception as exc:
             report = rep.worker.stop()
             with self._cond:
@@ -129,17 +143,20 @@ class WorkerTasks:
             rep.vram_mb = max(mem.vram_mb, m.cfg.vram_footprint_mb or 0.0)
         self._observe_memory(m, rep, persist=True)
         m.counts["loads"] += 1
+        m.counts["warm_loads"] += worker.warm
         m.error, m.unhealthy_until, m.load_s = None, 0.0, worker.spawn_s
         m.drain_seq = next(self._seq)
         logger.info(
-            "loaded %s (pid %s) in %.2f s: %.0f MB",
+            "loaded %s (pid %s, %s) in %.2f s: %.0f MB",
             m.cfg.name,
             worker.pid,
+            "warm" if worker.warm else "cold",
             worker.spawn_s,
             measured,
         )
         if self.metrics:
-            self.metrics.inc_load(m.cfg.name)
+            self.metrics.inc_load(m.cfg.name, warm=worker.warm)
+        self.spares.ensure(worker.spare_key())  # the next one, if the budget allows
         self._gauge_resident()
         for fut in m.load_waiters:
             fut.set_result(None)
@@ -180,6 +197,10 @@ class WorkerTasks:
         over_vram = 0.0
         if self.vram_budget_mb is not None:
             over_vram = sum(r.vram_mb for r in reps) - self.vram_budget_mb
+        if over > 0 and self.spares.reserved_mb() > 0:  # spares go first: they hold no model
+            before = self.spares.reserved_mb()
+            self.spares.shed(over)
+            over -= before - self.spares.reserved_mb()
         if over <= 0 and over_vram <= 0:
             return
         victims = pick_victims(list(self._models.values()), m, max(over, 0.0), max(over_vram, 0.0))
@@ -358,7 +379,26 @@ class WorkerTasks:
                 if not m.live():
                     self.metrics.set_memory(m.cfg.name, 0.0, None)
             rep.stopped.set_result(report)
+            if reason not in ("close", "crashed"):  # its kind may be back: a spare is wanted
+                self.spares_wanted.add(rep.worker.spare_key())
+            self.ensure_spares()  # memory was freed: a spare may fit again
             self._cond.notify_all()
+
+    def ensure_spares(self) -> None:
+        """Prepare the missing spares of the kinds that were unloaded, in the background."""
+        if not self._closing:
+            for key in self.spares_wanted:
+                self.spares.ensure(key)  # keep_spares says how many (none for some kinds)
+
+    def spare_fits(self, mb: float) -> bool:
+        """May a spare of ``mb`` MB be prepared? The pool's reservation already counts it."""
+        with self._cond:
+            held = sum(
+                r.mem_mb for x in self._models.values() for r in x.replicas if r.state != "stopping"
+            )
+            waiting = any(x.queued() and not x.live() for x in self._models.values())
+            fits = held + self.spares.reserved_mb() <= self.budget_mb
+            return fits and not waiting and not self._closing
 
     def _gauge_resident(self) -> None:
         if self.metrics:

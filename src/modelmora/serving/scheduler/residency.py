@@ -87,7 +87,14 @@ class ModelState:
         self.vram_mb: float | None = None
         self.last_release: dict[str, Any] | None = None
         self.load_s: float | None = None  # the last load's duration: what a swap costs
-        self.counts = {"loads": 0, "unloads": 0, "evictions": 0, "crashes": 0, "recycles": 0}
+        self.counts = {
+            "loads": 0,
+            "warm_loads": 0,  # of the loads, those started from a spare
+            "unloads": 0,
+            "evictions": 0,
+            "crashes": 0,
+            "recycles": 0,
+        }
 
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
