@@ -207,7 +207,8 @@ def format_table(result: dict[str, Any]) -> Table:
         title=f"Cold worker start per model (median of {result['runs']})",
         caption="start: interpreter + handshake; stop: until the release is verified; "
         "cold: spawn → first result; warm: start from a spare (framework imported) → first "
-        "result; cost (of isolation) = cold minus a warm call; prepare: a spare, until ready; spare MB: its RSS/PSS",
+        "result; cost (of isolation) = cold minus a warm call; prepare: a spare, until "
+        "ready; spare MB: its RSS/PSS",
     )
     headers = (
         "model",
