@@ -509,15 +509,17 @@ def test_reloads_after_an_eviction_start_warm_from_a_spare(make_scheduler: MakeS
         assert status["used_mb"] <= 330 and len(status["resident"]) == 2
         warm_pids.append(info(scheduler, name)["pid"])
     status = scheduler.status()
-    assert status["warm_loads"] == 4 and status["cold_loads"] == 3  # a, b, c cold; then warm
+    # a and b cold; c may take the spare prepared when a was evicted; then all warm
+    assert status["warm_loads"] >= 4 and status["warm_loads"] + status["cold_loads"] == 7
     spare = status["spares"]["ready"][0]
     assert spare["kind"] == "toy" and spare["pid"] not in warm_pids and spare["rss_mb"] > 0
     assert status["spares"]["lost"] == 0
-    assert sum(info(scheduler, n)["warm_loads"] for n in "abc") == 4
+    assert sum(info(scheduler, n)["warm_loads"] for n in "abc") == status["warm_loads"]
     assert all(info(scheduler, n)["last_release"]["released"] for n in "abc")
     assert scheduler.metrics is not None
     sample = scheduler.metrics.registry.get_sample_value
     assert sample("modelmora_worker_starts_total", {"model": "a", "start": "warm"}) == 2
+    assert sample("modelmora_worker_starts_total", {"model": "a", "start": "cold"}) == 1
     wait_for(lambda: sample("modelmora_spares", {"kind": "toy"}) == 1, 5.0)  # janitor's gauge
 
 

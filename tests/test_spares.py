@@ -173,3 +173,15 @@ def test_no_spare_or_worker_outlives_a_kill9ed_parent(tmp_path):
     parent.kill()
     parent.wait()
     assert wait_for(lambda: all(gone(p) for p in pids), 3.0), "a child outlived its parent"
+
+
+def test_take_waits_for_the_spare_being_prepared():
+    with SparePool({PRELOAD: 1}) as pool:
+        key = spare_key(PRELOAD)
+        assert pool.take(key) is None
+        pool.ensure(key)
+        spare = pool.take(key, wait=30.0)  # the import is under way: ahead of a cold start
+        assert spare is not None and spare.prepared is not None
+        worker = Worker(ModelSpec(PRELOAD)).start(spare=spare)
+        assert worker.warm and worker.call([1]) == [1]
+        assert worker.stop().released

@@ -102,8 +102,10 @@ class SparePool:
         self._prepare_s: dict[str, float] = {}
         self._retry_at: dict[SpareKey, float] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a spare got ready or failed
         self._closed = False
         self._current: Worker | None = None  # the spare being prepared (close kills it)
+        self._current_key: SpareKey | None = None
         # one preparation at a time: a spare's import competes with the models for the CPU
         self._preparer = ThreadPoolExecutor(1, thread_name_prefix="modelmora-spare")
         self._stopper = ThreadPoolExecutor(2, thread_name_prefix="modelmora-spare-stop")
@@ -124,11 +126,29 @@ class SparePool:
             self.ensure(worker.spare_key())
         return worker
 
-    def take(self, key: SpareKey) -> Worker | None:
-        """Remove and return a ready spare of ``key`` (the caller starts a worker with it)."""
+    def take(self, key: SpareKey, wait: float = 0.0) -> Worker | None:
+        """Remove and return a ready spare of ``key`` (the caller starts a worker with it).
+
+        Args:
+            key: the worker's :meth:`~modelmora.runtime.worker.Worker.spare_key`.
+            wait: when none is ready but one is being prepared right now, wait up to this many
+                seconds for it (it is ahead of a cold start, which would redo its imports).
+        """
+        deadline = time.monotonic() + wait
         with self._lock:
+            while not self._ready.get(key) and self._being_prepared(key):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    break
+                self._changed.wait(left)
             ready = self._ready.get(key)
             return ready.pop(0) if ready else None
+
+    def _being_prepared(self, key: SpareKey) -> bool:
+        """A spare of ``key`` is being prepared, or is next (the lock is held)."""
+        if self._current_key is not None:
+            return self._current_key == key
+        return self._preparing.get(key, 0) > 0
 
     def record(self, worker: Worker, spare: Worker | None) -> None:
         """Count a start made with ``spare`` (``None``: there was none) as warm or cold."""
@@ -207,15 +227,17 @@ class SparePool:
         with self._lock:
             if self._closed:
                 raise WorkerError("the spare pool is closed")
-            self._current = spare
+            self._current, self._current_key = spare, key
         try:
             prepared = spare.prepare()
         except BaseException:
+            with self._lock:
+                self._current, self._current_key = None, None
+                self._changed.notify_all()
             spare.stop()  # reaped already when it crashed; this verifies the release
             raise
-        finally:
-            with self._lock:
-                self._current = None
+        with self._lock:  # _current_key stays until _add: a take() waiting for it gets it
+            self._current = None
         rss = spare.rss_mb()
         with self._lock:
             self._rss_mb[kind], self._prepare_s[kind] = rss, prepared.prepare_s
@@ -233,6 +255,9 @@ class SparePool:
             closed = self._closed
             if not closed:
                 self._ready.setdefault(key, []).append(spare)
+            if self._current_key == key:
+                self._current_key = None
+            self._changed.notify_all()
         if closed:
             spare.stop()
             raise WorkerError("the spare pool is closed")
@@ -271,6 +296,7 @@ class SparePool:
     def _unreserve(self, key: SpareKey) -> None:
         with self._lock:
             self._preparing[key] = max(self._preparing.get(key, 0) - 1, 0)
+            self._changed.notify_all()
 
     def _estimate(self, key: SpareKey) -> float:
         return self._rss_mb.get(key[0], DEFAULT_SPARE_MB)
@@ -331,6 +357,7 @@ class SparePool:
         """Stop every spare (a preparation under way ends first) and verify each release."""
         with self._lock:
             self._closed = True
+            self._changed.notify_all()
             current = self._current
         if current is not None:
             current.kill()

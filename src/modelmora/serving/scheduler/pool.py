@@ -103,6 +103,8 @@ class WorkerTasks:
     ) -> None:
         for fut in after:  # evicted workers are gone before the new one allocates
             fut.exception()
+        if spare is None:  # one being prepared is ahead of a cold start: wait for it
+            spare = self.spares.take(rep.worker.spare_key(), wait=m.cfg.load_timeout_s)
         try:
             try:
                 rep.worker.start(spare=spare)
