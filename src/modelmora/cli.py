@@ -235,6 +235,27 @@ def serve(
     run_server(settings, log_level=log_level.lower(), access_log=access_log)
 
 
+@bench_app.command("reload")
+def bench_reload(
+    cycles: int = typer.Option(10, help="Rounds of A, B, C per mode (each request a reload)."),
+    threads: int | None = typer.Option(None, help="Numeric threads per worker."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Reload of an evicted embedding model, cold against warm (spares), under a budget of two."""
+    from modelmora.bench.reload import ReloadBenchOptions, format_table, run_reload_bench
+
+    try:
+        options = ReloadBenchOptions(cycles=cycles, threads=threads)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    result = run_reload_bench(options)
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
+
+
 @bench_app.command("server")
 def bench_server(
     requests: int = typer.Option(1000, help="Mixed requests in the churn test."),
