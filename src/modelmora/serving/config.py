@@ -35,6 +35,7 @@ from modelmora.models import ModelSpec
 from modelmora.paths import default_cache_dir
 
 __all__ = [
+    "KEEP_SPARES",
     "PRIORITIES",
     "RANK",
     "ConfigError",
