@@ -141,6 +141,8 @@ def add_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path"))
+        if first.get("type") == "json_invalid":  # its loc is a character offset, not a field
+            param = ""
         message = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in errors
         )
