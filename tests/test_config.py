@@ -6,6 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from modelmora.models import ModelSpec
 from modelmora.serving.config import (
@@ -191,3 +194,20 @@ def test_keep_spares_default_and_validation() -> None:
         ServerConfig(keep_spares={"nope": 1})
     with pytest.raises(ValueError, match="0 or more"):
         ServerConfig(keep_spares={"embedding": -1})
+
+
+@given(st.text(alphabet="ab9._:-/ %é", min_size=0, max_size=12))
+def test_one_rule_for_model_names_in_the_config_and_the_routes(name: str) -> None:
+    from modelmora.serving.http.bodies import check_name
+
+    try:
+        ModelConfig(name=name, adapter="toy")
+        in_config = True
+    except ValidationError:
+        in_config = False
+    try:
+        check_name(name)
+        in_routes = True
+    except ValueError:
+        in_routes = False
+    assert in_config == in_routes, name  # a name the config takes is one a client can send

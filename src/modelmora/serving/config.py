@@ -36,6 +36,7 @@ from modelmora.paths import default_cache_dir
 
 __all__ = [
     "KEEP_SPARES",
+    "MODEL_NAME",
     "PRIORITIES",
     "RANK",
     "ConfigError",
@@ -64,7 +65,8 @@ AdapterKind = Literal["whisper", "diarizer", "llm", "embedding", "toy", "toy-cud
 # Adapters whose constructor takes ``model`` (what ``source`` maps to) and ``device``.
 _TAKES_MODEL = {"whisper", "llm", "embedding"}
 _TAKES_DEVICE = {"whisper", "embedding", "diarizer", "toy-cuda"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: What a model name may be: what clients send as ``model`` and what appears in routes' paths.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNIT_MB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}
 
@@ -149,7 +151,7 @@ class ModelConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not MODEL_NAME.match(value):
             raise ValueError(
                 "a model name is 1-128 letters, digits, '.', '_', ':' or '-', "
                 "starting with a letter or digit"
@@ -193,7 +195,8 @@ class ServerConfig(BaseModel):
         max_request_mb: largest request body accepted.
         queue_limit: most requests waiting at once; past it requests are refused (503).
         request_timeout_s: longest a call into a worker may take before it is killed.
-        retry_crashed: run a batch once more when its worker crashed during it.
+        retry_crashed: run a batch once more when its worker was lost during it (crashed,
+            killed at its timeout or memory cap).
         unhealthy_cooldown_s: how long a model whose load failed is refused.
         keep_spares: spare workers to keep ready per adapter kind (``{"embedding": 1}``): a
             process that has imported the adapter's framework and holds no model, so that
