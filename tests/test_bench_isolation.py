@@ -199,6 +199,7 @@ def test_cli_startup_json() -> None:
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)["models"]
     assert row["model"] == "toy" and row["runs"] == 1 and row["cold_first_result_s"] > 0
+    assert row["warm_first_result_s"] > 0 and row["spare_rss_mb"] > 0  # from a spare
 
 
 def test_cli_a_model_that_fails_to_load_exits_1() -> None:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from modelmora.models import ModelSpec
 from modelmora.serving.config import (
+    KEEP_SPARES,
     ConfigError,
     ModelConfig,
     ServerConfig,
@@ -184,6 +185,15 @@ def test_parse_size(text: object, mb: float) -> None:
 def test_parse_size_rejects_text() -> None:
     with pytest.raises(ValueError, match="bad memory size"):
         parse_size_mb("lots")
+
+
+def test_keep_spares_default_and_validation() -> None:
+    assert ServerConfig().keep_spares == KEEP_SPARES
+    assert ServerConfig(keep_spares={}).keep_spares == {}
+    with pytest.raises(ValueError, match="unknown adapter 'nope'"):
+        ServerConfig(keep_spares={"nope": 1})
+    with pytest.raises(ValueError, match="0 or more"):
+        ServerConfig(keep_spares={"embedding": -1})
 
 
 @given(st.text(alphabet="ab9._:-/ %é", min_size=0, max_size=12))

@@ -212,14 +212,15 @@ def bench_startup(
     models: Annotated[
         list[str] | None, typer.Option("--models", help="Model spec (repeat for several).")
     ] = None,
-    runs: int = typer.Option(5, help="Cold starts per model (median reported)."),
+    runs: int = typer.Option(5, help="Cold (and warm) starts per model (median reported)."),
+    warm: bool = typer.Option(True, help="Also start each model from a spare (framework-warm)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    """Cold worker start → loaded → first and second inference, per packaged model."""
+    """Cold and framework-warm worker start → loaded → first inference, per packaged model."""
     from modelmora.bench.startup import format_table, run_startup
 
     try:
-        result = run_startup(models or None, runs=runs)
+        result = run_startup(models or None, runs=runs, warm=warm)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -255,6 +256,27 @@ def serve(
         console.print(f"error: --log-level must be one of {', '.join(levels)}", style="red")
         raise typer.Exit(2)
     run_server(settings, log_level=log_level.lower(), access_log=access_log)
+
+
+@bench_app.command("reload")
+def bench_reload(
+    cycles: int = typer.Option(10, help="Rounds of A, B, C per mode (each request a reload)."),
+    threads: int | None = typer.Option(None, help="Numeric threads per worker."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Reload of an evicted embedding model, cold against warm (spares), under a budget of two."""
+    from modelmora.bench.reload import ReloadBenchOptions, format_table, run_reload_bench
+
+    try:
+        options = ReloadBenchOptions(cycles=cycles, threads=threads)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    result = run_reload_bench(options)
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
 
 
 @bench_app.command("server")

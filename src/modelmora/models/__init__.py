@@ -55,7 +55,16 @@ def resolve_device(device: str) -> str:
 
 
 class Adapter:
-    """Base class of model adapters (optional: any class with the same methods works)."""
+    """Base class of model adapters (optional: any class with the same methods works).
+
+    Attributes:
+        preload: modules a spare worker imports before it knows which model it will load
+            (the adapter's framework: ``("torch", "sentence_transformers")``). Importing
+            them must start no thread that matters and initialise no GPU: a spare holds no
+            model and no CUDA context.
+    """
+
+    preload: tuple[str, ...] = ()
 
     def __init__(self, **params: Any) -> None:
         self.params = params

@@ -57,6 +57,8 @@ class DiarizerAdapter(Adapter):
         ValueError: inconsistent speaker counts, an unknown device, or a bad window/hop.
     """
 
+    preload = ("torch", "resemblyzer", "webrtcvad", "sklearn.cluster")
+
     def __init__(
         self,
         num_speakers: int | None = None,

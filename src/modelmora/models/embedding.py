@@ -39,6 +39,8 @@ class EmbeddingAdapter(Adapter):
         normalize: L2-normalise the vectors (what OpenAI's embeddings return).
     """
 
+    preload = ("torch", "sentence_transformers")
+
     def __init__(self, model: str | None = None, device: str = "auto", normalize: bool = True):
         self.model_name = model
         self.device = check_device(device)

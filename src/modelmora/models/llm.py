@@ -138,6 +138,8 @@ class LlmAdapter(Adapter):
         ValueError: a context too small for the completion length, or a bad temperature.
     """
 
+    preload = ("llama_cpp",)
+
     def __init__(
         self,
         model: str | None = None,

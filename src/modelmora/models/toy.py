@@ -40,7 +40,7 @@ from typing import Any
 from modelmora.models import Adapter
 from modelmora.units import MB
 
-__all__ = ["ToyCudaModel", "ToyModel", "allocate_mb"]
+__all__ = ["ToyBadPreloadModel", "ToyCudaModel", "ToyModel", "ToyPreloadModel", "allocate_mb"]
 
 _leaks: list[bytearray] = []  # what the "leak" behaviour keeps alive, on purpose
 
@@ -147,6 +147,18 @@ class ToyModel(Adapter):
 
             return float(psutil.Process().memory_info().rss) / MB
         raise ValueError(f"unknown toy op {op!r}")
+
+
+class ToyPreloadModel(ToyModel):
+    """A :class:`ToyModel` whose spare workers import numpy first (tests of spares)."""
+
+    preload = ("numpy",)
+
+
+class ToyBadPreloadModel(ToyModel):
+    """A :class:`ToyModel` whose spare workers cannot prepare (a framework that is missing)."""
+
+    preload = ("modelmora_no_such_framework",)
 
 
 class ToyCudaModel(Adapter):

@@ -68,6 +68,8 @@ class WhisperAdapter(Adapter):
         ValueError: an unknown device, or a beam size or thread count out of range.
     """
 
+    preload = ("ctranslate2", "faster_whisper")
+
     def __init__(
         self,
         model: str | None = None,

@@ -35,6 +35,7 @@ from modelmora.paths import default_cache_dir
 from modelmora.units import Device, check_model_name, parse_size_mb
 
 __all__ = [
+    "KEEP_SPARES",
     "PRIORITIES",
     "RANK",
     "ConfigError",
@@ -53,6 +54,11 @@ Priority = Literal["critical", "high", "normal", "low"]
 PRIORITIES: tuple[str, ...] = get_args(Priority)
 #: Priority class → rank (0 is the most urgent).
 RANK: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
+#: Default ``keep_spares``: one spare per adapter kind. A kind's spare is prepared only once a
+#: model of that kind has been unloaded (a reload is then likely), and only when it fits the
+#: budget; measured costs and savings are in docs/warm-starts.md.
+KEEP_SPARES: dict[str, int] = {"embedding": 1, "diarizer": 1, "whisper": 1, "llm": 1}
+
 AdapterKind = Literal["whisper", "diarizer", "llm", "embedding", "toy", "toy-cuda"]
 
 # Adapters whose constructor takes ``model`` (what ``source`` maps to) and ``device``.
@@ -165,6 +171,11 @@ class ServerConfig(BaseModel):
         retry_crashed: run a batch once more when its worker was lost during it (crashed,
             killed at its timeout or memory cap).
         unhealthy_cooldown_s: how long a model whose load failed is refused.
+        keep_spares: spare workers to keep ready per adapter kind (``{"embedding": 1}``): a
+            process that has imported the adapter's framework and holds no model, so that
+            the next load of that kind skips the import. A kind gets its spares once one of
+            its models was unloaded; they count against the budget and are the first to go
+            when a model needs the room. Default: :data:`KEEP_SPARES`; ``{}`` for none.
         models: the registry.
     """
 
@@ -182,6 +193,7 @@ class ServerConfig(BaseModel):
     request_timeout_s: float = Field(default=600.0, gt=0)
     retry_crashed: bool = True
     unhealthy_cooldown_s: float = Field(default=30.0, ge=0)
+    keep_spares: dict[str, int] = Field(default_factory=lambda: dict(KEEP_SPARES))
     models: list[ModelConfig] = Field(default_factory=list)
 
     @field_validator("memory_budget_mb", "vram_budget_mb", "max_request_mb", mode="before")
@@ -196,6 +208,12 @@ class ServerConfig(BaseModel):
             self.jobs_db = self.cache_dir / "jobs.sqlite"
         if self.api_key is None:
             self.api_key = os.environ.get("MODELMORA_API_KEY") or None
+        kinds = get_args(AdapterKind)
+        for kind, count in self.keep_spares.items():
+            if kind not in kinds:
+                raise ValueError(f"keep_spares: unknown adapter {kind!r}: use one of {kinds}")
+            if count < 0:
+                raise ValueError(f"keep_spares[{kind!r}] must be 0 or more, got {count}")
         seen: set[str] = set()
         for model in self.models:
             if model.name in seen:

@@ -54,6 +54,7 @@ from typing import Any
 
 from modelmora.errors import MemoryBudgetExceeded, WorkerStopped
 from modelmora.runtime.memory import ReleaseReport
+from modelmora.runtime.spares import SparePool
 from modelmora.serving.config import PRIORITIES, RANK, ServerConfig
 from modelmora.serving.metrics import Metrics
 from modelmora.serving.scheduler.dispatch import Dispatcher, Janitor
@@ -86,7 +87,8 @@ class Scheduler:
         self.config = config
         self.metrics = metrics
         self._cond = threading.Condition()
-        self._books = Residency(config, metrics)
+        self._spares = SparePool(config.keep_spares, fits=self._spare_fits)
+        self._books = Residency(config, metrics, self._spares)
         self._pool = WorkerPool(self._books, self._cond)
         self._dispatcher = Dispatcher(self._books, self._pool, self._cond)
         self._janitor = Janitor(self._books, self._pool, self._cond)
@@ -152,6 +154,7 @@ class Scheduler:
                 fut.result(max(deadline - time.monotonic(), 1.0))
             except Exception as exc:  # a stop that fails must not stop the others
                 logger.error("a worker did not stop cleanly: %s", exc)
+        self._spares.close()
         with self._cond:
             books.closed = True
             self._cond.notify_all()
@@ -287,9 +290,19 @@ class Scheduler:
             return [m.info(now) for m in self._books.models.values()]
 
     def status(self) -> dict[str, Any]:
-        """Budget, memory in use, resident models and queue depths."""
+        """Budget, memory in use (spares included), resident models, queues and spares."""
+        spares = self._spares.info()  # outside the lock: it reads the spares' /proc
         with self._cond:
-            return self._books.status()
+            return {**self._books.status(), "spares": spares}
+
+    @property
+    def spares(self) -> SparePool:
+        """The spare workers (framework imported, no model) kept for warm reloads."""
+        return self._spares
+
+    def _spare_fits(self, mb: float) -> bool:
+        with self._cond:
+            return self._books.spare_fits()
 
     def is_ready(self) -> bool:
         """True when the scheduler runs and every pinned model is resident."""

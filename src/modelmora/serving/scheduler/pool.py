@@ -3,7 +3,9 @@
 :class:`WorkerPool` runs four tasks in its thread pool; each ends with its bookkeeping in the
 :class:`~modelmora.serving.scheduler.residency.Residency`::
 
-    load task   ─▶ Worker.start()  ─▶ ready: footprint measured, waiters woken, budget enforced
+    load task   ─▶ Worker.start(spare=a spare of its kind, if one is ready or being prepared)
+                                   ─▶ ready: footprint measured, waiters woken, budget enforced,
+                                             the next spare prepared if it fits
                                    └▶ failed: model unhealthy for a cooldown, its queue failed
     batch task  ─▶ Worker.call(batch), or Worker.stream for a streamed request
                                    ─▶ done: recycled (max_tasks, RSS growth), or idle others
@@ -82,7 +84,9 @@ class WorkerPool:
         )
         rep = Replica(worker, mem_mb=ram, vram_mb=vram)
         m.replicas.append(rep)
-        self._executor.submit(self._load_task, m, rep, after)
+        # taken now, under the lock: the admission counted its memory as the model's
+        spare = self.books.spares.take(worker.spare_key())
+        self._executor.submit(self._load_task, m, rep, after, spare)
 
     def run(self, m: ModelState, rep: Replica, batch: list[Request]) -> None:
         """Run ``batch`` (or one streamed request) on the ready worker ``rep``."""
@@ -115,6 +119,11 @@ class WorkerPool:
         over_vram = 0.0
         if self.books.vram_budget_mb is not None:
             over_vram = sum(r.vram_mb for r in reps) - self.books.vram_budget_mb
+        spares = self.books.spares
+        if over > 0 and spares.reserved_mb() > 0:  # spares go first: they hold no model
+            before = spares.reserved_mb()
+            spares.shed(over)
+            over -= before - spares.reserved_mb()
         if over <= 0 and over_vram <= 0:
             return
         models = list(self.books.models.values())
@@ -125,11 +134,19 @@ class WorkerPool:
 
     # --- load -------------------------------------------------------------------------------
 
-    def _load_task(self, m: ModelState, rep: Replica, after: list[Future[Any]]) -> None:
+    def _load_task(
+        self, m: ModelState, rep: Replica, after: list[Future[Any]], spare: Worker | None
+    ) -> None:
         for fut in after:  # evicted workers are gone before the new one allocates
             fut.exception()
+        spares = self.books.spares
+        if spare is None:  # one being prepared is ahead of a cold start: wait for it
+            spare = spares.take(rep.worker.spare_key(), wait=m.cfg.load_timeout_s)
         try:
-            rep.worker.start()
+            try:
+                rep.worker.start(spare=spare)
+            finally:
+                spares.record(rep.worker, spare)
         except Exception as exc:
             report = rep.worker.stop()
             with self.cond:
@@ -167,17 +184,20 @@ class WorkerPool:
             rep.vram_mb = max(mem.vram_mb, m.cfg.vram_footprint_mb or 0.0)
         self.books.observe_memory(m, rep)
         m.counts["loads"] += 1
+        m.counts["warm_loads"] += worker.warm
         m.error, m.unhealthy_until, m.load_s = None, 0.0, worker.spawn_s
         m.drain_seq = next(self.books.seq)
         logger.info(
-            "loaded %s (pid %s) in %.2f s: %.0f MB",
+            "loaded %s (pid %s, %s) in %.2f s: %.0f MB",
             m.cfg.name,
             worker.pid,
+            "warm" if worker.warm else "cold",
             worker.spawn_s,
             measured,
         )
         if self.metrics:
-            self.metrics.inc_load(m.cfg.name)
+            self.metrics.inc_load(m.cfg.name, warm=worker.warm)
+        self.books.spares.ensure(worker.spare_key())  # the next one, if the budget allows
         self.books.gauge_resident()
         for fut in m.load_waiters:
             fut.set_result(None)
@@ -354,4 +374,7 @@ class WorkerPool:
             if not m.live():
                 self.metrics.set_memory(m.cfg.name, 0.0, None)
         rep.stopped.set_result(report)
+        if reason not in ("close", "crashed", "load failed"):  # its kind may be back
+            self.books.spares_wanted.add(rep.worker.spare_key())
+        self.books.ensure_spares()  # memory was freed: a spare may fit again
         self.cond.notify_all()

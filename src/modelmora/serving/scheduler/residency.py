@@ -29,7 +29,8 @@ from typing import Any
 from modelmora.errors import MemoryBudgetExceeded
 from modelmora.runtime.footprints import FootprintStore
 from modelmora.runtime.memory import ReleaseReport, available_mb, nvml_available
-from modelmora.runtime.worker import Worker
+from modelmora.runtime.spares import SparePool
+from modelmora.runtime.worker import SpareKey, Worker
 from modelmora.serving.config import PRIORITIES, RANK, ModelConfig, ServerConfig
 from modelmora.serving.metrics import Metrics
 from modelmora.serving.scheduler.errors import UnknownModel
@@ -101,7 +102,14 @@ class ModelState:
         self.vram_mb: float | None = None
         self.last_release: dict[str, Any] | None = None
         self.load_s: float | None = None  # the last load's duration: what a swap costs
-        self.counts = {"loads": 0, "unloads": 0, "evictions": 0, "crashes": 0, "recycles": 0}
+        self.counts = {
+            "loads": 0,
+            "warm_loads": 0,  # of the loads, those started from a spare
+            "unloads": 0,
+            "evictions": 0,
+            "crashes": 0,
+            "recycles": 0,
+        }
 
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -261,9 +269,14 @@ class Residency:
     Every method expects the scheduler's lock to be held by its caller.
     """
 
-    def __init__(self, config: ServerConfig, metrics: Metrics | None) -> None:
+    def __init__(
+        self, config: ServerConfig, metrics: Metrics | None, spares: SparePool | None = None
+    ) -> None:
         self.config = config
         self.metrics = metrics
+        # spares hold memory too: counted in the budget, given up before any model
+        self.spares = spares if spares is not None else SparePool()
+        self.spares_wanted: set[SpareKey] = set()  # kinds that were unloaded: reloads ahead
         self.budget_mb = config.memory_budget_mb or 0.8 * available_mb()
         self.vram_budget_mb = config.vram_budget_mb
         self.footprints = FootprintStore(Path(config.cache_dir) / "footprints.json")
@@ -345,10 +358,16 @@ class Residency:
                 f"but the VRAM budget is {vb:.0f} MB: it can never be loaded"
             )
 
-    def shortfall(self, ram: float, vram: float) -> tuple[float, float]:
-        """(RAM, VRAM) MB missing to load ``ram``/``vram`` now; workers stopping count as free."""
+    def shortfall(
+        self, ram: float, vram: float, key: SpareKey | None = None
+    ) -> tuple[float, float]:
+        """(RAM, VRAM) MB missing to load ``ram``/``vram`` now; workers stopping count as free.
+
+        Spares count as held, but for the one of ``key`` the load will take (``ram`` has it).
+        """
         held = [r for r in self.replicas() if r.state != "stopping"]
-        short_ram = ram - (self.budget_mb - sum(r.mem_mb for r in held))
+        spare_mb = self.spares.reserved_mb() - (self.spares.peek_mb(key) if key else 0.0)
+        short_ram = ram - (self.budget_mb - sum(r.mem_mb for r in held) - spare_mb)
         short_vram = 0.0
         if self.vram_budget_mb is not None:
             short_vram = vram - (self.vram_budget_mb - sum(r.vram_mb for r in held))
@@ -372,6 +391,19 @@ class Residency:
             self.vram_budget_mb - sum(r.vram_mb for r in reps) >= m.vram_footprint_mb
         )
         return free >= m.footprint_mb and vram_ok
+
+    def spare_fits(self) -> bool:
+        """May the spare being reserved be prepared? (The pool's reservation counts it.)"""
+        held = sum(r.mem_mb for r in self.replicas() if r.state != "stopping")
+        waiting = any(x.queued() and not x.live() for x in self.models.values())
+        fits = held + self.spares.reserved_mb() <= self.budget_mb
+        return fits and not waiting and not self.closing
+
+    def ensure_spares(self) -> None:
+        """Prepare the missing spares of the kinds that were unloaded, in the background."""
+        if not self.closing:
+            for key in self.spares_wanted:
+                self.spares.ensure(key)  # keep_spares says how many (none for some kinds)
 
     def observe_memory(self, m: ModelState, rep: Replica) -> None:
         """Take ``rep``'s latest measurement: what it holds, and ``m``'s measured footprint.
@@ -416,10 +448,11 @@ class Residency:
     def status(self) -> dict[str, Any]:
         """Budget, memory in use, resident models and queue depths."""
         reps = self.replicas()
+        models = self.models.values()
         return {
             "budget_mb": round(self.budget_mb, 1),
             "vram_budget_mb": self.vram_budget_mb,
-            "used_mb": round(sum(r.mem_mb for r in reps), 1),
+            "used_mb": round(sum(r.mem_mb for r in reps) + self.spares.reserved_mb(), 1),
             "vram_used_mb": round(sum(r.vram_mb for r in reps), 1),
             "resident": [m.cfg.name for m in self.models.values() if m.live()],
             "loading": [
@@ -431,4 +464,6 @@ class Residency:
             "queued": sum(self.depth.values()),
             "model_queue_depths": {n: m.queued() for n, m in self.models.items()},
             "ready": self.ready(),
+            "warm_loads": sum(m.counts["warm_loads"] for m in models),
+            "cold_loads": sum(m.counts["loads"] - m.counts["warm_loads"] for m in models),
         }
