@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from modelmora.models import Adapter, check_device, resolve_device
+from modelmora.models import Adapter, Capabilities, check_device, resolve_device
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "EmbeddingAdapter", "default_embedding_path"]
 
@@ -37,6 +37,15 @@ class EmbeddingAdapter(Adapter):
         device: ``auto``, ``cpu`` or ``cuda``.
         normalize: L2-normalise the vectors (what OpenAI's embeddings return).
     """
+
+    capabilities = Capabilities(
+        task="embedding",
+        routes=("/v1/embeddings",),
+        takes_device=True,
+        takes_source=True,
+        frameworks=("sentence_transformers", "torch"),
+        warmup="warm-up",
+    )
 
     def __init__(self, model: str | None = None, device: str = "auto", normalize: bool = True):
         self.model_name = model

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter
+from modelmora.models import Adapter, Capabilities
 
 __all__ = ["LlmAdapter", "default_llm_model", "transcript_lines"]
 
@@ -137,6 +137,13 @@ class LlmAdapter(Adapter):
     Raises:
         ValueError: a context too small for the completion length, or a bad temperature.
     """
+
+    capabilities = Capabilities(
+        task="chat",
+        routes=("/v1/chat/completions",),
+        takes_source=True,
+        frameworks=("llama_cpp",),
+    )
 
     def __init__(
         self,

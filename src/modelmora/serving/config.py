@@ -6,7 +6,7 @@ optional)::
     memory_budget_mb: 4096        # or "4GB"; default: 80% of the RAM available at start
     models:
       - name: whisper-1
-        adapter: whisper          # whisper, diarizer, llm, embedding, toy, toy-cuda
+        adapter: whisper          # a kind `modelmora adapters` lists, or package.module:Class
         source: /models/tiny.en   # package default when left out; a path or a model name
         keep_alive_s: 600         # null: never unloaded for idleness
       - name: minilm
@@ -17,7 +17,10 @@ optional)::
         pinned: true              # loaded at start, never evicted
 
 :func:`load_config` validates it with pydantic and reports every error with the file, the line
-and the field (``config.yaml:12: models[1].adapter: Input should be 'whisper', ...``).
+and the field (``config.yaml:12: models[1].adapter: Value error, unknown adapter kind ...``).
+
+What an adapter takes (a ``source``, a ``device``) is what its class declares
+(:class:`~modelmora.models.Capabilities`); reading it imports the adapter's module only.
 """
 
 from __future__ import annotations
@@ -25,13 +28,22 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelmora.errors import ModelMoraError
-from modelmora.models import ModelSpec
+from modelmora.models import Capabilities, ModelSpec, adapter_capabilities, adapter_path
 from modelmora.paths import default_cache_dir
 
 __all__ = [
@@ -48,11 +60,16 @@ __all__ = [
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low")
 
 Priority = Literal["critical", "high", "normal", "low"]
-AdapterKind = Literal["whisper", "diarizer", "llm", "embedding", "toy", "toy-cuda"]
 
-# Adapters whose constructor takes ``model`` (what ``source`` maps to) and ``device``.
-_TAKES_MODEL = {"whisper", "llm", "embedding"}
-_TAKES_DEVICE = {"whisper", "embedding", "diarizer", "toy-cuda"}
+
+def _known_kind(kind: str) -> str:
+    adapter_path(kind)  # a ValueError naming the registered kinds
+    return kind
+
+
+#: An adapter kind: a built-in, one published in the ``modelmora.adapters`` entry points, or
+#: ``package.module:Class``.
+AdapterKind = Annotated[str, AfterValidator(_known_kind)]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNIT_MB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}
@@ -129,6 +146,7 @@ class ModelConfig(BaseModel):
     max_rss_growth_mb: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, ge=1)
     load_timeout_s: float = Field(default=300.0, gt=0)
+    _capabilities: Capabilities = PrivateAttr(default_factory=Capabilities)
 
     @field_validator("footprint_mb", "vram_footprint_mb", "memory_limit_mb", mode="before")
     @classmethod
@@ -147,22 +165,28 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _source_fits(self) -> ModelConfig:
-        if self.source is not None and self.adapter not in _TAKES_MODEL:
+        self._capabilities = adapter_capabilities(self.adapter, self.params)
+        if self.source is not None and not self._capabilities.takes_source:
             raise ValueError(
-                f"adapter {self.adapter!r} takes no source: only "
-                f"{', '.join(sorted(_TAKES_MODEL))} do (use params for its settings)"
+                f"adapter {self.adapter!r} takes no source (its class does not declare "
+                "takes_source): use params for its settings"
             )
         clash = {"model", "device"} & set(self.params)
         if clash:
             raise ValueError(f"set {' and '.join(sorted(clash))} with source/device, not params")
         return self
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the model's adapter takes and serves, built with these params."""
+        return self._capabilities
+
     def to_spec(self) -> ModelSpec:
         """The :class:`ModelSpec` a worker loads: ``source`` becomes the adapter's ``model``."""
         params = dict(self.params)
         if self.source is not None:
             params["model"] = self.source
-        if self.adapter in _TAKES_DEVICE and self.device != "auto":
+        if self._capabilities.takes_device and self.device != "auto":
             params["device"] = self.device
         return ModelSpec(kind=self.adapter, params=params)
 

@@ -105,7 +105,7 @@ def add_openai_routes(app: FastAPI) -> None:
     @app.post("/v1/embeddings", tags=["openai"], response_class=FastJSONResponse)
     async def embeddings(request: Request, body: EmbeddingRequest) -> FastJSONResponse:
         state = _state(request)
-        state.adapter(body.model, ("embedding",))
+        state.adapter(body.model, "/v1/embeddings")
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts:
             raise ApiError(400, "input must not be an empty list", param="input")
@@ -126,7 +126,7 @@ def add_openai_routes(app: FastAPI) -> None:
         temperature: Annotated[float, Form(ge=0, le=1)] = 0.0,
     ) -> Response:
         state = _state(request)
-        state.adapter(model, ("whisper",))
+        state.adapter(model, "/v1/audio/transcriptions")
         fmt.check_transcription_options(response_format, granularities or [], language)
         path = await _save_upload(file, state.uploads)
         try:
@@ -139,7 +139,7 @@ def add_openai_routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None, responses=_SSE)
     async def chat(request: Request, body: ChatRequest) -> Response:
         state = _state(request)
-        state.adapter(body.model, ("llm",))
+        state.adapter(body.model, "/v1/chat/completions")
         item = {
             "task": "chat",
             "messages": [fmt.flatten_message(m.role, m.content) for m in body.messages],

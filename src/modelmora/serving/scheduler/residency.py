@@ -147,6 +147,7 @@ class ModelState:
         return {
             "name": self.cfg.name,
             "adapter": self.cfg.adapter,
+            "task": self.cfg.capabilities.task,
             "state": self.state(now),
             "footprint_mb": round(self.footprint_mb, 1),
             "footprint_source": self.footprint_source,
@@ -170,14 +171,17 @@ class ModelState:
 
 
 def estimate_footprint(cfg: ModelConfig) -> tuple[float, float]:
-    """First-run guess of (RAM, VRAM) in MB, before anything was measured."""
-    params = cfg.params
-    if cfg.adapter == "toy":
-        return float(params.get("alloc_mb", 0)) + 60.0, 0.0
-    if cfg.adapter == "toy-cuda":
-        return 600.0, float(params.get("alloc_mb", 2048)) + 500.0
+    """First-run guess of (RAM, VRAM) in MB, before anything was measured.
+
+    The adapter's footprint hints first (:class:`~modelmora.models.Capabilities`), else 1.5×
+    the size of a local source plus an interpreter, else 500 MB; on a GPU the VRAM guess is
+    the RAM guess unless the adapter declares its own.
+    """
+    caps = cfg.capabilities
     ram = 500.0
-    if cfg.source and os.path.exists(cfg.source):
+    if caps.footprint_mb is not None:
+        ram = caps.footprint_mb
+    elif cfg.source and os.path.exists(cfg.source):
         paths = (
             [cfg.source]
             if os.path.isfile(cfg.source)
@@ -185,7 +189,9 @@ def estimate_footprint(cfg: ModelConfig) -> tuple[float, float]:
         )
         ram = sum(os.path.getsize(p) for p in paths) / 2**20 * 1.5 + 300.0
     on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and nvml_available())
-    return ram, (ram if on_gpu and cfg.adapter != "diarizer" else 0.0)
+    if caps.vram_footprint_mb is not None:
+        return ram, caps.vram_footprint_mb
+    return ram, (ram if on_gpu else 0.0)
 
 
 def initial_footprint(cfg: ModelConfig, store: FootprintStore) -> tuple[float, float, str]:
