@@ -234,6 +234,45 @@ def serve(
     run_server(settings, log_level=log_level.lower(), access_log=access_log)
 
 
+@app.command("adapters")
+def adapters(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the adapter kinds (built-in and published by installed packages) and what each serves.
+
+    Reading them imports each adapter's module, never its ML framework.
+    """
+    from rich.table import Table
+
+    from modelmora.models import adapter_capabilities, adapter_table
+
+    rows = []
+    for kind, path in sorted(adapter_table().items()):
+        row: dict[str, object] = {"kind": kind, "class": path}
+        try:
+            row.update(adapter_capabilities(kind).to_dict())
+        except ValueError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("kind", "task", "routes", "device", "source", "frameworks", "class")
+    for row in rows:
+        if "error" in row:
+            table.add_row(
+                str(row["kind"]), "[red]unavailable[/]", str(row["error"]), "", "", "", ""
+            )
+            continue
+        flags = ["yes" if row[k] else "" for k in ("takes_device", "takes_source")]
+        routes = ", ".join(row["routes"]) or "predict"  # type: ignore[arg-type]
+        frameworks = ", ".join(row["frameworks"])  # type: ignore[arg-type]
+        table.add_row(
+            str(row["kind"]), str(row["task"]), routes, *flags, frameworks, str(row["class"])
+        )
+    Console().print(table)
+
+
 @bench_app.command("server")
 def bench_server(
     requests: int = typer.Option(1000, help="Mixed requests in the churn test."),

@@ -60,7 +60,7 @@ def sample_input(kind: str) -> Any:
             "max_tokens": 8,
             "temperature": 0.0,
         }
-    warmup = adapter_capabilities(kind).warmup
+    warmup = adapter_capabilities(kind).warmup  # the class's declaration
     return {"op": "echo", "value": "ping"} if warmup is None else warmup
 
 

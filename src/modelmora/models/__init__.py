@@ -208,7 +208,9 @@ def resolve_adapter(kind: str) -> type:
 def adapter_capabilities(kind: str, params: Mapping[str, Any] | None = None) -> Capabilities:
     """What adapter ``kind`` built with ``params`` takes and serves.
 
-    A class that is not an :class:`Adapter` and declares nothing serves the predict route only.
+    ``params=None`` reads the class's own declaration (what ``modelmora adapters`` lists);
+    with params, its :meth:`Adapter.describe`. A class that is not an :class:`Adapter` and
+    declares nothing serves the predict route only.
 
     Raises:
         ValueError: the kind is unknown, its module cannot be imported or lacks the class, or
@@ -222,7 +224,7 @@ def adapter_capabilities(kind: str, params: Mapping[str, Any] | None = None) -> 
             "install its package or put it on PYTHONPATH"
         ) from exc
     describe = getattr(cls, "describe", None)
-    caps = describe(dict(params or {})) if callable(describe) else None
+    caps = describe(dict(params)) if callable(describe) and params is not None else None
     caps = caps if caps is not None else getattr(cls, "capabilities", Capabilities())
     if not isinstance(caps, Capabilities):
         raise ValueError(f"adapter {kind!r} declares {caps!r}, not a modelmora Capabilities")
@@ -271,7 +273,7 @@ class ModelSpec:
 
     def capabilities(self) -> Capabilities:
         """What this model takes and serves (see :func:`adapter_capabilities`)."""
-        return adapter_capabilities(self.kind, self.params)
+        return adapter_capabilities(self.kind, self.params or {})
 
 
 def _parse_value(value: str) -> Any:

@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException
 
 from modelmora.serving.config import ServerConfig
 from modelmora.serving.http.errors import ApiError, add_error_handlers
+from modelmora.serving.http.rerank import add_rerank_routes
 from modelmora.serving.http.routes import add_job_routes, add_native_routes, add_openai_routes
 from modelmora.serving.http.state import AppState
 from modelmora.serving.jobs import JobRunner, JobStore
@@ -198,6 +199,7 @@ def create_app(config: ServerConfig, *, metrics: Metrics | None = None) -> FastA
     app.add_middleware(_Guard, api_key=config.api_key, max_bytes=max_bytes, metrics=metrics)
     add_error_handlers(app)
     add_openai_routes(app)
+    add_rerank_routes(app)
     add_native_routes(app)
     add_job_routes(app)
     return app

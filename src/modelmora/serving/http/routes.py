@@ -106,12 +106,17 @@ def add_openai_routes(app: FastAPI) -> None:
     async def embeddings(request: Request, body: EmbeddingRequest) -> FastJSONResponse:
         state = _state(request)
         state.adapter(body.model, "/v1/embeddings")
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts:
+        given = [body.input] if isinstance(body.input, str) else body.input
+        if not given:
             raise ApiError(400, "input must not be an empty list", param="input")
         if body.dimensions is not None:
             raise ApiError(400, "dimensions is not supported by this server", param="dimensions")
-        vectors = await state.run(body.model, texts)
+        try:
+            items = [v if isinstance(v, str) else v.item() for v in given]
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="input") from None
+        vectors = await state.run(body.model, items)
+        texts = [v for v in items if isinstance(v, str)]
         return FastJSONResponse(fmt.embeddings(body.model, texts, vectors, body.encoding_format))
 
     @app.post("/v1/audio/transcriptions", tags=["openai"], response_model=None)
