@@ -64,29 +64,35 @@ _BERT = {
 }
 
 
-def _bert_tokenizer(folder: Path) -> Any:
-    from transformers import BertTokenizerFast
+def _transformers() -> Any:
+    """The transformers module, untyped: its classes are typed per model, these are data."""
+    import transformers
 
+    return transformers
+
+
+def _bert_tokenizer(folder: Path) -> Any:
+    tf = _transformers()
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab))
+    return tf.BertTokenizerFast(vocab_file=str(vocab))
 
 
 def _bert_for_classification(folder: Path, labels: list[str], seed: int) -> Path:
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
 
+    tf = _transformers()
     tokenizer = _bert_tokenizer(folder)
     torch.manual_seed(seed)
-    config = BertConfig(
+    config = tf.BertConfig(
         vocab_size=tokenizer.vocab_size,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         **_BERT,
     )
-    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    tf.BertForSequenceClassification(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -107,13 +113,11 @@ def tiny_clip(folder: str | Path, seed: int = 2) -> Path:
     sentence-transformers loads the folder as a multimodal embedding model (texts and images).
     """
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    try:
-        from transformers import CLIPImageProcessorPil as ImageProcessor
-    except ImportError:  # older transformers: the PIL one is the only one
-        from transformers import CLIPImageProcessor as ImageProcessor
+    tf = _transformers()
+    # without torchvision, transformers 5 wants the PIL processor named; older ones have one
+    image_processor = getattr(tf, "CLIPImageProcessorPil", None) or tf.CLIPImageProcessor
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,9 +126,9 @@ def tiny_clip(folder: str | Path, seed: int = 2) -> Path:
     tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tokenizer = tf.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
-    config = CLIPConfig(
+    config = tf.CLIPConfig(
         text_config={**tower, "num_attention_heads": 2, "vocab_size": len(tokens),
                      "max_position_embeddings": 64, "bos_token_id": len(tokens) - 2,
                      "eos_token_id": len(tokens) - 1, "pad_token_id": len(tokens) - 1},
@@ -132,7 +136,7 @@ def tiny_clip(folder: str | Path, seed: int = 2) -> Path:
         projection_dim=16,
     )  # fmt: skip
     torch.manual_seed(seed)
-    CLIPModel(config).eval().save_pretrained(folder)
-    images = ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    tf.CLIPModel(config).eval().save_pretrained(folder)
+    images = image_processor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    tf.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder
