@@ -103,8 +103,8 @@ class Capabilities:
         footprint_mb: RAM the loaded model takes, a first guess before anything is measured
             (``None``: guessed from the size of the source).
         vram_footprint_mb: GPU memory it takes on a GPU (``None``: the RAM guess).
-        warmup: an input run once after every load; a model that fails it gets no traffic
-            (``None``: no warm-up).
+        warmup: one small valid input (``None``: none declared). The isolation and startup
+            benchmarks run it as their sample input; it is meant for a post-load health check.
     """
 
     task: str = "custom"
