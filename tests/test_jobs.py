@@ -12,6 +12,15 @@ from typing import Any
 
 import pytest
 
+from modelmora.errors import (
+    MemoryLimitExceeded,
+    ModelLoadError,
+    ResultNotPicklable,
+    WorkerCrashed,
+    WorkerLost,
+    WorkerStopped,
+    WorkerTimeout,
+)
 from modelmora.serving.config import ServerConfig
 from modelmora.serving.jobs import Job, JobNotFound, JobRunner, JobStore
 from modelmora.serving.scheduler.core import Scheduler
@@ -119,6 +128,50 @@ def test_runner_backs_off_when_the_scheduler_is_full(store: JobStore) -> None:
         runner.stop()
     assert done[0].status == "succeeded" and done[0].result == {"echo": "x"}
     assert done[0].attempts == 1  # the refused hand-over is not counted
+
+
+class _FailingScheduler:
+    """A stand-in whose every request fails with ``error`` (no workers)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def submit(self, model: str, item: Any, priority: str = "normal") -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_exception(self.error)
+        return future
+
+
+class _EvictedMidCall(WorkerLost):
+    """A way of losing a worker that the runner has never heard of."""
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (WorkerCrashed("worker exited with code 7", 7), True),
+        (WorkerTimeout("call took longer than 1 s"), True),
+        (MemoryLimitExceeded("over 100 MB", 100.0, 120.0), True),
+        (WorkerStopped("the scheduler is closing"), True),
+        (_EvictedMidCall("gone"), True),
+        (ValueError("bad input"), False),
+        (ModelLoadError("no weights"), False),
+        (ResultNotPicklable("a lock"), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_only_a_lost_worker_is_retried(
+    store: JobStore, error: BaseException, retried: bool
+) -> None:
+    job = store.create("m", "x")
+    runner = JobRunner(store, _FailingScheduler(error), poll_interval=0.01, max_attempts=3)
+    runner.start()
+    try:
+        (done,) = _wait(store, [job.id])
+    finally:
+        runner.stop()
+    assert done.status == "failed" and done.error_type == type(error).__name__
+    assert done.attempts == (3 if retried else 1)
 
 
 def _wait(store: JobStore, ids: list[str], timeout: float = 60.0) -> list[Job]:

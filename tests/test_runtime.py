@@ -22,6 +22,7 @@ from modelmora import (
     ResultNotPicklable,
     Worker,
     WorkerCrashed,
+    WorkerError,
     WorkerStopped,
     WorkerTimeout,
 )
@@ -108,9 +109,12 @@ def test_unpicklable_result_is_a_clear_error_not_a_hang():
 
 def test_unpicklable_input_is_refused_in_the_parent():
     with Worker("toy") as worker:
-        with pytest.raises((TypeError, AttributeError, Exception), match="pickle"):
+        pid = worker.pid
+        with pytest.raises(TypeError, match=r"cannot pickle '_thread\.lock' object") as info:
             worker.call([threading.Lock()])
-        assert worker.call([1]) == [1]
+        assert not isinstance(info.value, WorkerError)  # pickle's own error, raised here
+        assert info.value.__cause__ is None  # no remote traceback: the child never saw it
+        assert worker.call([1]) == [1] and worker.pid == pid
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ _EXPORTS = {
     "WorkerCrashed": "modelmora.errors",
     "WorkerTimeout": "modelmora.errors",
     "WorkerStopped": "modelmora.errors",
+    "WorkerLost": "modelmora.errors",
+    "InvalidInput": "modelmora.errors",
     "ModelLoadError": "modelmora.errors",
     "MemoryLimitExceeded": "modelmora.errors",
     "MemoryBudgetExceeded": "modelmora.errors",

@@ -145,7 +145,13 @@ class Adapter:
         """Load the model's weights. Called once, in the worker, before any call."""
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        """Run the model on a batch of inputs; return one output per input, in order."""
+        """Run the model on a batch of inputs; return one output per input, in order.
+
+        Raises:
+            modelmora.errors.InvalidInput: an item the model cannot take (a plain
+                ``ValueError`` is treated the same): the server answers it 400, and any
+                other exception 500.
+        """
         raise NotImplementedError
 
     def close(self) -> None:

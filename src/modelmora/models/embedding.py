@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from modelmora.errors import InvalidInput
 from modelmora.models import Adapter, Capabilities, check_device, resolve_device
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "EmbeddingAdapter", "default_embedding_path"]
@@ -65,7 +66,8 @@ class EmbeddingAdapter(Adapter):
     def predict(self, batch: list[Any]) -> list[Any]:
         for item in batch:
             if not isinstance(item, str):
-                raise TypeError(f"embedding inputs must be strings, got {type(item).__name__}")
+                kind = type(item).__name__
+                raise InvalidInput(f"embedding inputs must be strings, got {kind}", "input")
         vectors = self.model.encode(
             batch, batch_size=max(1, len(batch)), normalize_embeddings=self.normalize
         )

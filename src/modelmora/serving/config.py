@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -48,18 +48,23 @@ from modelmora.paths import default_cache_dir
 
 __all__ = [
     "PRIORITIES",
+    "RANK",
     "ConfigError",
     "ModelConfig",
+    "Priority",
     "ServerConfig",
     "default_config",
     "load_config",
     "parse_size_mb",
 ]
 
-#: Priority classes, most important first (request priority and eviction class alike).
-PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low")
-
+#: A priority class: of a request (who runs first) and of a model (who is evicted last).
 Priority = Literal["critical", "high", "normal", "low"]
+#: The priority classes, most important first: the one definition the scheduler, the job
+#: store and the HTTP bodies use.
+PRIORITIES: tuple[str, ...] = get_args(Priority)
+#: Priority class → rank (0 is the most urgent).
+RANK: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 
 
 def _known_kind(kind: str) -> str:

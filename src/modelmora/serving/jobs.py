@@ -31,6 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from modelmora.errors import WorkerLost
+from modelmora.serving.config import PRIORITIES, RANK
+
 __all__ = [
     "PRIORITIES",
     "STATUSES",
@@ -42,8 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Priority classes, most urgent first (the scheduler's names).
-PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low")
 #: Job states.
 STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 _FINAL = ("succeeded", "failed", "cancelled")
@@ -161,7 +162,7 @@ class JobStore:
             self._db.execute(
                 "INSERT INTO jobs (id, model, input, priority, rank, status, created_at)"
                 " VALUES (?, ?, ?, ?, ?, 'queued', ?)",
-                (job.id, model, text, priority, PRIORITIES.index(priority), job.created_at),
+                (job.id, model, text, priority, RANK[priority], job.created_at),
             )
         return job
 
@@ -447,7 +448,7 @@ class JobRunner:
                 self.store.requeue(job.id)
             elif error is None:
                 self.store.finish(job.id, result=future.result())
-            elif _retryable(error) and job.attempts < self.max_attempts:
+            elif isinstance(error, WorkerLost) and job.attempts < self.max_attempts:
                 logger.warning("job %s: %s; retrying (attempt %d)", job.id, error, job.attempts)
                 self.store.requeue(job.id, count_attempt=True)
             else:
@@ -456,8 +457,3 @@ class JobRunner:
             logger.exception("job %s: recording its outcome failed", job.id)
         finally:
             self._wake.set()
-
-
-def _retryable(error: BaseException) -> bool:
-    """A worker that died took the job with it: that is worth another try."""
-    return type(error).__name__ in ("WorkerCrashed", "MemoryLimitExceeded", "WorkerStopped")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
@@ -100,7 +101,8 @@ class _Guard:
     def __init__(self, app: Any, *, api_key: str | None, max_bytes: int, metrics: Metrics) -> None:
         from prometheus_client import Counter, Histogram
 
-        self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
+        self.app, self.max_bytes = app, max_bytes
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
         self.requests = Counter(
             "modelmora_http_requests",
             "HTTP requests, per route and status.",
@@ -137,9 +139,9 @@ class _Guard:
 
     def _refuse(self, scope: dict[str, Any]) -> ApiError | None:
         headers = dict(scope["headers"])
-        if self.api_key and not scope["path"].startswith(_PUBLIC):
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            if given != f"Bearer {self.api_key}":
+        if self.expected is not None and not scope["path"].startswith(_PUBLIC):
+            given = headers.get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):  # no timing side channel
                 return ApiError(
                     401,
                     "missing or wrong API key: send 'Authorization: Bearer <key>'",

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from modelmora.serving.config import Priority
+
 __all__ = [
     "ChatMessage",
     "ChatRequest",
@@ -35,8 +37,6 @@ def check_name(name: str, what: str = "model") -> str:
 
 
 ModelName = Annotated[str, AfterValidator(check_name)]
-
-Priority = Literal["critical", "high", "normal", "low"]
 
 
 class _Body(BaseModel):

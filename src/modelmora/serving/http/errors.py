@@ -8,6 +8,7 @@ own errors (validation, 404, 405, 413) answer in the same shape.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from modelmora.errors import (
+    InvalidInput,
     MemoryBudgetExceeded,
     MemoryLimitExceeded,
     ModelLoadError,
@@ -76,6 +78,12 @@ def _retry_after(exc: Exception) -> dict[str, str]:
 def map_exception(exc: BaseException) -> ApiError:
     """The HTTP error for an exception raised by the scheduler, a worker or the model.
 
+    Only the model's declared input errors are the client's fault (400 ``invalid_input``):
+    :class:`~modelmora.errors.InvalidInput`, any ``ValueError`` (what adapters raise for an
+    item they refuse) and :class:`~modelmora.speech.audio.AudioError`. A lost worker is a 5xx
+    (502 crashed or over its memory cap, 503 stopped, 504 timed out); anything unexpected
+    (``TypeError``, ``KeyError``...) is logged with its traceback and answered 500.
+
     Args:
         exc: what ``submit`` raised or a future failed with.
 
@@ -95,7 +103,7 @@ def map_exception(exc: BaseException) -> ApiError:
         return ApiError(507, msg, "server_error", "memory_budget_exceeded")
     if isinstance(exc, ModelLoadError):
         return ApiError(503, msg, "server_error", "model_load_failed", headers=_retry_after(exc))
-    if isinstance(exc, WorkerTimeout | TimeoutError):
+    if isinstance(exc, WorkerTimeout | TimeoutError | asyncio.TimeoutError):
         return ApiError(504, msg or "the request timed out", "server_error", "timeout")
     if isinstance(exc, MemoryLimitExceeded):
         return ApiError(502, msg, "server_error", "worker_memory_limit")
@@ -105,8 +113,11 @@ def map_exception(exc: BaseException) -> ApiError:
         return ApiError(502, msg, "server_error", "result_not_picklable")
     if isinstance(exc, WorkerStopped):
         return ApiError(503, msg, "server_error", "worker_stopped", headers=_retry_after(exc))
-    if isinstance(exc, ValueError | TypeError | AudioError | KeyError):
+    if isinstance(exc, InvalidInput):
+        return ApiError(400, msg, code="invalid_input", param=exc.param)
+    if isinstance(exc, ValueError | AudioError):  # what adapters raise for an item they refuse
         return ApiError(400, msg, code="invalid_input", param=getattr(exc, "param", None))
+    # anything else (TypeError, KeyError...) is a bug on the server's side, not the client's
     logger.error("unexpected error: %r", exc, exc_info=exc)
     return ApiError(500, f"internal error: {type(exc).__name__}: {msg}", "server_error")
 

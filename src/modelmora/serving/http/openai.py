@@ -25,6 +25,7 @@ import numpy as np
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from modelmora.errors import InvalidInput
 from modelmora.serving.config import ModelConfig
 from modelmora.speech.transcript import Transcript, write_outputs
 
@@ -51,12 +52,8 @@ _GRANULARITIES = ("word", "segment")
 _STARTED = int(time.time())
 
 
-class InputError(ValueError):
-    """A request value the server cannot use; ``param`` names the field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+#: A request value the server cannot use; ``param`` names the field (a 400 ``invalid_input``).
+InputError = InvalidInput
 
 
 def model_entry(model: ModelConfig) -> dict[str, Any]:

@@ -195,9 +195,8 @@ def add_native_routes(app: FastAPI) -> None:
     async def load(request: Request, name: str) -> dict[str, Any]:
         state = _state(request)
         state.adapter(name)
-        await blocking(request, lambda: state.scheduler.load(name))
-        entry = [m for m in state.scheduler.models() if m.get("name") == name]
-        return entry[0] if entry else {"name": name}
+        entry: dict[str, Any] = await blocking(request, lambda: state.scheduler.load(name))
+        return entry
 
     @app.post("/api/v1/models/{name}/unload", tags=["native"])
     async def unload(request: Request, name: str) -> dict[str, Any]:
@@ -249,11 +248,13 @@ def add_native_routes(app: FastAPI) -> None:
 def add_job_routes(app: FastAPI) -> None:
     """Register the job routes: create, get, result, cancel."""
 
-    def find(state: AppState, job_id: str) -> Any:
+    async def find(state: AppState, job_id: str, fn: Callable[[str], Job] | None = None) -> Job:
+        """``fn(job_id)`` (the store's ``get`` by default) in a thread: SQLite, maybe fsync'd,
+        never on the event loop."""
         if not re.fullmatch(r"[0-9a-f]{32}", job_id):
             raise ApiError(400, f"bad job id {job_id!r}: ids are 32 hex digits", param="id")
         try:
-            return state.store.get(job_id)
+            return await asyncio.to_thread(fn or state.store.get, job_id)
         except JobNotFound:
             raise ApiError(404, f"job {job_id} does not exist", code="job_not_found") from None
 
@@ -271,12 +272,12 @@ def add_job_routes(app: FastAPI) -> None:
 
     @app.get("/api/v1/jobs/{job_id}", tags=["jobs"])
     async def get(request: Request, job_id: str) -> dict[str, Any]:
-        job: Job = find(_state(request), job_id)
+        job = await find(_state(request), job_id)
         return job.summary()
 
     @app.get("/api/v1/jobs/{job_id}/result", tags=["jobs"])
     async def result(request: Request, job_id: str) -> Response:
-        job = find(_state(request), job_id)
+        job = await find(_state(request), job_id)
         if job.status == "succeeded":
             return JSONResponse({"id": job.id, "status": job.status, "result": job.result})
         if job.status in ("failed", "cancelled"):
@@ -292,5 +293,5 @@ def add_job_routes(app: FastAPI) -> None:
     @app.delete("/api/v1/jobs/{job_id}", tags=["jobs"])
     async def cancel(request: Request, job_id: str) -> dict[str, Any]:
         state = _state(request)
-        find(state, job_id)
-        return state.runner.cancel(job_id).summary()
+        job = await find(state, job_id, state.runner.cancel)  # an fsync'd UPDATE
+        return job.summary()

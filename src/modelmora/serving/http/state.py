@@ -94,7 +94,7 @@ class AppState:
             limit = self.config.request_timeout_s + self.config.model(model).load_timeout_s
             try:
                 return await asyncio.wait_for(asyncio.gather(*waits), timeout=limit)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 raise TimeoutError(f"no result from model {model!r} within {limit:.0f} s") from None
         except BaseException as exc:
             for future in futures:
@@ -141,7 +141,7 @@ class AppState:
             while True:
                 try:
                     is_chunk, value = await asyncio.wait_for(queue.get(), deadline - loop.time())
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                     error = TimeoutError(f"model {model!r} did not finish within {limit:.0f} s")
                     raise map_exception(error) from None
                 if is_chunk:

@@ -1,82 +1,77 @@
-"""The scheduler's worker side: the tasks its thread pool runs on the replicas.
+"""The scheduler's worker pool: the threads that start, call and stop the workers.
 
-:class:`WorkerTasks` is the part of :class:`~modelmora.serving.scheduler.core.Scheduler` that
-starts, calls
-and stops workers, with the bookkeeping each of those ends with::
+:class:`WorkerPool` runs four tasks in its thread pool; each ends with its bookkeeping in the
+:class:`~modelmora.serving.scheduler.residency.Residency`::
 
-    load task  ─▶ Worker.start()  ─▶ ready: footprint measured, waiters woken, budget enforced
-                                  └▶ failed: model unhealthy for a cooldown, its queue failed
-    batch task ─▶ Worker.call(batch), or Worker.stream for a streamed request
-                                  ─▶ done: recycled (max_tasks, RSS growth), or idle others
-                                           evicted when the measurement is over budget
-                                  └▶ crash: backoff, worker stopped, requests retried once
-    stop task  ─▶ Worker.stop()   ─▶ release verified, footprint persisted, gauges updated
+    load task   ─▶ Worker.start()  ─▶ ready: footprint measured, waiters woken, budget enforced
+                                   └▶ failed: model unhealthy for a cooldown, its queue failed
+    batch task  ─▶ Worker.call(batch), or Worker.stream for a streamed request
+                                   ─▶ done: recycled (max_tasks, RSS growth), or idle others
+                                            evicted when the measurement is over budget
+                                   └▶ worker lost: backoff, worker stopped, requests retried once
+    stop task   ─▶ Worker.stop()   ─▶ release verified and recorded, gauges updated
 
-A worker is started, called and stopped without the lock; a task takes the scheduler's lock
-only to update its state.
+A worker is started, called and stopped without the scheduler's lock, and so is the footprint
+write after a load or a stop (``footprints.json`` is merged under a file lock and fsync'd: a
+slow disk must not stall every request). A task takes the lock only to update the books.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from modelmora.errors import (
-    MemoryLimitExceeded,
-    WorkerCrashed,
-    WorkerError,
-    WorkerStopped,
-    WorkerTimeout,
-)
-from modelmora.runtime.footprints import FootprintStore
+from modelmora.errors import WorkerError, WorkerLost, WorkerStopped
 from modelmora.runtime.memory import ReleaseReport
 from modelmora.runtime.worker import Worker
-from modelmora.serving.config import ServerConfig
-from modelmora.serving.metrics import Metrics
 from modelmora.serving.scheduler.errors import ModelUnhealthy
-from modelmora.serving.scheduler.residency import ModelState, Replica, Request, pick_victims
+from modelmora.serving.scheduler.residency import (
+    ModelState,
+    Replica,
+    Request,
+    Residency,
+    pick_victims,
+)
 
-__all__ = ["WorkerTasks"]
+__all__ = ["WorkerPool"]
 
 # The scheduler's log: loads, unloads and crashes are its records, whichever module writes them.
 logger = logging.getLogger("modelmora.serving.scheduler.core")
 
-_CRASHES = (WorkerCrashed, MemoryLimitExceeded, WorkerTimeout, WorkerStopped)
 _BACKOFF_CAP_S = 30.0
 
 
-class WorkerTasks:
-    """The load, batch and stop tasks of a :class:`~modelmora.serving.scheduler.core.Scheduler`.
+class WorkerPool:
+    """Starts, calls and stops the workers of the models in ``books``.
 
-    A base of the scheduler, which sets the attributes below; every method but the tasks
-    themselves runs with ``_cond`` held.
+    Args:
+        books: the accounting the tasks update.
+        cond: the scheduler's lock; its waiters are woken after every update.
+
+    The public methods are called with ``cond`` held and return at once: the work runs in the
+    pool's threads, which take ``cond`` only to record its outcome.
     """
 
-    config: ServerConfig
-    metrics: Metrics | None
-    budget_mb: float
-    vram_budget_mb: float | None
-    _footprints: FootprintStore
-    _models: dict[str, ModelState]
-    _cond: threading.Condition
-    _seq: itertools.count[int]
-    _pool: ThreadPoolExecutor
-    _closing: bool
+    def __init__(self, books: Residency, cond: threading.Condition) -> None:
+        self.books = books
+        self.cond = cond
+        self.config = books.config
+        self.metrics = books.metrics
+        slots = sum(m.cfg.max_concurrency for m in books.models.values())
+        self._executor = ThreadPoolExecutor(2 * slots + 8, thread_name_prefix="modelmora-sched")
 
-    if TYPE_CHECKING:  # the queue side, in the scheduler
+    def shutdown(self) -> None:
+        """Wait for the tasks still running, then end the threads (the lock must be free)."""
+        self._executor.shutdown(wait=True)
 
-        def _set_depth(self, priority: str, delta: int) -> None: ...
+    # --- called with the lock held ----------------------------------------------------------
 
-        def _fail_queued(self, m: ModelState, error: BaseException) -> None: ...
-
-    def _start_load(
-        self, m: ModelState, ram: float, vram: float, after: list[Future[ReleaseReport]]
-    ) -> None:
+    def load(self, m: ModelState, ram: float, vram: float, after: list[Future[Any]]) -> None:
+        """Start a new worker of ``m``, reserving ``ram``/``vram`` MB, once ``after`` are done."""
         cfg = m.cfg
         worker = Worker(
             m.spec,
@@ -87,21 +82,64 @@ class WorkerTasks:
         )
         rep = Replica(worker, mem_mb=ram, vram_mb=vram)
         m.replicas.append(rep)
-        self._pool.submit(self._load_task, m, rep, after)
+        self._executor.submit(self._load_task, m, rep, after)
 
-    def _load_task(self, m: ModelState, rep: Replica, after: list[Future[ReleaseReport]]) -> None:
+    def run(self, m: ModelState, rep: Replica, batch: list[Request]) -> None:
+        """Run ``batch`` (or one streamed request) on the ready worker ``rep``."""
+        rep.state = "busy"
+        rep.last_used = m.last_used = time.time()
+        self._executor.submit(self._run_batch, m, rep, batch)
+
+    def stop(self, m: ModelState, rep: Replica, reason: str) -> None:
+        """Stop ``rep`` now, or once its load or batch is over; ``rep.stopped`` says when."""
+        if rep.state == "stopping":
+            return
+        if rep.state in ("busy", "loading"):
+            rep.stop_when_idle = True
+            return
+        rep.state = "stopping"
+        self._executor.submit(self._stop_task, m, rep, reason)
+
+    def evict(self, vm: ModelState, rep: Replica, why: str) -> None:
+        """Stop the idle worker ``rep`` of ``vm`` to make room, and count it."""
+        logger.info("evicting %s %s", vm.cfg.name, why)
+        vm.counts["evictions"] += 1
+        if self.metrics:
+            self.metrics.inc_eviction(vm.cfg.name)
+        self.stop(vm, rep, "evicted")
+
+    def enforce_budget(self, m: ModelState) -> None:
+        """After a measurement showed more than was reserved: evict idle others to fit."""
+        reps = [r for r in self.books.replicas() if r.state != "stopping"]
+        over = sum(r.mem_mb for r in reps) - self.books.budget_mb
+        over_vram = 0.0
+        if self.books.vram_budget_mb is not None:
+            over_vram = sum(r.vram_mb for r in reps) - self.books.vram_budget_mb
+        if over <= 0 and over_vram <= 0:
+            return
+        models = list(self.books.models.values())
+        victims = pick_victims(models, m, max(over, 0.0), max(over_vram, 0.0))
+        for vm, rep in victims or []:
+            why = f"(over budget by {max(over, 0):.0f} MB RAM, {max(over_vram, 0):.0f} MB VRAM)"
+            self.evict(vm, rep, why)
+
+    # --- load -------------------------------------------------------------------------------
+
+    def _load_task(self, m: ModelState, rep: Replica, after: list[Future[Any]]) -> None:
         for fut in after:  # evicted workers are gone before the new one allocates
             fut.exception()
         try:
             rep.worker.start()
         except Exception as exc:
             report = rep.worker.stop()
-            with self._cond:
+            with self.cond:
                 self._load_failed(m, rep, exc)
+                self.books.record_release(m, "load failed", report)
                 rep.stopped.set_result(report)
             return
-        with self._cond:
+        with self.cond:
             self._load_done(m, rep)
+        self._persist(m, rep)
 
     def _load_failed(self, m: ModelState, rep: Replica, exc: Exception) -> None:
         m.replicas.remove(rep)
@@ -113,11 +151,11 @@ class WorkerTasks:
         )
         error = ModelUnhealthy(f"model {m.cfg.name!r} failed to load: {m.error}", cooldown)
         error.__cause__ = exc
-        self._fail_queued(m, error)
+        self.books.fail_queued(m, error)
         for other in m.replicas:
             if other.retiring:
-                self._stop_replica(m, other, "recycled")
-        self._cond.notify_all()
+                self.stop(m, other, "recycled")
+        self.cond.notify_all()
 
     def _load_done(self, m: ModelState, rep: Replica) -> None:
         worker = rep.worker
@@ -127,10 +165,10 @@ class WorkerTasks:
         rep.mem_mb = max(measured, m.cfg.footprint_mb or 0.0)
         if mem and mem.vram_mb is not None:
             rep.vram_mb = max(mem.vram_mb, m.cfg.vram_footprint_mb or 0.0)
-        self._observe_memory(m, rep, persist=True)
+        self.books.observe_memory(m, rep)
         m.counts["loads"] += 1
         m.error, m.unhealthy_until, m.load_s = None, 0.0, worker.spawn_s
-        m.drain_seq = next(self._seq)
+        m.drain_seq = next(self.books.seq)
         logger.info(
             "loaded %s (pid %s) in %.2f s: %.0f MB",
             m.cfg.name,
@@ -140,83 +178,31 @@ class WorkerTasks:
         )
         if self.metrics:
             self.metrics.inc_load(m.cfg.name)
-        self._gauge_resident()
+        self.books.gauge_resident()
         for fut in m.load_waiters:
             fut.set_result(None)
         m.load_waiters.clear()
         for other in m.replicas:
             if other.retiring and other is not rep:
-                self._stop_replica(m, other, "recycled")
+                self.stop(m, other, "recycled")
         if rep.stop_when_idle:
-            self._stop_replica(m, rep, "unload")
-        self._enforce_budget(m)
-        self._cond.notify_all()
+            self.stop(m, rep, "unload")
+        self.enforce_budget(m)
+        self.cond.notify_all()
 
-    def _observe_memory(self, m: ModelState, rep: Replica, persist: bool = False) -> None:
+    def _persist(self, m: ModelState, rep: Replica) -> None:
+        """Save ``rep``'s measured peak for later runs: file I/O, never under the lock."""
         mem = rep.worker.memory
-        if mem is None:
-            return
-        m.rss_mb, m.peak_rss_mb, m.vram_mb = (
-            mem.rss_mb,
-            max(m.peak_rss_mb, mem.peak_rss_mb),
-            mem.vram_mb,
-        )
-        rep.mem_mb = max(rep.mem_mb, mem.rss_mb)
-        if mem.vram_mb is not None:  # the CUDA allocator grows on first use, not at load
-            rep.vram_mb = max(rep.vram_mb, mem.vram_mb)
-        if m.footprint_source != "declared":
-            m.footprint_mb, m.footprint_source = max(mem.peak_rss_mb, rep.mem_mb), "measured"
-            if mem.vram_mb and m.cfg.vram_footprint_mb is None:
-                m.vram_footprint_mb = mem.vram_mb
-        if persist:
-            self._footprints.update(m.spec.label(), mem.peak_rss_mb, mem.vram_mb)
-        if self.metrics:
-            self.metrics.set_memory(m.cfg.name, mem.rss_mb, mem.vram_mb)
+        if mem is not None:
+            self.books.footprints.update(m.spec.label(), mem.peak_rss_mb, mem.vram_mb)
 
-    def _enforce_budget(self, m: ModelState) -> None:
-        """After a measurement showed more than was reserved: evict idle others to fit."""
-        reps = [r for x in self._models.values() for r in x.replicas if r.state != "stopping"]
-        over = sum(r.mem_mb for r in reps) - self.budget_mb
-        over_vram = 0.0
-        if self.vram_budget_mb is not None:
-            over_vram = sum(r.vram_mb for r in reps) - self.vram_budget_mb
-        if over <= 0 and over_vram <= 0:
-            return
-        victims = pick_victims(list(self._models.values()), m, max(over, 0.0), max(over_vram, 0.0))
-        for vm, rep in victims or []:
-            self._evict(
-                vm,
-                rep,
-                f"(over budget by {max(over, 0):.0f} MB RAM, {max(over_vram, 0):.0f} MB VRAM)",
-            )
+    # --- batches ----------------------------------------------------------------------------
 
     def _run_batch(self, m: ModelState, rep: Replica, batch: list[Request]) -> None:
         if batch[0].on_chunk is not None:
             self._run_stream(m, rep, batch[0])
             return
-        timeout = self.config.request_timeout_s
-        results: list[tuple[Request, Any, BaseException | None]] = []
-        crashed: list[Request] = []
-        crash: BaseException | None = None
-        try:
-            outputs = rep.worker.call([r.item for r in batch], timeout)
-            if len(outputs) != len(batch):
-                raise WorkerError(f"the adapter returned {len(outputs)} outputs for {len(batch)}")
-            results = [(r, out, None) for r, out in zip(batch, outputs, strict=True)]
-        except _CRASHES as exc:
-            crash, crashed = exc, batch
-        except Exception as exc:
-            if len(batch) == 1:
-                results = [(batch[0], None, exc)]
-            else:  # one bad item must not fail the others: run them one by one
-                for i, req in enumerate(batch):
-                    try:
-                        results.append((req, rep.worker.call([req.item], timeout)[0], None))
-                    except _CRASHES as exc2:
-                        crash, crashed = exc2, batch[i:]
-                        break
-                    except Exception as exc2:
-                        results.append((req, None, exc2))
+        results, crashed, crash = self._call(rep, batch)
         now = time.monotonic()
         if self.metrics:
             self.metrics.observe_batch(m.cfg.name, len(batch))
@@ -227,13 +213,32 @@ class WorkerTasks:
                 req.future.set_result(out)
             else:
                 req.future.set_exception(err)
-        with self._cond:
-            rep.last_used = m.last_used = time.time()
-            if crash is not None:
-                self._batch_crashed(m, rep, crashed, crash)
-            else:
-                self._batch_done(m, rep)
-            self._cond.notify_all()
+        self._finish(m, rep, crashed, crash)
+
+    def _call(
+        self, rep: Replica, batch: list[Request]
+    ) -> tuple[list[tuple[Request, Any, BaseException | None]], list[Request], WorkerLost | None]:
+        """Call the worker: (per-request outcomes, requests a lost worker took, the loss)."""
+        timeout = self.config.request_timeout_s
+        try:
+            outputs = rep.worker.call([r.item for r in batch], timeout)
+            if len(outputs) != len(batch):
+                raise WorkerError(f"the adapter returned {len(outputs)} outputs for {len(batch)}")
+            return [(r, out, None) for r, out in zip(batch, outputs, strict=True)], [], None
+        except WorkerLost as exc:
+            return [], batch, exc
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(batch[0], None, exc)], [], None
+        results: list[tuple[Request, Any, BaseException | None]] = []
+        for i, req in enumerate(batch):  # one bad item must not fail the others: one by one
+            try:
+                results.append((req, rep.worker.call([req.item], timeout)[0], None))
+            except WorkerLost as exc:
+                return results, batch[i:], exc
+            except Exception as exc:
+                results.append((req, None, exc))
+        return results, [], None
 
     def _run_stream(self, m: ModelState, rep: Replica, req: Request) -> None:
         assert req.on_chunk is not None
@@ -246,7 +251,7 @@ class WorkerTasks:
                     req.retried = True  # seen by the caller: a crash from now on is not retried
                     if req.on_chunk(value) is False:
                         break
-        except _CRASHES as exc:
+        except WorkerLost as exc:
             crash = exc
         except Exception as exc:  # the model's error, or the callback's own
             req.future.set_exception(exc)
@@ -256,42 +261,42 @@ class WorkerTasks:
             self.metrics.observe_batch(m.cfg.name, 1)
             if crash is None:
                 self.metrics.observe_latency(m.cfg.name, time.monotonic() - req.t_submit)
-        with self._cond:
+        self._finish(m, rep, [req] if crash is not None else [], crash)
+
+    def _finish(
+        self, m: ModelState, rep: Replica, crashed: list[Request], crash: WorkerLost | None
+    ) -> None:
+        with self.cond:
             rep.last_used = m.last_used = time.time()
             if crash is not None:
-                self._batch_crashed(m, rep, [req], crash)
+                self._batch_crashed(m, rep, crashed, crash)
             else:
                 self._batch_done(m, rep)
-            self._cond.notify_all()
+            self.cond.notify_all()
 
     def _batch_done(self, m: ModelState, rep: Replica) -> None:
         rep.state = "ready"
         m.crash_streak = 0
-        self._observe_memory(m, rep)
+        self.books.observe_memory(m, rep)
         replacing = any(r.state == "loading" for r in m.replicas)
         if rep.stop_when_idle or (rep.retiring and not replacing):
-            self._stop_replica(m, rep, "recycled" if rep.retiring else "unload")
+            self.stop(m, rep, "recycled" if rep.retiring else "unload")
         elif not rep.retiring and m.recycle_reason(rep):
             self._recycle(m, rep)
         else:
-            self._enforce_budget(m)
+            self.enforce_budget(m)
 
     def _recycle(self, m: ModelState, rep: Replica) -> None:
         logger.info("recycling %s (pid %s): %s", m.cfg.name, rep.worker.pid, m.recycle_reason(rep))
         m.counts["recycles"] += 1
         rep.retiring = True
-        reps = [r for x in self._models.values() for r in x.replicas]
-        free = self.budget_mb - sum(r.mem_mb for r in reps)
-        vram_ok = self.vram_budget_mb is None or (
-            self.vram_budget_mb - sum(r.vram_mb for r in reps) >= m.vram_footprint_mb
-        )
-        if free >= m.footprint_mb and vram_ok and not self._closing:
-            self._start_load(m, m.footprint_mb, m.vram_footprint_mb, [])  # replacement first
+        if self.books.can_add(m) and not self.books.closing:
+            self.load(m, m.footprint_mb, m.vram_footprint_mb, [])  # the replacement first
         else:
-            self._stop_replica(m, rep, "recycled")
+            self.stop(m, rep, "recycled")
 
     def _batch_crashed(
-        self, m: ModelState, rep: Replica, crashed: list[Request], exc: BaseException
+        self, m: ModelState, rep: Replica, crashed: list[Request], exc: WorkerLost
     ) -> None:
         m.counts["crashes"] += 1
         m.crash_streak += 1
@@ -301,42 +306,28 @@ class WorkerTasks:
         if self.metrics:
             self.metrics.inc_crash(m.cfg.name)
         rep.state = "ready"  # so that it can be stopped (reaped and its release verified)
-        self._stop_replica(m, rep, "crashed")
+        self.stop(m, rep, "crashed")
+        closing = self.books.closing
         for req in reversed(crashed):
-            if self.config.retry_crashed and not req.retried and not self._closing:
+            if self.config.retry_crashed and not req.retried and not closing:
                 req.retried = True
-                m.queues[req.priority].appendleft(req)
-                self._set_depth(req.priority, +1)
-            elif self._closing:
+                self.books.enqueue(m, req, first=True)
+            elif closing:
                 req.future.set_exception(WorkerStopped("the scheduler closed during the call"))
             else:
                 req.future.set_exception(exc)
 
-    def _evict(self, vm: ModelState, rep: Replica, why: str) -> None:
-        logger.info("evicting %s %s", vm.cfg.name, why)
-        vm.counts["evictions"] += 1
-        if self.metrics:
-            self.metrics.inc_eviction(vm.cfg.name)
-        self._stop_replica(vm, rep, "evicted")
-
-    def _stop_replica(self, m: ModelState, rep: Replica, reason: str) -> None:
-        if rep.state == "stopping":
-            return
-        if rep.state in ("busy", "loading"):
-            rep.stop_when_idle = True
-            return
-        rep.state = "stopping"
-        self._pool.submit(self._stop_task, m, rep, reason)
+    # --- stop -------------------------------------------------------------------------------
 
     def _stop_task(self, m: ModelState, rep: Replica, reason: str) -> None:
         try:
             report = rep.worker.stop()
         except Exception as exc:  # never leave a waiter hanging
             logger.exception("stopping %s failed", m.cfg.name)
-            with self._cond:
+            with self.cond:
                 m.replicas.remove(rep)
                 rep.stopped.set_exception(exc)
-                self._cond.notify_all()
+                self.cond.notify_all()
             return
         log = logger.info if report.released else logger.error
         log(
@@ -347,19 +338,20 @@ class WorkerTasks:
             report.release_s,
             report.stage,
         )
-        with self._cond:
-            m.replicas.remove(rep)
-            m.counts["unloads"] += 1
-            m.last_release = report.to_dict()
-            self._observe_memory(m, rep, persist=True)
-            self._gauge_resident()
-            if self.metrics:
-                self.metrics.inc_unload(m.cfg.name)
-                if not m.live():
-                    self.metrics.set_memory(m.cfg.name, 0.0, None)
-            rep.stopped.set_result(report)
-            self._cond.notify_all()
+        self._persist(m, rep)  # before the waiters learn of the stop, outside the lock
+        with self.cond:
+            self._stopped(m, rep, reason, report)
 
-    def _gauge_resident(self) -> None:
+    def _stopped(self, m: ModelState, rep: Replica, reason: str, report: ReleaseReport) -> None:
+        m.replicas.remove(rep)
+        m.counts["unloads"] += 1
+        self.books.record_release(m, reason, report)
+        m.last_release = report.to_dict()
+        self.books.observe_memory(m, rep)
+        self.books.gauge_resident()
         if self.metrics:
-            self.metrics.set_resident(sum(1 for m in self._models.values() if m.live()))
+            self.metrics.inc_unload(m.cfg.name)
+            if not m.live():
+                self.metrics.set_memory(m.cfg.name, 0.0, None)
+        rep.stopped.set_result(report)
+        self.cond.notify_all()

@@ -1,14 +1,21 @@
-"""Residency state of the scheduler: requests, a model's workers, footprints, eviction order.
+"""The scheduler's books: requests, each model's workers and footprint, the budget, victims.
 
-The :class:`~modelmora.serving.scheduler.core.Scheduler` owns one :class:`ModelState` per
-configured model
-and guards all of them with its lock; nothing here locks or starts threads. A model's footprint
-is its declared ``footprint_mb``, else the largest peak RSS measured on earlier runs (kept by
-:class:`FootprintStore` in ``cache_dir/footprints.json``), else :func:`estimate_footprint`.
+:class:`Residency` is the accounting every other piece of the scheduler reads and writes: one
+:class:`ModelState` per configured model (its queues, its :class:`Replica` workers, footprint,
+health and counters), the RAM and VRAM budgets and what the workers hold against them, the
+queue depths, the scheduler's lifecycle flags and its recent releases.
+:func:`pick_victims` is the eviction policy. Nothing here locks, starts a thread or touches a
+worker: the :class:`~modelmora.serving.scheduler.core.Scheduler` guards all of it with its one
+lock, which every method here expects its caller to hold.
+
+A model's footprint is its declared ``footprint_mb``, else the largest peak RSS measured on
+earlier runs (kept by :class:`FootprintStore` in ``cache_dir/footprints.json``), else
+:func:`estimate_footprint`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -16,18 +23,22 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from modelmora.errors import MemoryBudgetExceeded
 from modelmora.runtime.footprints import FootprintStore
-from modelmora.runtime.memory import ReleaseReport, nvml_available
+from modelmora.runtime.memory import ReleaseReport, available_mb, nvml_available
 from modelmora.runtime.worker import Worker
-from modelmora.serving.config import PRIORITIES, ModelConfig
+from modelmora.serving.config import PRIORITIES, RANK, ModelConfig, ServerConfig
+from modelmora.serving.metrics import Metrics
+from modelmora.serving.scheduler.errors import UnknownModel
 
 __all__ = [
-    "RANK",
     "ModelState",
     "Replica",
     "Request",
+    "Residency",
     "estimate_footprint",
     "initial_footprint",
     "pick_victims",
@@ -35,8 +46,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Priority class → rank (0 is the most urgent).
-RANK = {p: i for i, p in enumerate(PRIORITIES)}
+#: Releases kept for :meth:`Residency.releases` (the most recent ones).
+RELEASES_KEPT = 100
 
 
 @dataclass(eq=False)
@@ -244,3 +255,186 @@ def _protected(victim: ModelState, wanting: ModelState | None) -> bool:
         return False
     want = wanting.head() if wanting is not None else None
     return want is None or RANK[want.priority] >= RANK[head.priority]
+
+
+class Residency:
+    """The scheduler's books: models, budgets, what is held, queue depths, lifecycle.
+
+    Args:
+        config: the server configuration (budget, limits, and the model registry).
+        metrics: where gauges and counters go; ``None`` for no metrics.
+
+    Every method expects the scheduler's lock to be held by its caller.
+    """
+
+    def __init__(self, config: ServerConfig, metrics: Metrics | None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.budget_mb = config.memory_budget_mb or 0.8 * available_mb()
+        self.vram_budget_mb = config.vram_budget_mb
+        self.footprints = FootprintStore(Path(config.cache_dir) / "footprints.json")
+        self.models = {
+            m.name: ModelState(m, initial_footprint(m, self.footprints)) for m in config.models
+        }
+        self.depth = dict.fromkeys(PRIORITIES, 0)
+        self.seq = itertools.count()  # request order; also marks the backlog a load serves
+        self.started = self.closing = self.closed = False
+        self.releases: deque[dict[str, Any]] = deque(maxlen=RELEASES_KEPT)
+
+    # --- models and requests ----------------------------------------------------------------
+
+    def get(self, name: str) -> ModelState:
+        """The model called ``name``; :class:`UnknownModel` names the known ones."""
+        m = self.models.get(name)
+        if m is None:
+            raise UnknownModel(name, self.models)
+        return m
+
+    def replicas(self) -> list[Replica]:
+        """Every worker of every model."""
+        return [r for m in self.models.values() for r in m.replicas]
+
+    def busy(self) -> bool:
+        """True while a request waits or a worker is busy or loading."""
+        return any(
+            m.queued() or any(r.state in ("busy", "loading") for r in m.replicas)
+            for m in self.models.values()
+        )
+
+    def enqueue(self, m: ModelState, req: Request, *, first: bool = False) -> None:
+        """Queue ``req`` for ``m`` (at the head of its class when ``first``: a retry)."""
+        if first:
+            m.queues[req.priority].appendleft(req)
+        else:
+            m.queues[req.priority].append(req)
+        self.set_depth(req.priority, +1)
+
+    def set_depth(self, priority: str, delta: int) -> None:
+        """Count requests in and out of the queues (and gauge them)."""
+        self.depth[priority] += delta
+        if self.metrics:
+            self.metrics.set_queue_depth(priority, self.depth[priority])
+
+    def fail_queued(self, m: ModelState, error: BaseException) -> None:
+        """Fail every request waiting for ``m`` and every caller waiting for its load."""
+        for p, queue in m.queues.items():
+            while queue:
+                req = queue.popleft()
+                self.set_depth(p, -1)
+                if req.running or req.future.set_running_or_notify_cancel():
+                    req.future.set_exception(error)
+        for fut in m.load_waiters:
+            fut.set_exception(error)
+        m.load_waiters.clear()
+
+    def retry_after(self, waiting: int) -> float:
+        """A rough wait: how long the queue ahead takes to drain at ~50 ms per batch."""
+        batch = max((m.cfg.max_batch_size for m in self.models.values()), default=1)
+        return round(min(max(1.0, waiting / batch * 0.05), 60.0), 1)
+
+    # --- the budget -------------------------------------------------------------------------
+
+    def check_fits(self, m: ModelState) -> None:
+        """Raise :class:`MemoryBudgetExceeded` when ``m`` is known never to fit."""
+        # a guess may be wrong: a model is tried alone, then the measured size decides
+        known = m.footprint_source != "estimated"
+        if known and m.footprint_mb > self.budget_mb:
+            raise MemoryBudgetExceeded(
+                f"model {m.cfg.name!r} needs {m.footprint_mb:.0f} MB ({m.footprint_source}) "
+                f"but the memory budget is {self.budget_mb:.0f} MB: it can never be loaded"
+            )
+        vb = self.vram_budget_mb
+        vram_known = known or m.cfg.vram_footprint_mb is not None
+        if vb is not None and vram_known and m.vram_footprint_mb > vb:
+            raise MemoryBudgetExceeded(
+                f"model {m.cfg.name!r} needs {m.vram_footprint_mb:.0f} MB of GPU memory "
+                f"but the VRAM budget is {vb:.0f} MB: it can never be loaded"
+            )
+
+    def shortfall(self, ram: float, vram: float) -> tuple[float, float]:
+        """(RAM, VRAM) MB missing to load ``ram``/``vram`` now; workers stopping count as free."""
+        held = [r for r in self.replicas() if r.state != "stopping"]
+        short_ram = ram - (self.budget_mb - sum(r.mem_mb for r in held))
+        short_vram = 0.0
+        if self.vram_budget_mb is not None:
+            short_vram = vram - (self.vram_budget_mb - sum(r.vram_mb for r in held))
+        return short_ram, short_vram
+
+    def room_beside_pinned(self, m: ModelState) -> tuple[float, float | None]:
+        """(RAM, VRAM) MB the pinned models other than ``m`` leave (VRAM None: no budget)."""
+        pinned = [
+            r for x in self.models.values() if x.cfg.pinned and x is not m for r in x.replicas
+        ]
+        room = self.budget_mb - sum(r.mem_mb for r in pinned)
+        if self.vram_budget_mb is None:
+            return room, None
+        return room, self.vram_budget_mb - sum(r.vram_mb for r in pinned)
+
+    def can_add(self, m: ModelState) -> bool:
+        """True when a second worker of ``m`` fits beside all the workers there are now."""
+        reps = self.replicas()
+        free = self.budget_mb - sum(r.mem_mb for r in reps)
+        vram_ok = self.vram_budget_mb is None or (
+            self.vram_budget_mb - sum(r.vram_mb for r in reps) >= m.vram_footprint_mb
+        )
+        return free >= m.footprint_mb and vram_ok
+
+    def observe_memory(self, m: ModelState, rep: Replica) -> None:
+        """Take ``rep``'s latest measurement: what it holds, and ``m``'s measured footprint.
+
+        The footprint is persisted by the caller, outside the lock (it is file I/O).
+        """
+        mem = rep.worker.memory
+        if mem is None:
+            return
+        m.rss_mb, m.peak_rss_mb, m.vram_mb = (
+            mem.rss_mb,
+            max(m.peak_rss_mb, mem.peak_rss_mb),
+            mem.vram_mb,
+        )
+        rep.mem_mb = max(rep.mem_mb, mem.rss_mb)
+        if mem.vram_mb is not None:  # the CUDA allocator grows on first use, not at load
+            rep.vram_mb = max(rep.vram_mb, mem.vram_mb)
+        if m.footprint_source != "declared":
+            m.footprint_mb, m.footprint_source = max(mem.peak_rss_mb, rep.mem_mb), "measured"
+            if mem.vram_mb and m.cfg.vram_footprint_mb is None:
+                m.vram_footprint_mb = mem.vram_mb
+        if self.metrics:
+            self.metrics.set_memory(m.cfg.name, mem.rss_mb, mem.vram_mb)
+
+    def record_release(self, m: ModelState, reason: str, report: ReleaseReport) -> None:
+        """Keep the report of a worker's exit among the recent releases."""
+        self.releases.append({"model": m.cfg.name, "reason": reason, **report.to_dict()})
+
+    def gauge_resident(self) -> None:
+        """Set the resident-models gauge."""
+        if self.metrics:
+            self.metrics.set_resident(sum(1 for m in self.models.values() if m.live()))
+
+    # --- what the management calls report ---------------------------------------------------
+
+    def ready(self) -> bool:
+        """True when the scheduler runs and every pinned model is resident."""
+        if not self.started or self.closing:
+            return False
+        return all(m.live() or m.held_off for m in self.models.values() if m.cfg.pinned)
+
+    def status(self) -> dict[str, Any]:
+        """Budget, memory in use, resident models and queue depths."""
+        reps = self.replicas()
+        return {
+            "budget_mb": round(self.budget_mb, 1),
+            "vram_budget_mb": self.vram_budget_mb,
+            "used_mb": round(sum(r.mem_mb for r in reps), 1),
+            "vram_used_mb": round(sum(r.vram_mb for r in reps), 1),
+            "resident": [m.cfg.name for m in self.models.values() if m.live()],
+            "loading": [
+                m.cfg.name
+                for m in self.models.values()
+                if any(r.state == "loading" for r in m.replicas)
+            ],
+            "queue_depths": dict(self.depth),
+            "queued": sum(self.depth.values()),
+            "model_queue_depths": {n: m.queued() for n, m in self.models.items()},
+            "ready": self.ready(),
+        }
