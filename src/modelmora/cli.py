@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -231,7 +231,11 @@ def serve(
     if log_level.lower() not in levels:
         console.print(f"error: --log-level must be one of {', '.join(levels)}", style="red")
         raise typer.Exit(2)
-    run_server(settings, log_level=log_level.lower(), access_log=access_log)
+    try:
+        run_server(settings, log_level=log_level.lower(), access_log=access_log)
+    except ConfigError as exc:  # the run-time changes file no longer validates
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.command("adapters")
@@ -336,6 +340,135 @@ def bench_pipeline(
         _print_json(result)
     else:
         Console().print(format_table(result))
+
+
+# --- the registry of a running server ------------------------------------------------------
+
+models_app = typer.Typer(
+    help="List and change the models of a running server (token from MODELMORA_API_KEY).",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+_URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="MODELMORA_URL", help="The server.")
+_PARAM = typer.Option([], "--param", "-p", help="An adapter parameter, KEY=VALUE (repeatable).")
+_SET = typer.Option([], "--set", help="A model field, KEY=VALUE: max_batch_size=8 (repeatable).")
+
+
+def _api(url: str, method: str, path: str, body: object = None) -> Any:
+    """One call to the server's native API; an error answer exits 1 with its message."""
+    import os
+
+    import httpx
+
+    key = os.environ.get("MODELMORA_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        reply = httpx.request(
+            method, url.rstrip("/") + path, json=body, headers=headers, timeout=900
+        )
+    except httpx.TransportError as exc:
+        console.print(f"error: cannot reach {url}: {exc}", style="red", markup=False)
+        raise typer.Exit(1) from None
+    try:
+        data = reply.json()
+    except ValueError:
+        data = {"error": {"message": reply.text}}
+    if reply.status_code >= 400:
+        message = (data.get("error") or {}).get("message") or reply.text
+        console.print(f"error ({reply.status_code}): {message}", style="red", markup=False)
+        raise typer.Exit(1)
+    return data
+
+
+def _pairs(items: list[str], what: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            console.print(f"error: {what} {item!r}: expected KEY=VALUE", style="red", markup=False)
+            raise typer.Exit(2)
+        out[key.strip()] = yaml.safe_load(value)  # 8 → int, true → bool, [a, b] → list
+    return out
+
+
+def _entry(source: str | None, params: list[str], fields: list[str]) -> dict[str, Any]:
+    entry = _pairs(fields, "--set")
+    if source is not None:
+        entry["source"] = source
+    if params:
+        entry["params"] = {**entry.get("params", {}), **_pairs(params, "--param")}
+    return entry
+
+
+@models_app.command("list")
+def models_list(
+    url: str = _URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
+) -> None:
+    """The server's models: adapter, task, state, where each comes from, memory."""
+    from rich.table import Table
+
+    models = _api(url, "GET", "/api/v1/models")["models"]
+    if as_json:
+        _print_json(models)
+        return
+    table = Table("name", "adapter", "task", "state", "origin", "rss MB", "error")
+    for m in models:
+        cells = [m["name"], m["adapter"], m.get("task", ""), m["state"], m.get("origin", "")]
+        table.add_row(*map(str, cells), f"{m['rss_mb']:.0f}", m.get("error") or "")
+    Console().print(table)
+
+
+@models_app.command("info")
+def models_info(name: str, url: str = _URL) -> None:
+    """One model: its state, footprint, counters and config entry (JSON)."""
+    _print_json(_api(url, "GET", f"/api/v1/models/{name}"))
+
+
+@models_app.command("add")
+def models_add(
+    name: str,
+    adapter: str = typer.Option(..., help="An adapter kind or package.module:Class."),
+    source: str | None = typer.Option(None, help="A model folder or hub id."),
+    param: list[str] = _PARAM,
+    field: list[str] = _SET,
+    url: str = _URL,
+) -> None:
+    """Register a model (the same fields as a model entry of the config file)."""
+    body = {"name": name, "adapter": adapter, **_entry(source, param, field)}
+    _print_json(_api(url, "POST", "/api/v1/models", body))
+
+
+@models_app.command("update")
+def models_update(
+    name: str,
+    source: str | None = typer.Option(None, help="A model folder or hub id."),
+    param: list[str] = _PARAM,
+    field: list[str] = _SET,
+    url: str = _URL,
+) -> None:
+    """Change fields of a model; a resident worker is replaced without dropping requests."""
+    _print_json(_api(url, "PATCH", f"/api/v1/models/{name}", _entry(source, param, field)))
+
+
+@models_app.command("rm")
+def models_rm(name: str, url: str = _URL) -> None:
+    """Unload a model (its release verified) and remove it from the registry."""
+    _print_json(_api(url, "DELETE", f"/api/v1/models/{name}"))
+
+
+@models_app.command("load")
+def models_load(name: str, url: str = _URL) -> None:
+    """Make a model resident now."""
+    _print_json(_api(url, "POST", f"/api/v1/models/{name}/load"))
+
+
+@models_app.command("unload")
+def models_unload(name: str, url: str = _URL) -> None:
+    """Stop a model's workers and report what was released."""
+    _print_json(_api(url, "POST", f"/api/v1/models/{name}/unload"))
 
 
 def main() -> None:

@@ -213,6 +213,9 @@ class ServerConfig(BaseModel):
         request_timeout_s: longest a call into a worker may take before it is killed.
         retry_crashed: run a batch once more when its worker crashed during it.
         unhealthy_cooldown_s: how long a model whose load failed is refused.
+        registry_file: where models registered, changed or removed through the API are kept
+            (default: ``NAME.runtime.yaml`` beside the config file ``NAME.yaml``, or
+            ``cache_dir/registry.yaml`` without one); applied over ``models`` at start.
         models: the registry.
     """
 
@@ -230,6 +233,7 @@ class ServerConfig(BaseModel):
     request_timeout_s: float = Field(default=600.0, gt=0)
     retry_crashed: bool = True
     unhealthy_cooldown_s: float = Field(default=30.0, ge=0)
+    registry_file: Path | None = None
     models: list[ModelConfig] = Field(default_factory=list)
 
     @field_validator("memory_budget_mb", "vram_budget_mb", "max_request_mb", mode="before")
@@ -242,6 +246,8 @@ class ServerConfig(BaseModel):
         self.cache_dir = self.cache_dir.expanduser()
         if self.jobs_db is None:
             self.jobs_db = self.cache_dir / "jobs.sqlite"
+        if self.registry_file is None:
+            self.registry_file = self.cache_dir / "registry.yaml"
         if self.api_key is None:
             self.api_key = os.environ.get("MODELMORA_API_KEY") or None
         seen: set[str] = set()
@@ -311,6 +317,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path.name}:1: the config must be a mapping (host, port, models, ...)")
+    data.setdefault("registry_file", str(path.with_name(f"{path.stem}.runtime.yaml")))
     _resolve_paths(data, path.parent)
     try:
         return ServerConfig.model_validate(data)
@@ -320,7 +327,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    for key in ("cache_dir", "jobs_db"):
+    for key in ("cache_dir", "jobs_db", "registry_file"):
         if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
             data[key] = str(base / data[key])
     models = data.get("models")

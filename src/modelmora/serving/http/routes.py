@@ -189,7 +189,9 @@ def add_native_routes(app: FastAPI) -> None:
 
     @app.get("/api/v1/models", tags=["native"])
     async def models(request: Request) -> dict[str, Any]:
-        return {"models": await blocking(request, _state(request).scheduler.models)}
+        state = _state(request)
+        entries = await blocking(request, state.scheduler.models)
+        return {"models": [{**e, "origin": state.origin(e["name"])} for e in entries]}
 
     @app.post("/api/v1/models/{name}/load", tags=["native"])
     async def load(request: Request, name: str) -> dict[str, Any]:
@@ -223,6 +225,8 @@ def add_native_routes(app: FastAPI) -> None:
         state = _state(request)
         data = dict(await blocking(request, state.scheduler.status))
         data["jobs"] = await asyncio.to_thread(state.store.counts)
+        if state.registry is not None:
+            data["runtime_changes"] = state.registry.changes()
         return data
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)

@@ -22,6 +22,7 @@ from modelmora.serving.http.bodies import check_name
 from modelmora.serving.http.errors import ApiError, map_exception, starting_error
 from modelmora.serving.jobs import JobRunner, JobStore
 from modelmora.serving.metrics import Metrics
+from modelmora.serving.registry import RuntimeRegistry
 from modelmora.serving.scheduler.core import Scheduler
 
 __all__ = ["ROUTE_TASKS", "AppState"]
@@ -47,6 +48,14 @@ class AppState:
     uploads: Path
     started: threading.Event = field(default_factory=threading.Event)
     start_error: BaseException | None = None
+    #: the run-time changes of the registry (``None``: changes are not kept)
+    registry: RuntimeRegistry | None = None
+    #: held while the registry changes (one change at a time)
+    changing: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def origin(self, name: str) -> str:
+        """Where model ``name`` comes from: ``config``, ``runtime`` or ``config+runtime``."""
+        return self.registry.origin(name) if self.registry is not None else "config"
 
     def adapter(self, name: str, route: str = "") -> str:
         """The adapter kind of model ``name``, checked against the routes its adapter answers.

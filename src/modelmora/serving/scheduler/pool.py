@@ -62,7 +62,9 @@ class WorkerPool:
         self.config = books.config
         self.metrics = books.metrics
         slots = sum(m.cfg.max_concurrency for m in books.models.values())
-        self._executor = ThreadPoolExecutor(2 * slots + 8, thread_name_prefix="modelmora-sched")
+        # threads start only when needed: room for the models registered at run time too
+        threads = max(2 * slots + 8, 64)
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="modelmora-sched")
 
     def shutdown(self) -> None:
         """Wait for the tasks still running, then end the threads (the lock must be free)."""

@@ -96,6 +96,7 @@ class ModelState:
         self.backoff_until = 0.0
         self.drain_seq = -1  # requests up to this seq are served before the model is evicted
         self.held_off = False  # unloaded on request: a pinned model is not reloaded on its own
+        self.removed = False  # deleted from the registry: its workers are stopping
         self.last_used: float | None = None
         self.rss_mb = self.peak_rss_mb = 0.0
         self.vram_mb: float | None = None
@@ -286,8 +287,8 @@ class Residency:
     def get(self, name: str) -> ModelState:
         """The model called ``name``; :class:`UnknownModel` names the known ones."""
         m = self.models.get(name)
-        if m is None:
-            raise UnknownModel(name, self.models)
+        if m is None or m.removed:
+            raise UnknownModel(name, [n for n, x in self.models.items() if not x.removed])
         return m
 
     def replicas(self) -> list[Replica]:
