@@ -110,3 +110,26 @@ def test_register_patch_delete_while_another_model_serves(tmp_path: Path) -> Non
             assert changes["registered"] == ["late"] and changes["removed"] == []
     finally:
         restarted.stop()
+
+
+def test_a_failed_warm_up_makes_the_model_unhealthy_with_backoff(tmp_path: Path) -> None:
+    bad = {"name": "bad", "adapter": "toy", "warmup": {"op": "raise", "message": "bad warm-up"}}
+    config = {"models": [bad, ECHO], "unhealthy_cooldown_s": 2}
+    server = ServerProcess(tmp_path, config, env=_env()).start()
+    try:
+        with server.client() as http:
+            first = http.post("/api/v1/models/bad/load")
+            assert first.status_code == 503 and "warm-up input failed" in first.text
+            health = {m["name"]: m for m in http.get("/health/models").json()["models"]}
+            assert health["bad"]["state"] == "unhealthy" and not health["bad"]["healthy"]
+            assert "bad warm-up" in health["bad"]["error"] and health["bad"]["load_failures"] == 1
+            refused = http.post("/api/v1/models/bad/predict", json={"input": "x"})
+            assert refused.status_code == 503 and "Retry-After" in refused.headers
+            assert http.post("/api/v1/models/bad/load").status_code == 503  # retried: failed again
+            again = {m["name"]: m for m in http.get("/health/models").json()["models"]}["bad"]
+            assert again["load_failures"] == 2 and again["retry_after_s"] > 2.5  # backoff doubled
+            assert _embed(http) == [5.0, 3.0, 1.0]  # its warm-up passed: it serves
+            echo = {m["name"]: m for m in http.get("/health/models").json()["models"]}["echo"]
+            assert echo["healthy"] and echo["state"] == "resident"
+    finally:
+        server.stop()

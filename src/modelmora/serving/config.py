@@ -129,6 +129,8 @@ class ModelConfig(BaseModel):
             right after loading.
         threads: numeric thread pools' size in the worker.
         load_timeout_s: seconds a load may take.
+        warmup: an input run once after every load (default: the adapter's declared one);
+            a model that fails it is unhealthy and gets no traffic.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -151,6 +153,7 @@ class ModelConfig(BaseModel):
     max_rss_growth_mb: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, ge=1)
     load_timeout_s: float = Field(default=300.0, gt=0)
+    warmup: Any = None
     _capabilities: Capabilities = PrivateAttr(default_factory=Capabilities)
 
     @field_validator("footprint_mb", "vram_footprint_mb", "memory_limit_mb", mode="before")
@@ -212,7 +215,9 @@ class ServerConfig(BaseModel):
         queue_limit: most requests waiting at once; past it requests are refused (503).
         request_timeout_s: longest a call into a worker may take before it is killed.
         retry_crashed: run a batch once more when its worker crashed during it.
-        unhealthy_cooldown_s: how long a model whose load failed is refused.
+        unhealthy_cooldown_s: how long a model whose load failed is refused; doubled after
+            each failure in a row (a pinned model is retried when it ends).
+        unhealthy_cooldown_max_s: the cap of that backoff.
         registry_file: where models registered, changed or removed through the API are kept
             (default: ``NAME.runtime.yaml`` beside the config file ``NAME.yaml``, or
             ``cache_dir/registry.yaml`` without one); applied over ``models`` at start.
@@ -233,6 +238,7 @@ class ServerConfig(BaseModel):
     request_timeout_s: float = Field(default=600.0, gt=0)
     retry_crashed: bool = True
     unhealthy_cooldown_s: float = Field(default=30.0, ge=0)
+    unhealthy_cooldown_max_s: float = Field(default=600.0, ge=0)
     registry_file: Path | None = None
     models: list[ModelConfig] = Field(default_factory=list)
 

@@ -238,6 +238,16 @@ def add_native_routes(app: FastAPI) -> None:
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/health/models", tags=["ops"])
+    async def health_models(request: Request) -> dict[str, Any]:
+        """Each model's state and health: unhealthy ones get no traffic until ``retry_after_s``."""
+        entries = await blocking(request, _state(request).scheduler.models)
+        keys = ("name", "state", "error", "retry_after_s", "load_failures", "last_used")
+        models = [
+            {k: e.get(k) for k in keys} | {"healthy": e["state"] != "unhealthy"} for e in entries
+        ]
+        return {"models": models}
+
     @app.get("/health/ready", tags=["ops"])
     async def ready(request: Request) -> Response:
         state = _state(request)

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from modelmora.errors import WorkerError, WorkerLost, WorkerStopped
+from modelmora.errors import ModelLoadError, WorkerError, WorkerLost, WorkerStopped
 from modelmora.runtime.memory import ReleaseReport
 from modelmora.runtime.worker import Worker
 from modelmora.serving.scheduler.errors import ModelUnhealthy
@@ -132,6 +132,7 @@ class WorkerPool:
             fut.exception()
         try:
             rep.worker.start()
+            self._warm_up(m, rep)
         except Exception as exc:
             report = rep.worker.stop()
             with self.cond:
@@ -143,10 +144,25 @@ class WorkerPool:
             self._load_done(m, rep)
         self._persist(m, rep)
 
+    def _warm_up(self, m: ModelState, rep: Replica) -> None:
+        """Run the model's (else its adapter's) warm-up input once; if it fails, the load fails."""
+        warmup = m.cfg.warmup if m.cfg.warmup is not None else m.cfg.capabilities.warmup
+        if warmup is None:
+            return
+        try:
+            rep.worker.call([warmup], timeout=m.cfg.load_timeout_s)
+        except Exception as exc:
+            raise ModelLoadError(f"the warm-up input failed: {type(exc).__name__}: {exc}") from exc
+
     def _load_failed(self, m: ModelState, rep: Replica, exc: Exception) -> None:
         m.replicas.remove(rep)
         m.error = f"{type(exc).__name__}: {exc}"
-        cooldown = self.config.unhealthy_cooldown_s
+        # exponential backoff between retries of a model that keeps failing, up to a cap
+        m.load_failures += 1
+        cooldown = min(
+            self.config.unhealthy_cooldown_s * 2.0 ** (m.load_failures - 1),
+            max(self.config.unhealthy_cooldown_max_s, self.config.unhealthy_cooldown_s),
+        )
         m.unhealthy_until = time.monotonic() + cooldown
         logger.error(
             "model %s failed to load (unhealthy for %.0f s): %s", m.cfg.name, cooldown, exc
@@ -170,6 +186,7 @@ class WorkerPool:
         self.books.observe_memory(m, rep)
         m.counts["loads"] += 1
         m.error, m.unhealthy_until, m.load_s = None, 0.0, worker.spawn_s
+        m.load_failures = 0
         m.drain_seq = next(self.books.seq)
         logger.info(
             "loaded %s (pid %s) in %.2f s: %.0f MB",

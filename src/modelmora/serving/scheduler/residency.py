@@ -97,6 +97,7 @@ class ModelState:
         self.drain_seq = -1  # requests up to this seq are served before the model is evicted
         self.held_off = False  # unloaded on request: a pinned model is not reloaded on its own
         self.removed = False  # deleted from the registry: its workers are stopping
+        self.load_failures = 0  # failed loads in a row: the backoff's exponent
         self.last_used: float | None = None
         self.rss_mb = self.peak_rss_mb = 0.0
         self.vram_mb: float | None = None
@@ -178,6 +179,7 @@ class ModelState:
             "error": self.error,
             "last_release": self.last_release,
             "retry_after_s": round(max(self.unhealthy_until - now, 0.0), 1) or None,
+            "load_failures": self.load_failures,
             **self.counts,
         }
 
