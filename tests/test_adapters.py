@@ -68,7 +68,7 @@ def test_capabilities_drive_the_config() -> None:
     assert mine.capabilities.task == "echo-embedding"
     assert mine.to_spec() == ModelSpec("echo_adapter:EchoAdapter")  # takes no device
     with pytest.raises(ValueError, match="takes no source"):
-        ModelConfig(name="e", adapter="echo_adapter:EchoAdapter", source="/x")
+        ModelConfig(name="e", adapter="toy", source="/x")
     with pytest.raises(ValueError, match="cannot import no_such_module"):
         ModelConfig(name="e", adapter="no_such_module:Thing")
     with pytest.raises(ValueError, match=r"needs params\.task"):

@@ -342,6 +342,45 @@ def bench_pipeline(
         Console().print(format_table(result))
 
 
+@app.command("pull")
+def pull(
+    name: str = typer.Argument(..., help="A model of the config (its source is fetched)."),
+    config: Path | None = typer.Option(None, help="YAML model registry (default: packaged)."),
+) -> None:
+    """Fetch a model's source into the cache and write or check its modelmora.lock entry."""
+    from modelmora.errors import ModelMoraError
+    from modelmora.models.sources import LOCK_NAME, LockFile, is_hub_id, prepare
+    from modelmora.serving.config import ConfigError, default_config, load_config
+    from modelmora.serving.registry import RuntimeRegistry
+
+    try:
+        settings = load_config(config) if config is not None else default_config()
+        registry_file = settings.registry_file or settings.cache_dir / "registry.yaml"
+        names = {m.name for m in settings.models}
+        settings = RuntimeRegistry(registry_file, names).apply(settings)
+        model = settings.model(name)
+    except ConfigError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    except KeyError:
+        known = ", ".join(m.name for m in settings.models)
+        console.print(f"error: no model {name!r} in the config (it has {known})", style="red")
+        raise typer.Exit(2) from None
+    source = model.source
+    if source is None or not (is_hub_id(source) or Path(source).exists()):
+        console.print(f"{name}: nothing to fetch (source {source or 'packaged'})")
+        return
+    lock = LockFile(settings.lock_file or settings.cache_dir / LOCK_NAME)
+    try:
+        ready = prepare(name, source, model.revision, settings.cache_dir / "hub", lock)
+    except ModelMoraError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    verb = "locked in" if ready.locked_now else "matches"
+    _print_json({"model": name, "path": ready.path, "revision": ready.revision,
+                 "lock_file": str(lock.path), "lock": verb})  # fmt: skip
+
+
 # --- the registry of a running server ------------------------------------------------------
 
 models_app = typer.Typer(

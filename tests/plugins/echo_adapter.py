@@ -14,14 +14,22 @@ class EchoAdapter(Adapter):
     """Embeds a text as ``[characters, words, scale]``; ``{"op": "pid"}`` answers nothing else."""
 
     capabilities = Capabilities(
-        task="echo-embedding", routes=("/v1/embeddings",), footprint_mb=80.0, warmup="warm"
+        task="echo-embedding",
+        routes=("/v1/embeddings",),
+        takes_source=True,
+        footprint_mb=80.0,
+        warmup="warm",
     )
 
-    def __init__(self, scale: float = 1.0) -> None:
+    def __init__(self, scale: float = 1.0, model: str | None = None) -> None:
         self.scale = scale
+        self.model = model
         self.loaded = False
 
     def load(self) -> None:
+        if self.model is not None:  # a folder: its scale.txt sets the scale
+            with open(f"{self.model}/scale.txt") as handle:
+                self.scale = float(handle.read())
         self.loaded = True
 
     def predict(self, batch: list[Any]) -> list[Any]:

@@ -103,6 +103,8 @@ class Capabilities:
         footprint_mb: RAM the loaded model takes, a first guess before anything is measured
             (``None``: guessed from the size of the source).
         vram_footprint_mb: GPU memory it takes on a GPU (``None``: the RAM guess).
+        bundled_sources: source names the adapter resolves itself (a packaged copy): never
+            fetched from the hub.
         warmup: one small valid input (``None``: none declared). The isolation and startup
             benchmarks run it as their sample input; it is meant for a post-load health check.
     """
@@ -114,12 +116,14 @@ class Capabilities:
     frameworks: tuple[str, ...] = ()
     footprint_mb: float | None = None
     vram_footprint_mb: float | None = None
+    bundled_sources: tuple[str, ...] = ()
     warmup: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (routes and frameworks as lists)."""
         data = asdict(self)
         data["routes"], data["frameworks"] = list(self.routes), list(self.frameworks)
+        data["bundled_sources"] = list(self.bundled_sources)
         return data
 
 

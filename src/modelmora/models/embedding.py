@@ -45,6 +45,7 @@ class EmbeddingAdapter(Adapter):
         takes_device=True,
         takes_source=True,
         frameworks=("sentence_transformers", "torch"),
+        bundled_sources=(DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"),
         warmup="warm-up",
     )
 

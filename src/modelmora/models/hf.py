@@ -24,6 +24,7 @@ import io
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from modelmora.models import Adapter, Capabilities, check_device, resolve_device
@@ -199,14 +200,7 @@ class SentenceTransformerAdapter(EmbeddingAdapter):
     :class:`~modelmora.models.embedding.EmbeddingAdapter` (no model: the shipped MiniLM).
     """
 
-    capabilities = Capabilities(
-        task="embedding",
-        routes=("/v1/embeddings",),
-        takes_device=True,
-        takes_source=True,
-        frameworks=("sentence_transformers", "torch"),
-        warmup="warm-up",
-    )
+    capabilities = replace(EmbeddingAdapter.capabilities)
 
     def predict(self, batch: list[Any]) -> list[Any]:
         texts: list[tuple[int, str]] = []

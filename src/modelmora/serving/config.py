@@ -112,7 +112,10 @@ class ModelConfig(BaseModel):
     Attributes:
         name: what clients ask for (``model`` in OpenAI requests).
         adapter: the adapter kind.
-        source: model name or local path; ``None`` for the adapter's packaged default.
+        source: model name or local path; ``None`` for the adapter's packaged default. A hub
+            id (``org/name``) is fetched into ``cache_dir/hub`` before the worker starts.
+        revision: the hub branch, tag or commit of such a source (default: the one in the
+            lock file, else the default branch).
         params: extra keyword arguments for the adapter's constructor.
         device: ``auto``, ``cpu`` or ``cuda``.
         footprint_mb: RAM the model takes once loaded (skips learning it).
@@ -138,6 +141,7 @@ class ModelConfig(BaseModel):
     name: str
     adapter: AdapterKind
     source: str | None = None
+    revision: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     footprint_mb: float | None = Field(default=None, gt=0)
@@ -218,6 +222,9 @@ class ServerConfig(BaseModel):
         unhealthy_cooldown_s: how long a model whose load failed is refused; doubled after
             each failure in a row (a pinned model is retried when it ends).
         unhealthy_cooldown_max_s: the cap of that backoff.
+        lock_file: the source, revision and sha256 of every file of each model, written on
+            its first load and checked on every load (default: ``modelmora.lock`` beside the
+            config file, or in ``cache_dir`` without one).
         registry_file: where models registered, changed or removed through the API are kept
             (default: ``NAME.runtime.yaml`` beside the config file ``NAME.yaml``, or
             ``cache_dir/registry.yaml`` without one); applied over ``models`` at start.
@@ -240,6 +247,7 @@ class ServerConfig(BaseModel):
     unhealthy_cooldown_s: float = Field(default=30.0, ge=0)
     unhealthy_cooldown_max_s: float = Field(default=600.0, ge=0)
     registry_file: Path | None = None
+    lock_file: Path | None = None
     models: list[ModelConfig] = Field(default_factory=list)
 
     @field_validator("memory_budget_mb", "vram_budget_mb", "max_request_mb", mode="before")
@@ -254,6 +262,8 @@ class ServerConfig(BaseModel):
             self.jobs_db = self.cache_dir / "jobs.sqlite"
         if self.registry_file is None:
             self.registry_file = self.cache_dir / "registry.yaml"
+        if self.lock_file is None:
+            self.lock_file = self.cache_dir / "modelmora.lock"
         if self.api_key is None:
             self.api_key = os.environ.get("MODELMORA_API_KEY") or None
         seen: set[str] = set()
@@ -324,6 +334,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path.name}:1: the config must be a mapping (host, port, models, ...)")
     data.setdefault("registry_file", str(path.with_name(f"{path.stem}.runtime.yaml")))
+    data.setdefault("lock_file", str(path.with_name("modelmora.lock")))
     _resolve_paths(data, path.parent)
     try:
         return ServerConfig.model_validate(data)
@@ -333,7 +344,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    for key in ("cache_dir", "jobs_db", "registry_file"):
+    for key in ("cache_dir", "jobs_db", "registry_file", "lock_file"):
         if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
             data[key] = str(base / data[key])
     models = data.get("models")

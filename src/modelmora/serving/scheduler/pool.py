@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from modelmora.errors import ModelLoadError, WorkerError, WorkerLost, WorkerStopped
+from modelmora.models import ModelSpec
+from modelmora.models.sources import LOCK_NAME, LockFile, is_hub_id, prepare
 from modelmora.runtime.memory import ReleaseReport
 from modelmora.runtime.worker import Worker
 from modelmora.serving.scheduler.errors import ModelUnhealthy
@@ -65,6 +69,7 @@ class WorkerPool:
         # threads start only when needed: room for the models registered at run time too
         threads = max(2 * slots + 8, 64)
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="modelmora-sched")
+        self.lock = LockFile(self.config.lock_file or Path(self.config.cache_dir) / LOCK_NAME)
 
     def shutdown(self) -> None:
         """Wait for the tasks still running, then end the threads (the lock must be free)."""
@@ -131,6 +136,7 @@ class WorkerPool:
         for fut in after:  # evicted workers are gone before the new one allocates
             fut.exception()
         try:
+            self._prepare_source(m, rep)
             rep.worker.start()
             self._warm_up(m, rep)
         except Exception as exc:
@@ -143,6 +149,19 @@ class WorkerPool:
         with self.cond:
             self._load_done(m, rep)
         self._persist(m, rep)
+
+    def _prepare_source(self, m: ModelState, rep: Replica) -> None:
+        """Fetch a hub source into the cache and check the files against the lock file."""
+        cfg = m.cfg
+        source, caps = cfg.source, cfg.capabilities
+        if source is None or not caps.takes_source or source in caps.bundled_sources:
+            return
+        if not (is_hub_id(source) or os.path.exists(source)):
+            return  # a name the adapter resolves itself (a server URL, a faster-whisper size)
+        hub = Path(self.config.cache_dir) / "hub"
+        prepared = prepare(cfg.name, source, cfg.revision, hub, self.lock)
+        if prepared.path != source:
+            rep.worker.spec = ModelSpec(m.spec.kind, {**m.spec.params, "model": prepared.path})
 
     def _warm_up(self, m: ModelState, rep: Replica) -> None:
         """Run the model's (else its adapter's) warm-up input once; if it fails, the load fails."""
