@@ -132,6 +132,8 @@ class ModelConfig(BaseModel):
             right after loading.
         threads: numeric thread pools' size in the worker.
         load_timeout_s: seconds a load may take.
+        diarizer: the model (of this registry, a diarization adapter) that labels speakers
+            for ``response_format=diarized_json`` of this transcription model.
         warmup: an input run once after every load (default: the adapter's declared one);
             a model that fails it is unhealthy and gets no traffic.
     """
@@ -157,6 +159,7 @@ class ModelConfig(BaseModel):
     max_rss_growth_mb: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, ge=1)
     load_timeout_s: float = Field(default=300.0, gt=0)
+    diarizer: str | None = None
     warmup: Any = None
     _capabilities: Capabilities = PrivateAttr(default_factory=Capabilities)
 
@@ -271,6 +274,9 @@ class ServerConfig(BaseModel):
             if model.name in seen:
                 raise ValueError(f"model name {model.name!r} is used twice: names must be unique")
             seen.add(model.name)
+        for model in self.models:
+            if model.diarizer is not None:
+                _check_diarizer(self, model)
         return self
 
     def model(self, name: str) -> ModelConfig:
@@ -283,6 +289,20 @@ class ServerConfig(BaseModel):
             if model.name == name:
                 return model
         raise KeyError(name)
+
+
+def _check_diarizer(config: ServerConfig, model: ModelConfig) -> None:
+    try:
+        other = config.model(str(model.diarizer))
+    except KeyError:
+        raise ValueError(
+            f"model {model.name!r}: its diarizer {model.diarizer!r} is not a model of this config"
+        ) from None
+    if other.capabilities.task != "diarization":
+        raise ValueError(
+            f"model {model.name!r}: its diarizer {other.name!r} is a {other.capabilities.task} "
+            "model, not a diarization one (adapter: diarizer)"
+        )
 
 
 def default_config(**overrides: Any) -> ServerConfig:

@@ -25,6 +25,7 @@ import pydantic_core
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+import modelmora.serving.http.diarized as diarized
 import modelmora.serving.http.openai as fmt
 from modelmora.serving.http.bodies import ChatRequest, EmbeddingRequest, JobRequest, PredictRequest
 from modelmora.serving.http.errors import ApiError, map_exception, starting_error
@@ -129,14 +130,26 @@ def add_openai_routes(app: FastAPI) -> None:
         response_format: Annotated[str, Form()] = "json",
         granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
         temperature: Annotated[float, Form(ge=0, le=1)] = 0.0,
+        speaker_names: Annotated[list[str] | None, Form(alias="known_speaker_names[]")] = None,
+        speaker_refs: Annotated[list[str] | None, Form(alias="known_speaker_references[]")] = None,
+        chunking_strategy: Annotated[str | None, Form()] = None,  # accepted; not needed here
     ) -> Response:
         state = _state(request)
         state.adapter(model, "/v1/audio/transcriptions")
-        fmt.check_transcription_options(response_format, granularities or [], language)
+        diarize = response_format == diarized.DIARIZED
+        fmt.check_transcription_options(
+            "json" if diarize else response_format, granularities or [], language
+        )
+        diarizer = _diarizer_of(state, model) if diarize else None
+        known = diarized.known_speakers(speaker_names or [], speaker_refs or [])
         path = await _save_upload(file, state.uploads)
         try:
             item = {"audio": str(path), "language": language}
             (result,) = await state.run(model, [item])
+            if diarizer is not None:
+                labelled = diarized.diarizer_input(str(path), result, known)
+                (speakers,) = await state.run(diarizer, [labelled])
+                return JSONResponse(diarized.diarized_json(result, speakers, known))
         finally:
             path.unlink(missing_ok=True)
         return fmt.transcription(result, response_format, granularities or ["segment"], temperature)
@@ -158,6 +171,20 @@ def add_openai_routes(app: FastAPI) -> None:
             return await _event_stream(state.stream(body.model, item), events)
         (result,) = await state.run(body.model, [item])
         return JSONResponse(fmt.chat_completion(body.model, result))
+
+
+def _diarizer_of(state: AppState, model: str) -> str:
+    """The diarizer model configured for transcription model ``model`` (400 if none)."""
+    name = state.config.model(model).diarizer
+    if name is None:
+        raise ApiError(
+            400,
+            f"model {model!r} has no diarizer: add 'diarizer: NAME' (a model with adapter "
+            "diarizer) to its config entry to use response_format=diarized_json",
+            param="response_format",
+        )
+    state.adapter(name)
+    return name
 
 
 async def _save_upload(upload: UploadFile, folder: Path) -> Path:
