@@ -285,10 +285,19 @@ def bench_server(
     embedding_model: str | None = typer.Option(
         None, help="Embedding model name or folder (default: the packaged all-MiniLM-L6-v2)."
     ),
+    models: bool = typer.Option(
+        True, help="Also the brought models: image embeddings, rerank, PATCH under load, a fleet."
+    ),
+    only_models: bool = typer.Option(False, help="Only those (skip the embedding/churn part)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """HTTP overhead over a direct worker call, batching throughput, churn under a budget."""
+    import tempfile
+
+    from rich.table import Table
+
     from modelmora.bench.server import ServerBenchOptions, format_table, run_server_bench
+    from modelmora.bench.server_models import format_rows, run_models_bench
 
     try:
         options = ServerBenchOptions(
@@ -300,11 +309,20 @@ def bench_server(
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
-    result = run_server_bench(options)
+    result = {} if only_models else run_server_bench(options)
+    if models or only_models:
+        with tempfile.TemporaryDirectory(prefix="modelmora-bench-models-") as folder:
+            result["models"] = run_models_bench(folder=Path(folder))
     if as_json:
         _print_json(result)
-    else:
-        Console().print(format_table(result))
+        return
+    table = format_table(result) if not only_models else Table(title="modelmora bench server")
+    if only_models:
+        for column in ("measurement", "figure", "target", "verdict"):
+            table.add_column(column)
+    for row in format_rows(result["models"]) if "models" in result else []:
+        table.add_row(*row)
+    Console().print(table)
 
 
 @bench_app.command("pipeline")

@@ -43,7 +43,14 @@ from modelmora.runtime.memory import process_rss_mb, tree_rss_mb
 from modelmora.runtime.worker import Worker
 from modelmora.serving.config import ModelConfig
 
-__all__ = ["ServerBenchOptions", "format_table", "run_server_bench"]
+__all__ = [
+    "BenchServer",
+    "KeepAliveClient",
+    "ServerBenchOptions",
+    "format_table",
+    "in_threads",
+    "run_server_bench",
+]
 
 _TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
 
@@ -79,7 +86,7 @@ class ServerBenchOptions:
             raise ValueError("every count must be at least 1 and toy_alloc_mb positive")
 
 
-class _ServerProcess:
+class BenchServer:
     """``python -m modelmora serve`` on a free port, as users run it, in its own process.
 
     The server gets its own interpreter (no GIL shared with the benchmark's clients) and its
@@ -97,7 +104,7 @@ class _ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> _ServerProcess:
+    def __enter__(self) -> BenchServer:
         command = [sys.executable, "-m", "modelmora", "serve"]
         command += ["--config", str(self.config_path), "--port", str(self.port)]
         with open(self.log_path, "wb") as log:
@@ -137,7 +144,7 @@ class _ServerProcess:
         httpx.post(f"{self.url}/api/v1/models/{model}/load", timeout=300).raise_for_status()
 
 
-class _Client:
+class KeepAliveClient:
     """A keep-alive HTTP/1.1 connection (``http.client``: the lightest client at hand, so the
     figures are the server's, not the client's); one per simulated client thread."""
 
@@ -175,10 +182,10 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-def _overhead(server: _ServerProcess, twin: Worker, calls: int) -> dict[str, Any]:
+def _overhead(server: BenchServer, twin: Worker, calls: int) -> dict[str, Any]:
     """Interleave a direct call into ``twin`` and the same request over HTTP, call by call."""
     body = {"model": "mini-b1", "input": _TEXT}
-    client = _Client(server.port)
+    client = KeepAliveClient(server.port)
     direct, http = [], []
     try:
         for i in range(calls + 10):  # the first 10 of each warm both paths
@@ -229,7 +236,7 @@ def _model_gain(twin: Worker, size: int, rounds: int = 5) -> dict[str, Any]:
     }
 
 
-def _in_threads(count: int, target: Callable[[], None]) -> float:
+def in_threads(count: int, target: Callable[[], None]) -> float:
     """Run ``target`` in ``count`` threads at once; return the seconds until all are done."""
     threads = [threading.Thread(target=target) for _ in range(count)]
     t0 = time.perf_counter()
@@ -248,7 +255,7 @@ def _load(port: int, model: str, clients: int, requests: int) -> float:
         counter = itertools.count()
 
         def one_client() -> None:
-            client = _Client(port)
+            client = KeepAliveClient(port)
             try:
                 while (i := next(counter)) < total and not errors:
                     body = {"model": model, "input": f"{_TEXT} ({i})"}
@@ -258,7 +265,7 @@ def _load(port: int, model: str, clients: int, requests: int) -> float:
             finally:
                 client.close()
 
-        elapsed = _in_threads(clients, one_client)
+        elapsed = in_threads(clients, one_client)
         if errors:
             raise RuntimeError(f"POST /v1/embeddings failed: {errors[0]}")
         return elapsed
@@ -267,7 +274,7 @@ def _load(port: int, model: str, clients: int, requests: int) -> float:
     return requests / send(requests)
 
 
-def _throughput(server: _ServerProcess, clients: int, requests: int) -> dict[str, Any]:
+def _throughput(server: BenchServer, clients: int, requests: int) -> dict[str, Any]:
     single = _load(server.port, "mini-b1", clients, requests)
     batched = _load(server.port, "mini-b32", clients, requests)
     return {
@@ -320,7 +327,7 @@ def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
     failures: list[str] = []
 
     def one_client(port: int) -> None:
-        client = _Client(port)
+        client = KeepAliveClient(port)
         try:
             for name, i in plan:  # a shared iterator: next() is atomic under the GIL
                 status, data = client.post(f"/api/v1/models/toy-{name}/predict", {"input": i})
@@ -329,8 +336,8 @@ def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
         finally:
             client.close()
 
-    with _ServerProcess(config, folder) as server, _TreeSampler(server.pid) as sampler:
-        wall = _in_threads(options.churn_clients, lambda: one_client(server.port))
+    with BenchServer(config, folder) as server, _TreeSampler(server.pid) as sampler:
+        wall = in_threads(options.churn_clients, lambda: one_client(server.port))
         counts = server.get("/api/v1/models")["models"]
     limit = budget * 1.1
     return {
@@ -362,7 +369,7 @@ def run_server_bench(options: ServerBenchOptions | None = None) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="modelmora-bench-") as name:
         folder = Path(name)
         config = _embedding_config(options, folder / "embed" / "cache")
-        with _ServerProcess(config, folder / "embed") as server:
+        with BenchServer(config, folder / "embed") as server:
             for model in ("mini-b1", "mini-b32"):
                 server.load(model)
             # the direct path: a twin of mini-b1 (same spec, same settings) in this process

@@ -256,6 +256,11 @@ def add_native_routes(app: FastAPI) -> None:
             data["runtime_changes"] = state.registry.changes()
         return data
 
+    @app.get("/api/v1/releases", tags=["native"])
+    async def releases(request: Request) -> dict[str, Any]:
+        """The most recent worker exits (up to 100): model, reason, and what was released."""
+        return {"releases": await blocking(request, _state(request).scheduler.releases)}
+
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         state = _state(request)
