@@ -34,13 +34,19 @@ DOCUMENTS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from modelmora.testing.tinymodels import tiny_bert_classifier, tiny_clip, tiny_cross_encoder
+    from modelmora.testing.tinymodels import (
+        tiny_bert_classifier,
+        tiny_clip,
+        tiny_cross_encoder,
+        tiny_vit_classifier,
+    )
 
     folder = tmp_path_factory.mktemp("tiny-models")
     return {
         "clf": tiny_bert_classifier(folder / "clf"),
         "clip": tiny_clip(folder / "clip"),
         "reranker": tiny_cross_encoder(folder / "reranker"),
+        "vit": tiny_vit_classifier(folder / "vit"),
     }
 
 
@@ -54,6 +60,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny: dict[str, Path]) -> I
          "max_batch_size": 8, "max_wait_ms": 5, **cpu},
         {"name": "reranker", "adapter": "cross-encoder", "source": str(tiny["reranker"]), **cpu},
         {"name": "minilm", "adapter": "sentence-transformers", **cpu},
+        {"name": "vit", "adapter": "transformers", "source": str(tiny["vit"]),
+         "params": {"task": "image-classification"}, **cpu},
     ]  # fmt: skip
     folder = tmp_path_factory.mktemp("hf-server")
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -152,3 +160,23 @@ def test_shipped_minilm_through_the_openai_client(server: Any) -> None:
     )
     assert vectors.shape == (3, 384)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+def test_transformers_image_classification_takes_data_urls(
+    server: Any, tiny: dict[str, Path]
+) -> None:
+    from PIL import Image
+    from transformers import pipeline
+
+    png = _png(3)
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    with server.client() as http:
+        reply = http.post("/api/v1/models/vit/predict", json={"input": url})
+        assert reply.status_code == 200, reply.text
+        path = http.post("/api/v1/models/vit/predict", json={"input": "/etc/hostname"})
+    direct = pipeline("image-classification", model=str(tiny["vit"]), device="cpu")
+    want = direct(Image.open(io.BytesIO(png)).convert("RGB"))
+    got = reply.json()["output"]
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-5)
+    assert path.status_code == 400 and "base64" in path.json()["error"]["message"]

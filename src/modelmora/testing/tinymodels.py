@@ -2,9 +2,10 @@
 
 Real models of real architectures (saved with ``save_pretrained``, loaded by the real
 ``transformers`` / ``sentence-transformers`` code paths) that take a few MB and load in about a
-second: a BERT text classifier, a BERT cross-encoder and a CLIP model with its processor. Their
-outputs are deterministic for a seed and meaningless otherwise: compare them with the same
-model run directly, not with expected labels. Imports torch and transformers (test side only).
+second: a BERT text classifier, a BERT cross-encoder, a ViT image classifier and a CLIP model
+with its processor. Their outputs are deterministic for a seed and meaningless otherwise:
+compare them with the same model run directly, not with expected labels. Imports torch and
+transformers (test side only).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WORDS", "tiny_bert_classifier", "tiny_clip", "tiny_cross_encoder"]
+__all__ = [
+    "WORDS",
+    "tiny_bert_classifier",
+    "tiny_clip",
+    "tiny_cross_encoder",
+    "tiny_vit_classifier",
+]
 
 #: The tiny vocabulary: anything else is ``[UNK]``.
 WORDS = [
@@ -139,4 +146,24 @@ def tiny_clip(folder: str | Path, seed: int = 2) -> Path:
     tf.CLIPModel(config).eval().save_pretrained(folder)
     images = image_processor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     tf.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def tiny_vit_classifier(folder: str | Path, seed: int = 3) -> Path:
+    """A three-label (``cat``, ``dog``, ``bird``) ViT image classifier on 32×32 images."""
+    import torch
+
+    tf = _transformers()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = ["cat", "dog", "bird"]
+    config = tf.ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
+        **_BERT,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    tf.ViTForImageClassification(config).eval().save_pretrained(folder)
+    image_processor = getattr(tf, "ViTImageProcessorPil", None) or tf.ViTImageProcessor
+    image_processor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
