@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from modelmora.bench.server import ServerProcess
 from modelmora.models import (
     ENTRY_POINT_GROUP,
     Capabilities,
@@ -23,7 +24,6 @@ from modelmora.models import (
 )
 from modelmora.serving.config import ModelConfig
 from modelmora.serving.scheduler.residency import estimate_footprint
-from test_server import ServerProcess
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 sys.path.insert(0, str(PLUGINS))  # echo_adapter, for the config tests in this process

@@ -6,6 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from modelmora.models import ModelSpec
 from modelmora.serving.config import (
@@ -182,3 +185,20 @@ def test_parse_size(text: object, mb: float) -> None:
 def test_parse_size_rejects_text() -> None:
     with pytest.raises(ValueError, match="not a size"):
         parse_size_mb("lots")
+
+
+@given(st.text(alphabet="ab9._:-/ %é", min_size=0, max_size=12))
+def test_one_rule_for_model_names_in_the_config_and_the_routes(name: str) -> None:
+    from modelmora.serving.http.bodies import check_name
+
+    try:
+        ModelConfig(name=name, adapter="toy")
+        in_config = True
+    except ValidationError:
+        in_config = False
+    try:
+        check_name(name)
+        in_routes = True
+    except ValueError:
+        in_routes = False
+    assert in_config == in_routes, name  # a name the config takes is one a client can send

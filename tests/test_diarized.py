@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from modelmora.bench.server import ServerProcess
 from modelmora.serving.http.diarized import diarized_json
-from test_server import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 WAV = REPO / "examples" / "conversation.wav"

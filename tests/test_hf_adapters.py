@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from test_server import ServerProcess
+from modelmora.bench.server import ServerProcess
 
 pytest.importorskip("sentence_transformers")
 pytestmark = pytest.mark.slow

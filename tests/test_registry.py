@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import yaml
 
-from test_server import ServerProcess
+from modelmora.bench.server import ServerProcess
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 ECHO = {"name": "echo", "adapter": "echo_adapter:EchoAdapter", "max_batch_size": 4}

@@ -266,6 +266,7 @@ def test_tree_sampler_sees_worker_memory():
     with TreeSampler(interval=0.02) as sampler, Worker("toy:alloc_mb=300") as worker:
         worker.call([1])
     assert sampler.peak_mb > process_rss_mb() + 250
+    assert 250 < sampler.peak_descendants_mb < sampler.peak_mb  # the worker, without us
 
 
 @pytest.mark.slow

@@ -8,9 +8,7 @@ exercised through the official ``openai`` client in the slow tests.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,77 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
+
+from modelmora.bench.server import ServerProcess
 
 TOY = {"adapter": "toy", "keep_alive_s": 120}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """``python -m modelmora.cli serve --config FILE --port P`` in a subprocess."""
-
-    def __init__(
-        self,
-        folder: Path,
-        config: dict[str, Any] | None,
-        env: dict[str, str] | None = None,
-        args: Sequence[str] = (),
-    ) -> None:
-        self.folder = folder
-        self.args = list(args)
-        self.config_path: Path | None = None
-        if config is not None:  # None: no --config, the packaged defaults
-            self.config_path = folder / "server.yaml"
-            config = {"cache_dir": str(folder / "cache"), **config}
-            self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.env = dict(os.environ)
-        self.env.pop("MODELMORA_API_KEY", None)
-        self.env.update(env or {})
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_key = (config or {}).get("api_key") or self.env.get("MODELMORA_API_KEY")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = folder / "server.log"
-
-    def start(self, timeout: float = 120.0) -> ServerProcess:
-        argv = [sys.executable, "-m", "modelmora.cli", "serve", "--port", str(self.port)]
-        if self.config_path is not None:
-            argv += ["--config", str(self.config_path)]
-        argv += self.args
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready within {timeout} s:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120, **kwargs)
 
 
 @pytest.fixture
@@ -190,26 +121,112 @@ def test_load_and_unload_report_the_release(toy_server: ServerProcess) -> None:
         _error(http.post("/api/v1/models/missing/load"), 404)
 
 
+_BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str | None, str | None, str]] = [
+    # method, path, request, status, code, param, a piece of the message
+    (
+        "post",
+        "/v1/embeddings",
+        {"content": b"{not json"},  # no Content-Type: not taken as JSON at all
+        400,
+        "invalid_request",
+        None,
+        "Input should be a valid dictionary",
+    ),
+    (
+        "post",
+        "/v1/embeddings",
+        {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+        400,
+        "invalid_request",
+        None,
+        "JSON decode error",
+    ),
+    ("post", "/v1/embeddings", {"json": {"input": "x"}}, 400, "invalid_request", "model", "model"),
+    (
+        "post",
+        "/v1/embeddings",
+        {"json": {"model": "echo", "input": [1, 2]}},
+        400,
+        "invalid_request",
+        "input.str",
+        "valid string",
+    ),
+    (
+        "post",
+        "/v1/embeddings",
+        {"json": {"model": "echo", "input": "x"}},
+        400,
+        "wrong_model_kind",
+        "model",
+        "serves embedding models",
+    ),
+    (
+        "post",
+        "/v1/embeddings",
+        {"json": {"model": "nope", "input": "x"}},
+        404,
+        "model_not_found",
+        None,
+        "model 'nope' does not exist (served: echo, crashy, slow)",
+    ),
+    (
+        "post",
+        "/v1/embeddings",
+        {"json": {"model": "../../etc/passwd", "input": "x"}},
+        400,
+        "invalid_request",
+        "model",
+        "bad model name '../../etc/passwd'",
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        {"json": {"model": "echo", "messages": []}},
+        400,
+        "invalid_request",
+        "messages",
+        "at least 1 item",
+    ),
+    ("post", "/api/v1/models/echo/predict", {"json": {}}, 400, "invalid_request", "input", "input"),
+    ("post", "/api/v1/models/..%2F..%2Fetc/load", {}, 404, "not_found", None, "Not Found"),
+    ("post", "/api/v1/models/.../load", {}, 400, "invalid_input", None, "bad model name '...'"),
+    (
+        "post",
+        "/api/v1/jobs",
+        {"json": {"model": "echo", "input": 1, "priority": "x"}},
+        400,
+        "invalid_request",
+        "priority",
+        "'critical', 'high', 'normal' or 'low'",
+    ),
+    (
+        "post",
+        "/api/v1/jobs",
+        {"json": {"model": "echo", "input": {"audio": "/etc"}}},
+        400,
+        "invalid_input",
+        "input.audio",
+        "server-side file paths are not accepted",
+    ),
+    ("get", "/api/v1/jobs/not-an-id", {}, 400, None, "id", "ids are 32 hex digits"),
+    (
+        "get",
+        "/api/v1/jobs/" + "0" * 32,
+        {},
+        404,
+        "job_not_found",
+        None,
+        f"job {'0' * 32} does not exist",
+    ),
+    ("get", "/no/such/route", {}, 404, "not_found", None, "Not Found"),
+    ("delete", "/v1/models", {}, 405, "method_not_allowed", None, "Method Not Allowed"),
+]
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "kwargs", "status", "needle"),
-    [
-        ("post", "/v1/embeddings", {"content": b"{not json"}, 400, ""),
-        ("post", "/v1/embeddings", {"json": {"input": "x"}}, 400, "model"),
-        ("post", "/v1/embeddings", {"json": {"model": "echo", "input": [1, 2]}}, 400, "input"),
-        ("post", "/v1/embeddings", {"json": {"model": "echo", "input": "x"}}, 400, "embedding"),
-        ("post", "/v1/embeddings", {"json": {"model": "nope", "input": "x"}}, 404, "nope"),
-        ("post", "/v1/embeddings", {"json": {"model": "../../etc/passwd", "input": "x"}}, 400, ""),
-        ("post", "/v1/chat/completions", {"json": {"model": "echo", "messages": []}}, 400, ""),
-        ("post", "/api/v1/models/echo/predict", {"json": {}}, 400, "input"),
-        ("post", "/api/v1/models/..%2F..%2Fetc/load", {}, 404, ""),
-        ("post", "/api/v1/models/.../load", {}, 400, "name"),
-        ("post", "/api/v1/jobs", {"json": {"model": "echo", "input": 1, "priority": "x"}}, 400, ""),
-        ("post", "/api/v1/jobs", {"json": {"model": "echo", "input": {"audio": "/etc"}}}, 400, ""),
-        ("get", "/api/v1/jobs/not-an-id", {}, 400, "id"),
-        ("get", "/api/v1/jobs/" + "0" * 32, {}, 404, ""),
-        ("get", "/no/such/route", {}, 404, ""),
-        ("delete", "/v1/models", {}, 405, ""),
-    ],
+    ("method", "path", "kwargs", "status", "code", "param", "needle"),
+    _BAD_REQUESTS,
+    ids=[f"{c[0]} {c[1][:40]} {c[3]}" for c in _BAD_REQUESTS],
 )
 def test_bad_requests_get_a_json_4xx(
     toy_server: ServerProcess,
@@ -217,11 +234,15 @@ def test_bad_requests_get_a_json_4xx(
     path: str,
     kwargs: dict[str, Any],
     status: int,
+    code: str | None,
+    param: str | None,
     needle: str,
 ) -> None:
     with toy_server.client() as http:
         error = _error(http.request(method.upper(), path, **kwargs), status)
-    assert needle in json.dumps(error)
+    assert error["type"] == "invalid_request_error"
+    assert (error["code"], error["param"]) == (code, param), error
+    assert needle in error["message"], error
 
 
 def test_transcription_form_is_validated(toy_server: ServerProcess) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelmora.bench.server import ServerProcess
 from modelmora.models.sources import LockFile, SourceError, is_hub_id, prepare
-from test_server import ServerProcess
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -22,7 +22,7 @@ from schemathesis.checks import (
     response_schema_conformance,
 )
 
-from test_server import ServerProcess
+from modelmora.bench.server import ServerProcess
 
 from .conftest import Tally
 

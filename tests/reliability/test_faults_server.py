@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from test_server import ServerProcess, _wait_job
+from modelmora.bench.server import ServerProcess
+from test_server import _wait_job
 
 from .conftest import Tally, tree_of, wait_all_gone, workers_of
 

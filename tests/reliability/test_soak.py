@@ -19,7 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from test_server import ServerProcess, _wait_job
+from modelmora.bench.server import ServerProcess
+from test_server import _wait_job
 
 from .conftest import Tally, tree_of, wait_all_gone
 

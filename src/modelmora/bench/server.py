@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import os
 import platform
 import random
 import signal
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,14 @@ import httpx
 import yaml
 from rich.table import Table
 
-from modelmora.runtime.memory import process_rss_mb, tree_rss_mb
+from modelmora.runtime.memory import TreeSampler
 from modelmora.runtime.worker import Worker
 from modelmora.serving.config import ModelConfig
 
 __all__ = [
-    "BenchServer",
     "KeepAliveClient",
     "ServerBenchOptions",
+    "ServerProcess",
     "format_table",
     "in_threads",
     "run_server_bench",
@@ -86,30 +87,66 @@ class ServerBenchOptions:
             raise ValueError("every count must be at least 1 and toy_alloc_mb positive")
 
 
-class BenchServer:
-    """``python -m modelmora serve`` on a free port, as users run it, in its own process.
+class ServerProcess:
+    """``python -m modelmora serve`` on a free port, in its own process, as users run it.
 
-    The server gets its own interpreter (no GIL shared with the benchmark's clients) and its
-    log goes to a file in ``folder``; the message of a failed start quotes its tail.
+    The server gets its own interpreter (no GIL shared with the clients driving it) and its
+    log goes to ``folder/server.log``; the message of a failed start quotes its tail. The
+    benchmark and the test suite both start their servers with it.
+
+    Args:
+        folder: where the config file and the log go (created).
+        config: the server's config (``cache_dir`` defaults to ``folder/cache``); ``None`` for
+            no ``--config`` at all (the packaged defaults).
+        env: environment variables for the server (an inherited ``MODELMORA_API_KEY`` is
+            dropped unless given here).
+        args: more ``serve`` options (``--log-level``...).
+
+    Use it as a context manager, or :meth:`start` and :meth:`stop` it; :meth:`start` after a
+    stop restarts it on the same port, with the same config (the log goes on).
     """
 
-    def __init__(self, config: dict[str, Any], folder: Path) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: dict[str, Any] | None,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.args = list(args)
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = folder / "server.yaml"
+            config = {"cache_dir": str(folder / "cache"), **config}
+            self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        self.env = dict(os.environ)
+        self.env.pop("MODELMORA_API_KEY", None)
+        self.env.update(env or {})
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
-        self.config_path = folder / "server.yaml"
-        self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.log_path = folder / "server.log"
         self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = (config or {}).get("api_key") or self.env.get("MODELMORA_API_KEY")
+        self.log = folder / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> BenchServer:
-        command = [sys.executable, "-m", "modelmora", "serve"]
-        command += ["--config", str(self.config_path), "--port", str(self.port)]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        """Start the server and wait until ``/health/ready`` answers 200.
+
+        Raises:
+            RuntimeError: it exited, or was not ready within ``timeout`` seconds (it is
+                stopped then); the message ends with its log.
+        """
+        command = [sys.executable, "-m", "modelmora", "serve", "--port", str(self.port)]
+        if self.config_path is not None:
+            command += ["--config", str(self.config_path)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*command, *self.args], stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
@@ -117,31 +154,56 @@ class BenchServer:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        self.__exit__()
-        tail = self.log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"the benchmark server did not become ready; its log ends:\n{tail}")
+        code = self.proc.poll()
+        self.stop()
+        what = f"exited with code {code}" if code is not None else f"not ready in {timeout:g} s"
+        raise RuntimeError(f"the server {what}; its log ends:\n{self.logs()}")
 
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # a clean stop: every worker ends with it
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send ``sig`` (SIGTERM: a clean stop, every worker ends with it); kill it if it is
+        still there after ``timeout`` s. Returns its exit status."""
+        assert self.proc is not None, "the server was never started"
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
             try:
-                self.proc.wait(60)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+        return self.proc.wait()
+
+    def logs(self) -> str:
+        """The end of the server's log."""
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` on the server (with the API key, if there is one)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120, **kwargs)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.stop()
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        """The server's process id."""
+        assert self.proc is not None, "the server was never started"
         return self.proc.pid
 
     def get(self, route: str) -> Any:
-        reply = httpx.get(f"{self.url}{route}", timeout=60)
+        """``GET route``, as JSON (an error status raises)."""
+        with self.client() as http:
+            reply = http.get(route, timeout=60)
         reply.raise_for_status()
         return reply.json()
 
     def load(self, model: str) -> None:
-        httpx.post(f"{self.url}/api/v1/models/{model}/load", timeout=300).raise_for_status()
+        """Load ``model`` now (``POST /api/v1/models/{model}/load``)."""
+        with self.client() as http:
+            http.post(f"/api/v1/models/{model}/load", timeout=300).raise_for_status()
 
 
 class KeepAliveClient:
@@ -182,7 +244,7 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-def _overhead(server: BenchServer, twin: Worker, calls: int) -> dict[str, Any]:
+def _overhead(server: ServerProcess, twin: Worker, calls: int) -> dict[str, Any]:
     """Interleave a direct call into ``twin`` and the same request over HTTP, call by call."""
     body = {"model": "mini-b1", "input": _TEXT}
     client = KeepAliveClient(server.port)
@@ -274,7 +336,7 @@ def _load(port: int, model: str, clients: int, requests: int) -> float:
     return requests / send(requests)
 
 
-def _throughput(server: BenchServer, clients: int, requests: int) -> dict[str, Any]:
+def _throughput(server: ServerProcess, clients: int, requests: int) -> dict[str, Any]:
     single = _load(server.port, "mini-b1", clients, requests)
     batched = _load(server.port, "mini-b32", clients, requests)
     return {
@@ -286,31 +348,6 @@ def _throughput(server: BenchServer, clients: int, requests: int) -> dict[str, A
         "target_speedup": 3.0,
         "pass": batched / single >= 3.0,
     }
-
-
-class _TreeSampler:
-    """Peak RSS of the server's workers (its descendants) and of its whole tree."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.peak_workers_mb = self.peak_tree_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            tree = tree_rss_mb(self.pid)
-            self.peak_tree_mb = max(self.peak_tree_mb, tree)
-            self.peak_workers_mb = max(self.peak_workers_mb, tree - process_rss_mb(self.pid))
-
-    def __enter__(self) -> _TreeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
@@ -336,9 +373,10 @@ def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
         finally:
             client.close()
 
-    with BenchServer(config, folder) as server, _TreeSampler(server.pid) as sampler:
+    with ServerProcess(folder, config) as server, TreeSampler(server.pid, 0.02) as sampler:
         wall = in_threads(options.churn_clients, lambda: one_client(server.port))
         counts = server.get("/api/v1/models")["models"]
+    workers_peak = sampler.peak_descendants_mb  # the server's workers, without the server
     limit = budget * 1.1
     return {
         "requests": options.churn_requests,
@@ -347,11 +385,11 @@ def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
         "evictions": sum(m.get("evictions", 0) for m in counts),
         "loads": sum(m.get("loads", 0) for m in counts),
         "budget_mb": round(budget, 1),
-        "peak_workers_rss_mb": round(sampler.peak_workers_mb, 1),
-        "peak_tree_rss_mb": round(sampler.peak_tree_mb, 1),
+        "peak_workers_rss_mb": round(workers_peak, 1),
+        "peak_tree_rss_mb": round(sampler.peak_mb, 1),
         "limit_mb": round(limit, 1),
         "wall_s": round(wall, 2),
-        "pass": not failures and sampler.peak_workers_mb <= limit,
+        "pass": not failures and workers_peak <= limit,
     }
 
 
@@ -369,7 +407,7 @@ def run_server_bench(options: ServerBenchOptions | None = None) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="modelmora-bench-") as name:
         folder = Path(name)
         config = _embedding_config(options, folder / "embed" / "cache")
-        with BenchServer(config, folder / "embed") as server:
+        with ServerProcess(folder / "embed", config) as server:
             for model in ("mini-b1", "mini-b32"):
                 server.load(model)
             # the direct path: a twin of mini-b1 (same spec, same settings) in this process

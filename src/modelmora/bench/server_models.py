@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from modelmora.bench.server import BenchServer, KeepAliveClient, in_threads
+from modelmora.bench.server import KeepAliveClient, ServerProcess, in_threads
 from modelmora.runtime.memory import TreeSampler, process_rss_mb, tree_rss_mb
 from modelmora.runtime.worker import Worker
 from modelmora.serving.config import ModelConfig
@@ -138,7 +138,7 @@ def _adapters(options: ModelsBenchOptions, folder: Path) -> dict[str, Any]:
     ]  # fmt: skip
     config = {"cache_dir": str(folder / "cache"), "models": models}
     images = [{"image": _image(i)} for i in range(16)]
-    with BenchServer(config, folder / "server") as server:
+    with ServerProcess(folder / "server", config) as server:
         for name in ("clip-b1", "clip-b32", "rerank"):
             server.load(name)
         bodies = [{"model": "", "input": [images[i % 16]]} for i in range(options.requests)]
@@ -173,7 +173,7 @@ def _adapters(options: ModelsBenchOptions, folder: Path) -> dict[str, Any]:
 
 def _swap(options: ModelsBenchOptions, folder: Path) -> dict[str, Any]:
     config = {"cache_dir": str(folder / "cache"), "models": []}
-    with BenchServer(config, folder / "server") as server:
+    with ServerProcess(folder / "server", config) as server:
         api = httpx.Client(base_url=server.url, timeout=300)
         before = tree_rss_mb(server.pid)
         entry = {"name": "swapped", "adapter": "toy", "params": {"alloc_mb": 200}}
@@ -225,7 +225,7 @@ def _fleet(options: ModelsBenchOptions, folder: Path) -> dict[str, Any]:
     budget = options.fleet_resident * footprint + 20
     config = {"cache_dir": str(folder / "cache"), "memory_budget_mb": budget, "models": []}
     names = [f"toy-{i:02d}" for i in range(options.fleet_models)]
-    with BenchServer(config, folder / "server") as server:
+    with ServerProcess(folder / "server", config) as server:
         api = httpx.Client(base_url=server.url, timeout=300)
         for name in names:
             entry = {"name": name, "adapter": "toy", "footprint_mb": footprint}

@@ -126,7 +126,9 @@ class WhisperAdapter(Adapter):
         """Transcribe each item.
 
         Args:
-            batch: items ``{"audio": path or float32 array at 16 kHz, "language": optional}``.
+            batch: items ``{"audio": path or float32 array at 16 kHz, "language": optional,
+                "initial_prompt": optional}`` (the prompt conditions the first window:
+                spellings, names, style).
 
         Returns:
             One transcript dict per item (:meth:`Transcript.to_dict` shape).
@@ -139,13 +141,21 @@ class WhisperAdapter(Adapter):
         for item in batch:
             if not isinstance(item, dict) or "audio" not in item:
                 raise ValueError("each whisper input must be a dict with an 'audio' key")
-            results.append(self.transcribe(item["audio"], item.get("language")).to_dict())
+            transcript = self.transcribe(
+                item["audio"], item.get("language"), initial_prompt=item.get("initial_prompt")
+            )
+            results.append(transcript.to_dict())
         return results
 
     def transcribe(
-        self, audio: str | os.PathLike[str] | np.ndarray, language: str | None = None
+        self,
+        audio: str | os.PathLike[str] | np.ndarray,
+        language: str | None = None,
+        *,
+        initial_prompt: str | None = None,
     ) -> Transcript:
-        """Transcribe one file or array (see :meth:`predict`)."""
+        """Transcribe one file or array (see :meth:`predict`); ``initial_prompt`` is
+        faster-whisper's own option of that name."""
         if self._model is None:
             self.load()
         samples = _as_samples(audio)
@@ -158,6 +168,7 @@ class WhisperAdapter(Adapter):
             beam_size=self.beam_size,
             vad_filter=self.vad_filter,
             word_timestamps=self.word_timestamps,
+            initial_prompt=initial_prompt,
         )
         segments = [_segment(index, piece) for index, piece in enumerate(pieces)]
         segments = [segment for segment in segments if segment.text.strip()]

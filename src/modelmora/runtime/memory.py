@@ -119,16 +119,21 @@ def tree_rss_mb(pid: int | None = None) -> float:
     Shared pages are counted once per process, so this slightly over-states a tree that
     shares libraries; it never under-states what the tree holds.
     """
+    return sum(_split_tree_rss_mb(pid))
+
+
+def _split_tree_rss_mb(pid: int | None) -> tuple[float, float]:
+    """(RSS of the process, RSS of all its descendants) in MB; zeros if it is gone."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        children = root.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for proc in procs:
+        return 0.0, 0.0
+    sizes = [0, 0]
+    for index, proc in [(0, root), *((1, child) for child in children)]:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += proc.memory_info().rss
-    return total / _MB
+            sizes[index] += proc.memory_info().rss
+    return sizes[0] / _MB, sizes[1] / _MB
 
 
 def available_mb() -> float:
@@ -253,6 +258,11 @@ class TreeSampler:
         pid: root of the tree (this process by default).
         interval: seconds between samples.
         keep_timeline: also keep ``(t, rss_mb)`` samples (for plots).
+
+    Attributes:
+        peak_mb: the largest RSS of the whole tree seen.
+        peak_descendants_mb: the largest RSS of the tree without its root (a server's
+            workers, say), seen in the same samples.
     """
 
     def __init__(
@@ -261,16 +271,18 @@ class TreeSampler:
         self.pid = os.getpid() if pid is None else pid
         self.interval = interval
         self.keep_timeline = keep_timeline
-        self.peak_mb = 0.0
+        self.peak_mb = self.peak_descendants_mb = 0.0
         self.timeline: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
 
     def sample(self) -> float:
-        """Take one sample now and return it."""
-        rss = tree_rss_mb(self.pid)
+        """Take one sample now and return it (the whole tree's RSS in MB)."""
+        root, descendants = _split_tree_rss_mb(self.pid)
+        rss = root + descendants
         self.peak_mb = max(self.peak_mb, rss)
+        self.peak_descendants_mb = max(self.peak_descendants_mb, descendants)
         if self.keep_timeline:
             self.timeline.append((time.monotonic() - self._t0, rss))
         return rss

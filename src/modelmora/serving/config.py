@@ -47,6 +47,7 @@ from modelmora.models import Capabilities, ModelSpec, adapter_capabilities, adap
 from modelmora.paths import default_cache_dir
 
 __all__ = [
+    "MODEL_NAME",
     "PRIORITIES",
     "RANK",
     "ConfigError",
@@ -75,7 +76,8 @@ def _known_kind(kind: str) -> str:
 #: An adapter kind: a built-in, one published in the ``modelmora.adapters`` entry points, or
 #: ``package.module:Class``.
 AdapterKind = Annotated[str, AfterValidator(_known_kind)]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: What a model name may be: what clients send as ``model`` and what appears in routes' paths.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNIT_MB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}
 
@@ -171,7 +173,7 @@ class ModelConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not MODEL_NAME.match(value):
             raise ValueError(
                 "a model name is 1-128 letters, digits, '.', '_', ':' or '-', "
                 "starting with a letter or digit"
@@ -221,7 +223,8 @@ class ServerConfig(BaseModel):
         max_request_mb: largest request body accepted.
         queue_limit: most requests waiting at once; past it requests are refused (503).
         request_timeout_s: longest a call into a worker may take before it is killed.
-        retry_crashed: run a batch once more when its worker crashed during it.
+        retry_crashed: run a batch once more when its worker was lost during it (crashed,
+            killed at its timeout or memory cap).
         unhealthy_cooldown_s: how long a model whose load failed is refused; doubled after
             each failure in a row (a pinned model is retried when it ends).
         unhealthy_cooldown_max_s: the cap of that backoff.

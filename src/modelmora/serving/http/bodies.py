@@ -6,12 +6,11 @@ Unknown fields are ignored; a field that fails its check is answered 400 with th
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from modelmora.serving.config import Priority
+from modelmora.serving.config import MODEL_NAME, Priority
 
 __all__ = [
     "ChatMessage",
@@ -26,13 +25,15 @@ __all__ = [
     "check_name",
 ]
 
-_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
 
 def check_name(name: str, what: str = "model") -> str:
-    """``name`` if it is a valid name (letters, digits, '.', '_', ':', '-'); else ValueError."""
-    if not _NAME.match(name) or set(name) <= {"."}:
-        raise ValueError(f"bad {what} name {name!r}: use letters, digits, '.', '_', ':' or '-'")
+    """``name`` if it is a valid model name (the config's rule, :data:`MODEL_NAME`); else
+    ValueError."""
+    if not MODEL_NAME.match(name):
+        raise ValueError(
+            f"bad {what} name {name!r}: use letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
+        )
     return name
 
 

@@ -145,6 +145,8 @@ def add_openai_routes(app: FastAPI) -> None:
         path = await _save_upload(file, state.uploads)
         try:
             item = {"audio": str(path), "language": language}
+            if prompt:  # OpenAI's prompt is Whisper's initial prompt
+                item["initial_prompt"] = prompt
             (result,) = await state.run(model, [item])
             if diarizer is not None:
                 labelled = diarized.diarizer_input(str(path), result, known)
@@ -286,7 +288,8 @@ def add_native_routes(app: FastAPI) -> None:
         if state.start_error is not None:
             message = f"the scheduler failed to start: {state.start_error}"
             return ApiError(503, message, "server_error", "not_ready").response()
-        if not state.started.is_set() or not state.scheduler.is_ready():
+        # is_ready takes the scheduler's lock (a dispatch pass may hold it): not on the loop
+        if not state.started.is_set() or not await asyncio.to_thread(state.scheduler.is_ready):
             return ApiError(503, "not ready yet", "server_error", "not_ready").response()
         return JSONResponse({"status": "ready"})
 
