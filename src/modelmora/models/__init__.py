@@ -105,8 +105,9 @@ class Capabilities:
         vram_footprint_mb: GPU memory it takes on a GPU (``None``: the RAM guess).
         bundled_sources: source names the adapter resolves itself (a packaged copy): never
             fetched from the hub.
-        warmup: one small valid input (``None``: none declared). The isolation and startup
-            benchmarks run it as their sample input; it is meant for a post-load health check.
+        warmup: one small valid input (``None``: none declared). The server runs it once
+            after every load (a model that fails it is unhealthy, gets no traffic); the
+            isolation and startup benchmarks use it as their sample input.
     """
 
     task: str = "custom"
