@@ -78,7 +78,8 @@ def test_wrong_adapter_names_line_and_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)
-    assert message.startswith("config.yaml:5: models[1].adapter: Input should be 'whisper'")
+    assert message.startswith("config.yaml:5: models[1].adapter: Value error, unknown adapter")
+    assert "'wisper'" in message and "whisper" in message and "package.module:Class" in message
 
 
 def test_unknown_field_and_bad_value_are_all_reported(tmp_path: Path) -> None:

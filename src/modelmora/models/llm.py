@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter
+from modelmora.models import Adapter, Capabilities
 
 __all__ = ["LlmAdapter", "default_llm_model", "transcript_lines"]
 
@@ -138,7 +138,12 @@ class LlmAdapter(Adapter):
         ValueError: a context too small for the completion length, or a bad temperature.
     """
 
-    preload = ("llama_cpp",)
+    capabilities = Capabilities(
+        task="chat",
+        routes=("/v1/chat/completions",),
+        takes_source=True,
+        frameworks=("llama_cpp",),
+    )
 
     def __init__(
         self,

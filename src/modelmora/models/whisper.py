@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter, check_device
+from modelmora.models import Adapter, Capabilities, check_device
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
 from modelmora.speech.transcript import Segment, Transcript, Word
 
@@ -68,7 +68,13 @@ class WhisperAdapter(Adapter):
         ValueError: an unknown device, or a beam size or thread count out of range.
     """
 
-    preload = ("ctranslate2", "faster_whisper")
+    capabilities = Capabilities(
+        task="transcription",
+        routes=("/v1/audio/transcriptions",),
+        takes_device=True,
+        takes_source=True,
+        frameworks=("faster_whisper", "ctranslate2"),
+    )
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ Data flow (one worker = one model)::
     parent (runtime.Worker)                       child (this module)
     ───────────────────────                       ───────────────────
     Popen(new session, env with thread caps) ──▶  prctl(PDEATHSIG=SIGKILL)
-    [Prepare(kind)]     ─────────────────────▶    a spare: import the adapter's ``preload``
+    [Prepare(kind)]     ─────────────────────▶    a spare: import the adapter's frameworks
                         ◀──────────────────────── Prepared(pid, modules, memory)   ...waits
     Init(kind, params)  ───── socket ─────────▶   resolve adapter, load()
                         ◀────────────────────── Ready(pid, load_s, memory) | LoadFailed(tb)
@@ -127,7 +127,7 @@ def _load(init: Init) -> Any:
 
 
 def _prepare(msg: Prepare, nvml: bool) -> Prepared:
-    """Import what adapter ``msg.kind`` declares in ``preload``; create nothing."""
+    """Import the frameworks adapter ``msg.kind`` declares (``capabilities``); create nothing."""
     import importlib
 
     from modelmora.models import resolve_adapter
@@ -140,7 +140,7 @@ def _prepare(msg: Prepare, nvml: bool) -> Prepared:
         modules.append(cls.__module__)
         with warnings.catch_warnings():  # deprecation noise of the frameworks' own imports
             warnings.simplefilter("ignore")
-            for name in getattr(cls, "preload", ()):
+            for name in getattr(getattr(cls, "capabilities", None), "frameworks", ()):
                 importlib.import_module(name)
                 modules.append(name)
     except Exception as exc:  # the spare is useless: the parent discards it

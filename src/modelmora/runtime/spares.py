@@ -4,7 +4,7 @@ Most of a cold start is the framework's import (torch and sentence-transformers 
 not the model's weights. A :class:`SparePool` keeps ``keep[kind]`` spares per
 :data:`~modelmora.runtime.worker.SpareKey` (adapter kind, threads, env): each a worker child,
 spawned exactly like any other (exec of a fresh interpreter, own session, PDEATHSIG and the
-watchdog), that answered ``Prepare`` by importing its adapter's ``preload`` modules::
+watchdog), that answered ``Prepare`` by importing its adapter's frameworks::
 
     pool.start(worker) ─▶ a ready spare of worker.spare_key()?
                             yes ─▶ worker.start(spare=it)   (warm: the Init goes to the spare)

@@ -11,7 +11,8 @@ ends with :func:`~modelmora.runtime.memory.verify_release`: the processes are go
 them. The data flow is drawn at the top of :mod:`modelmora.runtime._child`.
 
 A worker can also start *warm*: :meth:`Worker.prepare` spawns the child and has it import the
-framework its adapter declares (``Adapter.preload``) without loading anything (a spare), and
+framework its adapter declares (its capabilities' ``frameworks``) without loading
+anything (a spare), and
 ``Worker(spec).start(spare=that)`` takes the spare's process over and sends it the model.
 Every guarantee above is the spare's too: it is the same kind of child, spawned the same way.
 :mod:`modelmora.runtime.spares` keeps spares ready.

@@ -34,6 +34,7 @@ __all__ = [
     "ChatChunks",
     "EventFormat",
     "OutputChunks",
+    "approx_tokens",
     "chat_completion",
     "check_json_input",
     "check_transcription_options",
@@ -65,7 +66,8 @@ def model_list(models: Iterable[ModelConfig]) -> dict[str, Any]:
     return {"object": "list", "data": [model_entry(m) for m in models]}
 
 
-def _approx_tokens(text: str) -> int:
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free token count of ``text`` (for ``usage``)."""
     # The parent never loads a tokenizer (no ML framework here): words and punctuation marks
     # are close to what sub-word tokenizers count for English.
     return len(re.findall(r"\w+|[^\w\s]", text))
@@ -78,7 +80,7 @@ def embeddings(
 
     Args:
         model: the model name.
-        texts: the inputs (for the usage count).
+        texts: the text inputs (for the usage count; images are not counted).
         vectors: one vector per input.
         encoding: ``float`` (lists of numbers) or ``base64`` (little-endian float32 bytes).
     """
@@ -88,7 +90,7 @@ def embeddings(
         if encoding == "base64":
             value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
         data.append({"object": "embedding", "index": index, "embedding": value})
-    tokens = sum(_approx_tokens(t) for t in texts)
+    tokens = sum(approx_tokens(t) for t in texts)
     return {
         "object": "list",
         "data": data,

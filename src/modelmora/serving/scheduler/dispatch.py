@@ -78,7 +78,10 @@ class Dispatcher:
                 if rep is None or not self.batch_due(m, now, wakes):
                     break
                 self.start_batch(m, rep)
-            if not m.needs_replica() or m.unhealthy_until > now or books.closed:
+            if not m.needs_replica() or books.closed:
+                continue
+            if m.unhealthy_until > now:  # a pinned model is retried when its backoff ends
+                wakes.append(m.unhealthy_until - now)
                 continue
             if books.closing and not m.queued():
                 continue

@@ -97,6 +97,8 @@ class ModelState:
         self.backoff_until = 0.0
         self.drain_seq = -1  # requests up to this seq are served before the model is evicted
         self.held_off = False  # unloaded on request: a pinned model is not reloaded on its own
+        self.removed = False  # deleted from the registry: its workers are stopping
+        self.load_failures = 0  # failed loads in a row: the backoff's exponent
         self.last_used: float | None = None
         self.rss_mb = self.peak_rss_mb = 0.0
         self.vram_mb: float | None = None
@@ -166,6 +168,7 @@ class ModelState:
         return {
             "name": self.cfg.name,
             "adapter": self.cfg.adapter,
+            "task": self.cfg.capabilities.task,
             "state": self.state(now),
             "footprint_mb": round(self.footprint_mb, 1),
             "footprint_source": self.footprint_source,
@@ -184,19 +187,23 @@ class ModelState:
             "error": self.error,
             "last_release": self.last_release,
             "retry_after_s": round(max(self.unhealthy_until - now, 0.0), 1) or None,
+            "load_failures": self.load_failures,
             **self.counts,
         }
 
 
 def estimate_footprint(cfg: ModelConfig) -> tuple[float, float]:
-    """First-run guess of (RAM, VRAM) in MB, before anything was measured."""
-    params = cfg.params
-    if cfg.adapter == "toy":
-        return float(params.get("alloc_mb", 0)) + 60.0, 0.0
-    if cfg.adapter == "toy-cuda":
-        return 600.0, float(params.get("alloc_mb", 2048)) + 500.0
+    """First-run guess of (RAM, VRAM) in MB, before anything was measured.
+
+    The adapter's footprint hints first (:class:`~modelmora.models.Capabilities`), else 1.5×
+    the size of a local source plus an interpreter, else 500 MB; on a GPU the VRAM guess is
+    the RAM guess unless the adapter declares its own.
+    """
+    caps = cfg.capabilities
     ram = 500.0
-    if cfg.source and os.path.exists(cfg.source):
+    if caps.footprint_mb is not None:
+        ram = caps.footprint_mb
+    elif cfg.source and os.path.exists(cfg.source):
         paths = (
             [cfg.source]
             if os.path.isfile(cfg.source)
@@ -204,7 +211,9 @@ def estimate_footprint(cfg: ModelConfig) -> tuple[float, float]:
         )
         ram = sum(os.path.getsize(p) for p in paths) / 2**20 * 1.5 + 300.0
     on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and nvml_available())
-    return ram, (ram if on_gpu and cfg.adapter != "diarizer" else 0.0)
+    if caps.vram_footprint_mb is not None:
+        return ram, caps.vram_footprint_mb
+    return ram, (ram if on_gpu else 0.0)
 
 
 def initial_footprint(cfg: ModelConfig, store: FootprintStore) -> tuple[float, float, str]:
@@ -293,8 +302,8 @@ class Residency:
     def get(self, name: str) -> ModelState:
         """The model called ``name``; :class:`UnknownModel` names the known ones."""
         m = self.models.get(name)
-        if m is None:
-            raise UnknownModel(name, self.models)
+        if m is None or m.removed:
+            raise UnknownModel(name, [n for n, x in self.models.items() if not x.removed])
         return m
 
     def replicas(self) -> list[Replica]:
