@@ -191,7 +191,7 @@ def test_parse_size_rejects_text() -> None:
 def test_keep_spares_default_and_validation() -> None:
     assert ServerConfig().keep_spares == KEEP_SPARES
     assert ServerConfig(keep_spares={}).keep_spares == {}
-    with pytest.raises(ValueError, match="unknown adapter 'nope'"):
+    with pytest.raises(ValueError, match="keep_spares: unknown adapter kind 'nope'"):
         ServerConfig(keep_spares={"nope": 1})
     with pytest.raises(ValueError, match="0 or more"):
         ServerConfig(keep_spares={"embedding": -1})
