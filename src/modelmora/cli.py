@@ -83,11 +83,20 @@ def transcribe(
     output_format: str | None = typer.Option(
         None, "--output-format", "-f", help="txt|srt|vtt|json|tsv|rttm|all (comma-separated)."
     ),
-    model: str | None = typer.Option(None, help="Whisper size name or model folder."),
+    model: str | None = typer.Option(
+        None, help="Whisper size name (base: default, tiny.en, small...) or model folder."
+    ),
     language: str | None = typer.Option(None, help="Language code (default: detect)."),
     device: str | None = typer.Option(None, help="auto|cpu|cuda."),
     compute_type: str | None = typer.Option(None, help="CTranslate2 compute type."),
     beam_size: int | None = typer.Option(None, help="Whisper beam width."),
+    batch_size: int | None = typer.Option(
+        None, help="30 s chunks decoded at once (1: sequential, the default)."
+    ),
+    initial_prompt: str | None = typer.Option(
+        None, help="Text Whisper sees as said before the audio (names, spellings)."
+    ),
+    hotwords: str | None = typer.Option(None, help="Words Whisper is nudged towards."),
     diarize: bool | None = typer.Option(None, "--diarize/--no-diarize", help="Label speakers."),
     num_speakers: int | None = typer.Option(None, help="Exact number of speakers."),
     min_speakers: int | None = typer.Option(None, help="Fewest speakers to consider."),
@@ -95,7 +104,9 @@ def transcribe(
     summarize: bool | None = typer.Option(
         None, "--summarize/--no-summarize", help="Write <stem>.summary.md with an LLM."
     ),
-    llm: str | None = typer.Option(None, help="GGUF path or OpenAI-compatible server URL."),
+    llm: str | None = typer.Option(
+        None, help="smollm2 (default), gemma3-270m, a GGUF path or an OpenAI-compatible URL."
+    ),
     memory_budget: str | None = typer.Option(None, help="RSS cap per stage worker (4G, 512M)."),
     memory_report: str | None = typer.Option(None, help="Write the memory report JSON here."),
     threads: int | None = typer.Option(None, help="Numeric threads per worker."),
@@ -118,6 +129,9 @@ def transcribe(
             device=device,
             compute_type=compute_type,
             beam_size=beam_size,
+            batch_size=batch_size,
+            initial_prompt=initial_prompt,
+            hotwords=hotwords,
             diarize=diarize,
             num_speakers=num_speakers,
             min_speakers=min_speakers,

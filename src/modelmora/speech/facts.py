@@ -20,25 +20,31 @@ Pure Python: importing it costs nothing.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["FactCheck", "find_facts", "normalize", "repeated_ngrams"]
 
-_UNITS = (
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+_UNITS = _words(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
     "fifteen sixteen seventeen eighteen nineteen"
-).split()
-_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
-_ORDINALS = (
+)
+_TENS = _words("twenty thirty forty fifty sixty seventy eighty ninety")
+_ORDINALS = _words(
     "zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
     "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth"
-).split()
-_TENS_ORD = "twentieth thirtieth fortieth fiftieth sixtieth seventieth eightieth ninetieth".split()
+)
+_TENS_ORD = _words("twentieth thirtieth fortieth fiftieth sixtieth seventieth eightieth ninetieth")
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
-MONTHS = (
+MONTHS = _words(
     "january february march april may june july august september october november december"
-).split()
-WEEKDAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
+)
+WEEKDAYS = _words("monday tuesday wednesday thursday friday saturday sunday")
 
 _WORD_VALUES: dict[str, tuple[int, bool]] = {w: (i, False) for i, w in enumerate(_UNITS)}
 _WORD_VALUES.update({w: (20 + 10 * i, False) for i, w in enumerate(_TENS)})
@@ -78,7 +84,8 @@ def _words_to_digits(words: list[str]) -> list[str]:
         following = words[index + 1] if index + 1 < len(words) else ""
         # "one" is a number in "twenty one" and "one hundred", a word in "one of them"
         counted = last == "tens" or following in _SCALES
-        if (word in _AMBIGUOUS and not counted) or not all(p in _WORD_VALUES or p in _SCALES for p in parts):
+        spelled = all(p in _WORD_VALUES or p in _SCALES for p in parts)
+        if (word in _AMBIGUOUS and not counted) or not spelled:
             flush()
             out.append(word)
             continue
@@ -120,8 +127,15 @@ def normalize(text: str) -> str:
     words = _words_to_digits([w for w in words if w])
     text = " ".join(words)
     for pattern, (month, day) in _DATE_FORMS:
-        text = pattern.sub(lambda m, mo=month, d=day: f"{m.group(mo)} {int(m.group(d))}", text)
+        text = pattern.sub(_date_as(month, day), text)
     return re.sub(r"\b(\d+)(?:st|nd|rd|th)\b", r"\1", text)
+
+
+def _date_as(month: int, day: int) -> Callable[[re.Match[str]], str]:
+    def replace(match: re.Match[str]) -> str:
+        return f"{match.group(month)} {int(match.group(day))}"
+
+    return replace
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ STATE_DIR = ".modelmora"
 #: The batch report's file name (inside the output folder).
 REPORT_NAME = "modelmora-report.json"
 _STATE_VERSION = REPORT_VERSION
+_UNSURE_LANGUAGE = 0.5  # below this detection probability the report says to check it
 
 
 # --- fault injection (tests) ----------------------------------------------------------------
@@ -127,6 +128,7 @@ class _Stage:
     item: Callable[[_Job], dict[str, Any]]
     accept: Callable[[_Job, Any], None]
     fatal: bool = True  # a failure fails the file (False: only the summary is missing)
+    streams: bool = False  # the worker streams progress records before the output
     wants: Callable[[_Job], bool] = lambda job: job.result.ok
 
 
@@ -267,6 +269,9 @@ def _whisper_stage(run: _Run) -> _Stage:
         "language": opts.language,
         "vad_filter": opts.vad_filter,
         "beam_size": opts.beam_size,
+        "batch_size": opts.batch_size,
+        "initial_prompt": opts.initial_prompt,
+        "hotwords": opts.hotwords,
     }
     spec = ModelSpec("whisper", params)
     if opts.crash_on:
@@ -280,8 +285,14 @@ def _whisper_stage(run: _Run) -> _Stage:
         job.transcript = transcript.to_dict()
         job.result.duration_s = round(transcript.duration, 3)
         job.result.language = transcript.language
+        job.result.language_probability = transcript.language_probability
         if not transcript.segments:
             job.result.note = "no speech detected"
+        elif (transcript.language_probability or 1.0) < _UNSURE_LANGUAGE:
+            job.result.note = (
+                f"language detection unsure ({transcript.language}, probability "
+                f"{transcript.language_probability:.2f}): pass --language if it is wrong"
+            )
         if not opts.diarize:
             run.write_transcript(job)
 
@@ -292,6 +303,7 @@ def _whisper_stage(run: _Run) -> _Stage:
         upstream=None,
         item=lambda job: {"audio": str(job.path), "language": opts.language},
         accept=accept,
+        streams=True,
     )
 
 
@@ -338,7 +350,13 @@ def _summarize_stage(run: _Run) -> _Stage:
 
     def accept(job: _Job, output: Any) -> None:
         _write_summary(run, job, str(output["summary"]).strip(), params)
-        job.result.summary = {"status": "ok", "reason": None}
+        facts = output.get("facts") or {}
+        job.result.summary = {
+            "status": "ok",
+            "reason": None,
+            "items": facts.get("items"),
+            "unsupported": facts.get("unsupported"),
+        }
 
     return _Stage(
         name="summarize",
@@ -353,7 +371,7 @@ def _summarize_stage(run: _Run) -> _Stage:
 
 
 def _write_summary(run: _Run, job: _Job, text: str, params: dict[str, Any]) -> None:
-    llm = params["model"] or "the bundled gemma-3 270M base model (a smoke model)"
+    llm = params["model"] or "SmolLM2-135M-Instruct (the packaged default)"
     body = text or "_The model returned an empty summary._"
     path = run.out_dir / f"{job.result.stem}.summary.md"
     write_atomic(path, [f"# Summary of {job.path.name}\n\n{body}\n\n---\n_Written by {llm}._\n"])
@@ -450,7 +468,7 @@ def _process(run: _Run, stage: _Stage, pending: list[_Job], stats: StageStats, t
                     break
             started = time.perf_counter()
             try:
-                (output,) = worker.call([stage.item(job)], timeout=run.options.file_timeout)
+                output = _call(run, stage, worker, job, task)
                 stage.accept(job, output)
                 run.save(job, stage.name, output, time.perf_counter() - started)
             except Exception as exc:
@@ -472,6 +490,27 @@ def _process(run: _Run, stage: _Stage, pending: list[_Job], stats: StageStats, t
         if worker is not None:
             _stop(worker, stats)
         stats.wall_s = time.perf_counter() - t0
+
+
+def _call(run: _Run, stage: _Stage, worker: Worker, job: _Job, task: Any) -> Any:
+    """One file through the worker; a streaming stage's progress moves the bar inside it."""
+    timeout = run.options.file_timeout
+    if not stage.streams:
+        (whole,) = worker.call([stage.item(job)], timeout=timeout)
+        return whole
+    output: Any = None
+    base = run.progress.tasks[task].completed if run.progress and task is not None else 0.0
+    for value in worker.stream(stage.item(job), timeout=timeout):
+        if isinstance(value, dict) and "progress_s" in value:
+            if run.progress and task is not None and value["duration_s"]:
+                done = min(value["progress_s"] / value["duration_s"], 1.0)
+                text = f"{stage.name} {value['progress_s']:.0f}/{value['duration_s']:.0f}s"
+                run.progress.update(task, completed=base + done, description=text)
+        else:
+            output = value
+    if run.progress and task is not None:
+        run.progress.update(task, completed=base, description=stage.name)
+    return output
 
 
 # --- entry point -----------------------------------------------------------------------------
