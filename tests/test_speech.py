@@ -174,6 +174,35 @@ def test_summarize_with_bundled_gguf(meeting_transcript: Transcript) -> None:
 
 
 @pytest.mark.slow
+def test_summary_by_smollm2_is_sectioned_pointed_and_checked(meeting: Any) -> None:
+    from modelmora.models.llm import LlmAdapter, resolve_llm_model, transcript_lines
+    from modelmora.speech.facts import FactCheck
+
+    segments = [
+        {"start": 4.5 * i, "end": 4.5 * i + 4, "text": text, "speaker": f"SPEAKER_0{i % 2}"}
+        for i, text in enumerate(meeting.texts)
+    ]
+    adapter = LlmAdapter(n_threads=2, temperature=0.0)  # the default: SmolLM2-135M-Instruct
+    try:
+        (result,) = adapter.predict([{"task": "summarize", "segments": segments}])
+    finally:
+        adapter.close()
+    text = result["summary"]
+    assert "SmolLM2" in str(resolve_llm_model(None))
+    assert text.index("## What was discussed") < text.index("## Decisions")
+    assert text.index("## Decisions") < text.index("## Action items")
+    check = FactCheck("\n".join(transcript_lines(segments)))
+    items = [line for line in text.splitlines() if line.startswith("- ")]
+    assert items and len(items) == result["facts"]["items"]
+    for line in items:  # every kept item holds only facts of the transcript, and says where
+        stamp = re.search(r"\[(\d\d):(\d\d)\]$", line)
+        assert stamp and int(stamp[1]) * 60 + int(stamp[2]) <= segments[-1]["start"], line
+        assert check.unsupported(line) == [], line
+    assert "Good morning" not in text  # not the transcript again
+    assert result["facts"]["unsupported"] == len(result["facts"]["left_out"])
+
+
+@pytest.mark.slow
 def test_llm_chat_and_map_reduce_locally(meeting_transcript: Transcript) -> None:
     from modelmora.models.llm import LlmAdapter
 
@@ -241,7 +270,10 @@ def test_llm_over_http(meeting: Any) -> None:
             for i, text in enumerate(meeting.texts * 3)
         ]
         (result,) = adapter.predict([{"task": "summarize", "segments": segments}])
-        assert result["summary"].startswith("summary of")
+        # the server's answers go through the same check: its invented numbers are left out
+        assert result["summary"].startswith("## What was discussed")
+        assert result["facts"]["unsupported"] >= 1 and result["facts"]["items"] == 0
+        assert "summary of" not in result["summary"]
         paths = {path for path, _ in _FakeOpenAI.requests}
         assert paths == {"/v1/chat/completions"} and len(_FakeOpenAI.requests) >= 3
         assert _FakeOpenAI.requests[0][1]["model"] == "llama3"

@@ -288,11 +288,24 @@ def bench_pipeline(
     meeting_rttm: Annotated[Path | None, typer.Option(help="The meeting's reference RTTM.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Keep outputs and logs here.")] = None,
     backend: str = typer.Option("local", help="local, or ray: the local batch beside Ray's."),
+    quality: bool = typer.Option(
+        False,
+        "--quality",
+        help="Instead: the packaged models side by side (Whisper base vs tiny.en, batched vs "
+        "sequential, summary facts of SmolLM2 vs Gemma).",
+    ),
+    long_audio: Annotated[
+        Path | None, typer.Option(help="With --quality: a long wav (+ .txt) for batching.")
+    ] = None,
+    batch_size: int = typer.Option(8, help="With --quality: the batched side's batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Memory, wall time and quality of the workflow against in-process and per-file designs."""
     from modelmora.bench.pipeline import format_table, run_pipeline_bench
 
+    if quality:
+        _bench_quality(audio_dir, jfk, long_audio, batch_size, as_json)
+        return
     try:
         result = run_pipeline_bench(
             files=files,
@@ -311,6 +324,24 @@ def bench_pipeline(
         _print_json(result)
     else:
         Console().print(format_table(result))
+
+
+def _bench_quality(
+    audio_dir: Path | None, jfk: Path | None, long_audio: Path | None, batch: int, as_json: bool
+) -> None:
+    from modelmora.bench.pipeline import DEFAULT_AUDIO_DIR, make_bench_audio
+    from modelmora.bench.quality import format_quality, run_quality_bench
+
+    folder = audio_dir or DEFAULT_AUDIO_DIR
+    example = Path(__file__).resolve().parents[2] / "examples" / "conversation.wav"
+    generated = make_bench_audio(folder, 3)
+    recordings = [p for p in (example, jfk) if p is not None and p.is_file()]
+    recordings += [*generated["two"], *generated["three"]]
+    result = run_quality_bench(folder, recordings, long_audio, batch_size=batch)
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_quality(result))
 
 
 def main() -> None:

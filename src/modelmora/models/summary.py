@@ -60,6 +60,8 @@ _STOP_WORDS = frozenset(
     )
 )
 _OWNERLESS = {"we", "i", "you", "they", "team", "everyone", "all"}
+# a transcript line copied as a decision or action item is one only if it commits to something
+_COMMITS = {"will", "decide", "decided", "agree", "agreed", "must", "should"}
 
 
 def transcript_lines(segments: Sequence[dict[str, Any]], times: bool = False) -> list[str]:
@@ -191,12 +193,23 @@ def _owner_missing(item: str, source: dict[str, Any] | None) -> list[str]:
 def check_items(
     answers: dict[str, list[str]], segments: Sequence[dict[str, Any]], lines: list[str]
 ) -> Summary:
-    """Check and point each item (see the module docstring)."""
+    """Check and point each item (see the module docstring).
+
+    Items with fewer than two content words, and transcript lines copied whole that commit to
+    nothing, are not summary items: they are dropped (not counted as unsupported).
+    """
     checker = FactCheck("\n".join(lines))
+    spoken = {normalize(str(s.get("text", ""))) for s in segments}
     kept: list[Item] = []
     left_out: list[Item] = []
     for section, texts in answers.items():
         for text in texts:
+            said = normalize(re.sub(r"^\s*\w+\s*:\s*", "", text))
+            copied = said in spoken or normalize(text) in spoken
+            if len(_content(text)) < 2 or (
+                copied and (section == "discussed" or not _COMMITS & set(said.split()))
+            ):
+                continue
             source = _source(text, segments)
             item = Item(section, _strip_pointer(text))
             item.at = None if source is None else float(source.get("start", 0.0))
