@@ -499,7 +499,9 @@ def _call(run: _Run, stage: _Stage, worker: Worker, job: _Job, task: Any) -> Any
         (whole,) = worker.call([stage.item(job)], timeout=timeout)
         return whole
     output: Any = None
-    base = run.progress.tasks[task].completed if run.progress and task is not None else 0.0
+    base = 0.0
+    if run.progress and task is not None:
+        base = next(t.completed for t in run.progress.tasks if t.id == task)
     for value in worker.stream(stage.item(job), timeout=timeout):
         if isinstance(value, dict) and "progress_s" in value:
             if run.progress and task is not None and value["duration_s"]:
