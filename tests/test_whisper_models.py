@@ -162,3 +162,18 @@ def test_progress_streams_inside_a_file(base: Any, meeting: Any) -> None:
     done = [p["progress_s"] for p in progress]
     assert done == sorted(done) and done[-1] <= progress[-1]["duration_s"]
     assert progress[-1]["duration_s"] == pytest.approx(meeting.duration, abs=0.1)
+
+
+def test_prompt_and_batch_options_from_yaml_and_flags(tmp_path: Path) -> None:
+    from modelmora.workflow.options import load_options
+
+    config = tmp_path / "modelmora.yaml"
+    config.write_text("initial_prompt: 'Attendees: Siobhan.'\nhotwords: Kestrel\nbatch_size: 4\n")
+    options = load_options(config, hotwords="Zorvex")
+    assert (options.initial_prompt, options.hotwords, options.batch_size) == (
+        "Attendees: Siobhan.",
+        "Zorvex",
+        4,
+    )
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        load_options(batch_size=0)
