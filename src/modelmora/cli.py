@@ -86,11 +86,20 @@ def transcribe(
         "-f",
         help="txt|srt|vtt|json|tsv|rttm|html|docx|all (comma-separated).",
     ),
-    model: str | None = typer.Option(None, help="Whisper size name or model folder."),
+    model: str | None = typer.Option(
+        None, help="Whisper size name (base: default, tiny.en, small...) or model folder."
+    ),
     language: str | None = typer.Option(None, help="Language code (default: detect)."),
     device: str | None = typer.Option(None, help="auto|cpu|cuda."),
     compute_type: str | None = typer.Option(None, help="CTranslate2 compute type."),
     beam_size: int | None = typer.Option(None, help="Whisper beam width."),
+    batch_size: int | None = typer.Option(
+        None, help="30 s chunks decoded at once (1: sequential, the default)."
+    ),
+    initial_prompt: str | None = typer.Option(
+        None, help="Text Whisper sees as said before the audio (names, spellings)."
+    ),
+    hotwords: str | None = typer.Option(None, help="Words Whisper is nudged towards."),
     diarize: bool | None = typer.Option(None, "--diarize/--no-diarize", help="Label speakers."),
     num_speakers: int | None = typer.Option(None, help="Exact number of speakers."),
     min_speakers: int | None = typer.Option(None, help="Fewest speakers to consider."),
@@ -98,7 +107,9 @@ def transcribe(
     summarize: bool | None = typer.Option(
         None, "--summarize/--no-summarize", help="Write <stem>.summary.md with an LLM."
     ),
-    llm: str | None = typer.Option(None, help="GGUF path or OpenAI-compatible server URL."),
+    llm: str | None = typer.Option(
+        None, help="smollm2 (default), gemma3-270m, a GGUF path or an OpenAI-compatible URL."
+    ),
     memory_budget: str | None = typer.Option(None, help="RSS cap per stage worker (4G, 512M)."),
     memory_report: str | None = typer.Option(None, help="Write the memory report JSON here."),
     threads: int | None = typer.Option(None, help="Numeric threads per worker."),
@@ -134,6 +145,9 @@ def transcribe(
             device=device,
             compute_type=compute_type,
             beam_size=beam_size,
+            batch_size=batch_size,
+            initial_prompt=initial_prompt,
+            hotwords=hotwords,
             diarize=diarize,
             num_speakers=num_speakers,
             min_speakers=min_speakers,
@@ -416,11 +430,24 @@ def bench_pipeline(
     meeting_rttm: Annotated[Path | None, typer.Option(help="The meeting's reference RTTM.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Keep outputs and logs here.")] = None,
     backend: str = typer.Option("local", help="local, or ray: the local batch beside Ray's."),
+    quality: bool = typer.Option(
+        False,
+        "--quality",
+        help="Instead: the packaged models side by side (Whisper base vs tiny.en, batched vs "
+        "sequential, summary facts of SmolLM2 vs Gemma).",
+    ),
+    long_audio: Annotated[
+        Path | None, typer.Option(help="With --quality: a long wav (+ .txt) for batching.")
+    ] = None,
+    batch_size: int = typer.Option(8, help="With --quality: the batched side's batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Memory, wall time and quality of the workflow against in-process and per-file designs."""
     from modelmora.bench.pipeline import format_table, run_pipeline_bench
 
+    if quality:
+        _bench_quality(audio_dir, jfk, long_audio, batch_size, as_json)
+        return
     try:
         result = run_pipeline_bench(
             files=files,
@@ -607,6 +634,24 @@ def models_load(name: str, url: str = _URL) -> None:
 def models_unload(name: str, url: str = _URL) -> None:
     """Stop a model's workers and report what was released."""
     _print_json(_api(url, "POST", f"/api/v1/models/{name}/unload"))
+
+
+def _bench_quality(
+    audio_dir: Path | None, jfk: Path | None, long_audio: Path | None, batch: int, as_json: bool
+) -> None:
+    from modelmora.bench.pipeline import DEFAULT_AUDIO_DIR, make_bench_audio
+    from modelmora.bench.quality import format_quality, run_quality_bench
+
+    folder = audio_dir or DEFAULT_AUDIO_DIR
+    example = Path(__file__).resolve().parents[2] / "examples" / "conversation.wav"
+    generated = make_bench_audio(folder, 3)
+    recordings = [p for p in (example, jfk) if p is not None and p.is_file()]
+    recordings += [*generated["two"], *generated["three"]]
+    result = run_quality_bench(folder, recordings, long_audio, batch_size=batch)
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_quality(result))
 
 
 def main() -> None:

@@ -68,6 +68,7 @@ ADAPTERS: dict[str, str] = {
 #: The entry-point group where other packages publish adapters (``kind = "pkg.mod:Class"``).
 ENTRY_POINT_GROUP = "modelmora.adapters"
 
+
 def resolve_device(device: str) -> str:
     """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu`` (imports torch: workers only)."""
     if device != "auto":

@@ -309,9 +309,9 @@ def default_config(**overrides: Any) -> ServerConfig:
         A validated :class:`ServerConfig`.
     """
     models = [
-        ModelConfig(name="whisper-1", adapter="whisper"),
+        ModelConfig(name="whisper-1", adapter="whisper", source="tiny.en"),
         ModelConfig(name="all-minilm-l6-v2", adapter="embedding", max_batch_size=32, max_wait_ms=5),
-        ModelConfig(name="gemma-3-270m", adapter="llm"),
+        ModelConfig(name="gemma-3-270m", adapter="llm", source="gemma3-270m"),
     ]
     return ServerConfig.model_validate({"models": models, **overrides})
 

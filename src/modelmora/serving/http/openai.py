@@ -25,6 +25,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from modelmora.errors import InvalidInput
+from modelmora.models.llm import estimate_tokens
 from modelmora.serving.config import ModelConfig
 from modelmora.speech.formats import render
 from modelmora.speech.transcript import Transcript
@@ -34,7 +35,6 @@ __all__ = [
     "ChatChunks",
     "EventFormat",
     "OutputChunks",
-    "approx_tokens",
     "chat_completion",
     "check_json_input",
     "check_transcription_options",
@@ -66,13 +66,6 @@ def model_list(models: Iterable[ModelConfig]) -> dict[str, Any]:
     return {"object": "list", "data": [model_entry(m) for m in models]}
 
 
-def approx_tokens(text: str) -> int:
-    """A tokenizer-free token count of ``text`` (for ``usage``)."""
-    # The parent never loads a tokenizer (no ML framework here): words and punctuation marks
-    # are close to what sub-word tokenizers count for English.
-    return len(re.findall(r"\w+|[^\w\s]", text))
-
-
 def embeddings(
     model: str, texts: list[str], vectors: list[list[float]], encoding: str
 ) -> dict[str, Any]:
@@ -90,7 +83,7 @@ def embeddings(
         if encoding == "base64":
             value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
         data.append({"object": "embedding", "index": index, "embedding": value})
-    tokens = sum(approx_tokens(t) for t in texts)
+    tokens = sum(estimate_tokens(t) for t in texts)
     return {
         "object": "list",
         "data": data,

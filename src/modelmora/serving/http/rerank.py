@@ -19,9 +19,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from modelmora.models.llm import estimate_tokens
 from modelmora.serving.http.bodies import RerankRequest
 from modelmora.serving.http.errors import ApiError
-from modelmora.serving.http.openai import approx_tokens
 from modelmora.serving.http.state import AppState
 
 __all__ = ["ROUTE", "add_rerank_routes", "rerank_results"]
@@ -59,7 +59,7 @@ def add_rerank_routes(app: FastAPI) -> None:
         state.adapter(body.model, ROUTE)
         documents = body.texts()
         (scores,) = await state.run(body.model, [{"query": body.query, "documents": documents}])
-        tokens = sum(approx_tokens(body.query) + approx_tokens(d) for d in documents)
+        tokens = sum(estimate_tokens(body.query) + estimate_tokens(d) for d in documents)
         return {
             "id": uuid.uuid4().hex,
             "model": body.model,
