@@ -163,7 +163,9 @@ def test_default_config_serves_packaged_models() -> None:
     embedding = config.model("all-minilm-l6-v2")
     assert (embedding.max_batch_size, embedding.max_wait_ms) == (32, 5)
     assert [m.to_spec().kind for m in config.models] == ["whisper", "embedding", "llm"]
-    assert all(m.to_spec().params == {} for m in config.models)  # packaged defaults
+    # packaged copies, named: the server keeps tiny.en and Gemma as its light defaults
+    params = [m.to_spec().params for m in config.models]
+    assert params == [{"model": "tiny.en"}, {}, {"model": "gemma3-270m"}]
     assert config.host == "127.0.0.1" and config.port == 8000
     # the defaults survive a round trip through their own serialisation
     assert ServerConfig.model_validate(config.model_dump()) == config

@@ -427,7 +427,7 @@ class Worker:
             except OSError:
                 proto.discard(frame)
                 self._fail_dead("receiving a streamed call")
-            ended = False
+            ended = interrupted = False
             try:
                 while True:
                     reply = self._receive(timeout, "a streamed call", deadline)
@@ -437,9 +437,15 @@ class Worker:
                         self._end_call(reply)
                         return
                     yield reply.value
+            except (KeyboardInterrupt, SystemExit):
+                interrupted = True
+                raise
             finally:
                 if not ended and self.alive:  # the caller stopped early (a crash reaped it)
-                    self._cancel(call_id, deadline)
+                    if interrupted:  # Ctrl-C while waiting: do not wait for the child to wind down
+                        self.kill()
+                    else:
+                        self._cancel(call_id, deadline)
 
     def _cancel(self, call_id: int, deadline: float | None) -> None:
         """Ask the child to stop stream ``call_id`` and drain it; kill it if it does not stop."""

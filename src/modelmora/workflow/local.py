@@ -77,11 +77,19 @@ class LocalRunner(StageRunner):
             (whole,) = worker.call([book.stage.item(job)], timeout=timeout)
             return whole
         output: Any = None
-        for value in worker.stream(book.stage.item(job), timeout=timeout):
-            if isinstance(value, dict) and "progress_s" in value:
-                book.progress_within(value["progress_s"], value["duration_s"])
-            else:
-                output = value
+        stream = worker.stream(book.stage.item(job), timeout=timeout)
+        try:
+            for value in stream:
+                if isinstance(value, dict) and "progress_s" in value:
+                    book.progress_within(value["progress_s"], value["duration_s"])
+                else:
+                    output = value
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # Ctrl-C: kill first, or closing the stream
+                worker.kill()  # would ask the child to cancel and wait for the file in flight
+            raise
+        finally:
+            stream.close()
         return output
 
     def _start(self, book: StageBook) -> Worker:
