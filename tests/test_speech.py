@@ -155,7 +155,7 @@ def test_diarize_silence(bad_audio: dict[str, Path]) -> None:
 
 
 def test_diarizer_rejects_bad_counts() -> None:
-    from modelmora.models.diarizer import DiarizerAdapter
+    from modelmora.models.diarization import DiarizerAdapter
 
     with pytest.raises(ValueError, match="min_speakers"):
         DiarizerAdapter(min_speakers=3, max_speakers=2)
