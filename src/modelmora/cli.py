@@ -226,13 +226,16 @@ def bench_diarization(
         typer.Option("--engine", help="default|resemblyzer|pyannote|module:Class (repeat)."),
     ] = None,
     device: str = typer.Option("cpu", help="auto|cpu|cuda."),
+    threads: int | None = typer.Option(None, help="Numeric threads of each engine's worker."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """DER (no collar; collar 0.5 without overlap), errors, speaker counts, RTF, load, RSS."""
     from modelmora.bench.diarization import format_table, run_diarization_bench
 
     try:
-        result = run_diarization_bench(folder, engines or ["default", "resemblyzer"], device)
+        result = run_diarization_bench(
+            folder, engines or ["default", "resemblyzer"], device, threads=threads
+        )
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None

@@ -80,6 +80,7 @@ def _score_engine(
     uem: dict[str, list[tuple[float, float]]],
     device: str,
     params: dict[str, Any],
+    threads: int | None,
 ) -> dict[str, Any]:
     from pyannote.core import Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
@@ -88,7 +89,7 @@ def _score_engine(
     forgiving = DiarizationErrorRate(collar=0.5, skip_overlap=True)
     rows, audio_s, work_s, right = [], 0.0, 0.0, 0
     spec = ModelSpec("diarizer", {"engine": engine, "device": device, **params})
-    with Worker(spec, name=f"diarizer:{engine}", load_timeout=1800) as worker:
+    with Worker(spec, name=f"diarizer:{engine}", load_timeout=1800, threads=threads) as worker:
         load_s = worker.load_s or 0.0
         for path in files:
             duration = load_audio(path).size / SAMPLE_RATE
@@ -141,6 +142,7 @@ def run_diarization_bench(
     engines: Sequence[str] = ("default", "resemblyzer"),
     device: str = "cpu",
     params: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Diarize and score every recording of ``folder`` with each engine.
 
@@ -149,6 +151,7 @@ def run_diarization_bench(
         engines: engine names (``default``, ``resemblyzer``, ``pyannote``, ``module:Class``).
         device: ``cpu``, ``cuda`` or ``auto``.
         params: extra engine options (the same for every engine).
+        threads: cap on the worker's numeric threads (None: the libraries' defaults).
 
     Returns:
         ``{"folder", "audio_s", "engines": [per-engine results]}``.
@@ -162,7 +165,9 @@ def run_diarization_bench(
         raise ValueError(f"no .wav or .flac files in {root}")
     refs = _references(root, [p.stem for p in files])
     uem = _uem(root)
-    results = [_score_engine(e, files, refs, uem, device, dict(params or {})) for e in engines]
+    results = [
+        _score_engine(e, files, refs, uem, device, dict(params or {}), threads) for e in engines
+    ]
     audio_s = sum(load_audio(p).size for p in files) / SAMPLE_RATE
     return {"folder": str(root), "audio_s": round(audio_s, 1), "engines": results}
 
