@@ -61,14 +61,16 @@ def _uem(folder: Path) -> dict[str, list[tuple[float, float]]]:
     return regions
 
 
-def _annotation(turns: Sequence[Turn] | Sequence[Sequence[Any]]) -> Any:
+def _annotation(turns: Sequence[Any]) -> Any:
+    """Turns (or ``[start, end, speaker]`` lists) as a pyannote Annotation."""
     from pyannote.core import Annotation, Segment
 
     ann = Annotation()
     for index, turn in enumerate(turns):
-        start, end, speaker = (
-            (turn.start, turn.end, turn.speaker) if isinstance(turn, Turn) else turn
-        )
+        if isinstance(turn, Turn):
+            start, end, speaker = turn.start, turn.end, turn.speaker
+        else:
+            start, end, speaker = turn[0], turn[1], turn[2]
         ann[Segment(float(start), float(end)), index] = str(speaker)
     return ann
 
@@ -88,6 +90,7 @@ def _score_engine(
     strict = DiarizationErrorRate()
     forgiving = DiarizationErrorRate(collar=0.5, skip_overlap=True)
     rows, audio_s, work_s, right = [], 0.0, 0.0, 0
+    sums = {"missed detection": 0.0, "false alarm": 0.0, "confusion": 0.0, "total": 0.0}
     spec = ModelSpec("diarizer", {"engine": engine, "device": device, **params})
     with Worker(spec, name=f"diarizer:{engine}", load_timeout=1800, threads=threads) as worker:
         load_s = worker.load_s or 0.0
@@ -100,7 +103,9 @@ def _score_engine(
             ref, hyp = _annotation(refs[path.stem]), _annotation(output["turns"])
             spans = uem.get(path.stem) or [(0.0, duration)]
             region = Timeline([Segment(s, e) for s, e in spans])
-            parts = strict(ref, hyp, uem=region, detailed=True)
+            parts: Any = strict(ref, hyp, uem=region, detailed=True)
+            for key in sums:
+                sums[key] += parts[key]
             der_collar = forgiving(ref, hyp, uem=region)
             total = parts["total"] or 1.0
             found, expected = len(hyp.labels()), len(ref.labels())
@@ -119,16 +124,15 @@ def _score_engine(
                 }
             )
         peak = worker.memory.peak_rss_mb if worker.memory else None
-    detail = strict[:]
-    total = detail["total"] or 1.0
+    total = sums["total"] or 1.0
     return {
         "engine": engine,
         "files": len(files),
         "der": abs(strict),
         "der_collar": abs(forgiving),
-        "missed": detail["missed detection"] / total,
-        "false_alarm": detail["false alarm"] / total,
-        "confusion": detail["confusion"] / total,
+        "missed": sums["missed detection"] / total,
+        "false_alarm": sums["false alarm"] / total,
+        "confusion": sums["confusion"] / total,
         "speakers_right": right,
         "rtf": work_s / audio_s if audio_s else 0.0,
         "load_s": load_s,
