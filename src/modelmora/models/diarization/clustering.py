@@ -43,7 +43,10 @@ def _nme_count(similarity: np.ndarray, min_k: int, max_k: int) -> tuple[int, np.
     """Return (count, pruned affinity, NME ratio) of the best ``p``."""
     n = len(similarity)
     best: tuple[float, int, np.ndarray] | None = None
-    for p in range(1, max(2, n // 4) + 1):
+    # Every p up to n/4 on short recordings; at most 30 of them, evenly spread, on long ones
+    # (each costs an eigendecomposition of an n x n matrix).
+    top_p = max(2, n // 4)
+    for p in sorted({int(v) for v in np.linspace(1, top_p, min(top_p, 30))}):
         affinity = _pruned(similarity, p)
         values, _ = _laplacian_eigen(affinity)
         top = values[: max_k + 1]

@@ -15,7 +15,7 @@ Data flow for one recording::
               of voices there (so overlap survives); runs of frames → turns
 
 Memory: the audio, plus a few booleans per frame and one 192-d vector per local speaker per
-chunk; the features of one chunk at a time. A one-hour recording stays within a few hundred MB.
+chunk; the features of one chunk at a time.
 """
 
 from __future__ import annotations
