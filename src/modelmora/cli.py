@@ -101,6 +101,15 @@ def transcribe(
     ),
     hotwords: str | None = typer.Option(None, help="Words Whisper is nudged towards."),
     diarize: bool | None = typer.Option(None, "--diarize/--no-diarize", help="Label speakers."),
+    diarizer: str | None = typer.Option(
+        None, help="default|resemblyzer|pyannote|package.module:Class (with --diarize)."
+    ),
+    diarizer_model: str | None = typer.Option(
+        None, help="pyannote pipeline: Hugging Face id or local folder."
+    ),
+    hf_token: str | None = typer.Option(
+        None, help="Hugging Face token for gated pyannote pipelines (default $HF_TOKEN)."
+    ),
     num_speakers: int | None = typer.Option(None, help="Exact number of speakers."),
     min_speakers: int | None = typer.Option(None, help="Fewest speakers to consider."),
     max_speakers: int | None = typer.Option(None, help="Most speakers to consider."),
@@ -149,6 +158,9 @@ def transcribe(
             initial_prompt=initial_prompt,
             hotwords=hotwords,
             diarize=diarize,
+            diarizer=diarizer,
+            diarizer_model=diarizer_model,
+            hf_token=hf_token,
             num_speakers=num_speakers,
             min_speakers=min_speakers,
             max_speakers=max_speakers,
@@ -237,6 +249,33 @@ def bench_startup(
         result = run_startup(models or None, runs=runs, warm=warm)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
+
+
+@bench_app.command("diarization")
+def bench_diarization(
+    folder: Annotated[Path, typer.Argument(help="Folder of <stem>.wav files and their RTTM.")],
+    engines: Annotated[
+        list[str] | None,
+        typer.Option("--engine", help="default|resemblyzer|pyannote|module:Class (repeat)."),
+    ] = None,
+    device: str = typer.Option("cpu", help="auto|cpu|cuda."),
+    threads: int | None = typer.Option(None, help="Numeric threads of each engine's worker."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """DER (no collar; collar 0.5 without overlap), errors, speaker counts, RTF, load, RSS."""
+    from modelmora.bench.diarization import format_table, run_diarization_bench
+
+    try:
+        result = run_diarization_bench(
+            folder, engines or ["default", "resemblyzer"], device, threads=threads
+        )
+    except ValueError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
     if as_json:
         _print_json(result)

@@ -127,8 +127,14 @@ class Transcript:
         duration: the audio's duration in seconds.
         turns: speaker turns from diarization (finer than segments: they follow the voice,
             not the text); empty until diarized. The RTTM output uses them when present.
+            Turns may overlap where two people talk at once.
         language_probability: how sure the language detection was (0-1), or None when the
             language was given rather than detected.
+        speaker_embeddings: one unit centroid embedding per speaker label, from the
+            diarizer's speaker model (empty when it has none): the means to link a speaker
+            to one enrolled by name, or to the same voice in another recording.
+        embedding_model: ``name@version`` of the model that made ``speaker_embeddings``
+            (embeddings from different models are not comparable).
     """
 
     segments: list[Segment] = field(default_factory=list)
@@ -136,6 +142,8 @@ class Transcript:
     duration: float = 0.0
     turns: list[Turn] = field(default_factory=list)
     language_probability: float | None = None
+    speaker_embeddings: dict[str, list[float]] = field(default_factory=dict)
+    embedding_model: str | None = None
 
     @property
     def text(self) -> str:
@@ -154,7 +162,8 @@ class Transcript:
         return list(seen)
 
     def to_dict(self) -> dict[str, Any]:
-        """The whisperx JSON shape (plus ``duration`` and, when diarized, ``turns``)."""
+        """The whisperx JSON shape (plus ``duration`` and, when diarized, ``turns``, and
+        ``speaker_embeddings`` with their ``embedding_model`` when the diarizer made them)."""
         data: dict[str, Any] = {
             "segments": [segment.to_dict() for segment in self.segments],
             "language": self.language,
@@ -166,6 +175,9 @@ class Transcript:
             data["turns"] = [
                 [round(turn.start, 3), round(turn.end, 3), turn.speaker] for turn in self.turns
             ]
+        if self.speaker_embeddings:
+            data["speaker_embeddings"] = self.speaker_embeddings
+            data["embedding_model"] = self.embedding_model
         return data
 
     @classmethod
@@ -181,12 +193,18 @@ class Transcript:
         duration = float(data.get("duration") or (segments[-1].end if segments else 0.0))
         turns = [Turn(float(s), float(e), str(spk)) for s, e, spk in data.get("turns") or []]
         probability = data.get("language_probability")
+        embeddings = {
+            str(label): [float(x) for x in vector]
+            for label, vector in (data.get("speaker_embeddings") or {}).items()
+        }
         return cls(
             segments,
             data.get("language"),
             duration,
             turns,
-            None if probability is None else float(probability),
+            language_probability=None if probability is None else float(probability),
+            speaker_embeddings=embeddings,
+            embedding_model=data.get("embedding_model"),
         )
 
 

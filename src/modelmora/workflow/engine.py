@@ -5,7 +5,7 @@ stopped and the release verified before the next stage's model loads)::
 
     files ─► check (missing, empty, folder: failed here, no worker)
           ─► [transcribe worker: Whisper]  each file ─► align ─► .modelmora/<stem>.transcribe.json
-          ─► [diarize worker: Resemblyzer] each file ─► .modelmora/<stem>.diarize.json
+          ─► [diarize worker: chosen engine] each file ─► .modelmora/<stem>.diarize.json
           │     outputs as each transcript is final: <stem>.txt .srt .vtt .json .tsv .rttm
           ─► [summarize worker: LLM]       each file ─► .modelmora/<stem>.summarize.json
           │     <stem>.summary.md
@@ -155,11 +155,19 @@ def _whisper_stage(run: Run) -> Stage:
 
 def _diarize_stage(run: Run) -> Stage:
     opts = run.options
-    params: dict[str, Any] = {"num_speakers": opts.num_speakers, "device": opts.device}
+    params: dict[str, Any] = {
+        "engine": opts.diarizer,
+        "num_speakers": opts.num_speakers,
+        "device": opts.device,
+    }
     if opts.min_speakers is not None:
         params["min_speakers"] = opts.min_speakers
     if opts.max_speakers is not None:
         params["max_speakers"] = opts.max_speakers
+    if opts.diarizer_model is not None:
+        params["pipeline"] = opts.diarizer_model
+    if opts.hf_token is not None:
+        params["hf_token"] = opts.hf_token
 
     def accept(job: Job, output: Any) -> None:
         assert job.transcript is not None
@@ -168,12 +176,15 @@ def _diarize_stage(run: Run) -> Stage:
             "segments": output["segments"],
             "turns": output["turns"],
         }
+        if output.get("speaker_embeddings"):
+            job.transcript["speaker_embeddings"] = output["speaker_embeddings"]
+            job.transcript["embedding_model"] = output.get("embedding_model")
         run.write_transcript(job)
 
     return Stage(
         name="diarize",
         spec=ModelSpec("diarizer", params),
-        key_params=params,
+        key_params={k: v for k, v in params.items() if k != "hf_token"},  # a secret
         upstream="transcribe",
         item=lambda job: {
             "audio": str(job.path),

@@ -12,6 +12,7 @@ them; flags given on the command line override it::
     initial_prompt: "Attendees: Siobhan, Aoife. Project Kestrel."
     hotwords: Kestrel
     diarize: true
+    diarizer: default               # default | resemblyzer | pyannote | package.module:Class
     max_speakers: 4
     summarize: true
     llm: http://localhost:11434     # an OpenAI-compatible server (Ollama here)
@@ -35,12 +36,22 @@ if TYPE_CHECKING:
 
 from modelmora.units import check_device, parse_size_mb
 
-__all__ = ["BACKENDS", "INSTALL_HINT", "TranscribeOptions", "load_options", "ray_available"]
+__all__ = [
+    "BACKENDS",
+    "DIARIZERS",
+    "INSTALL_HINT",
+    "TranscribeOptions",
+    "load_options",
+    "ray_available",
+]
 
 #: Where the stages' models run: this machine, or a Ray cluster (the ``ray`` extra).
 BACKENDS = ("local", "ray")
 #: What to tell users who ask for the Ray backend without Ray installed.
 INSTALL_HINT = "the ray backend needs Ray: pip install 'modelmora[ray]'"
+#: Diarization engines by name (``package.module:Class`` names one of your own). The engines
+#: live in ``modelmora.models.diarization``; the orchestrator only checks the name.
+DIARIZERS = ("default", "resemblyzer", "pyannote")
 
 
 def ray_available() -> bool:
@@ -68,7 +79,13 @@ class TranscribeOptions:
         initial_prompt: text Whisper sees as said before the audio (names, spellings, topic).
         hotwords: words Whisper is nudged towards throughout (names, jargon).
         vad_filter: skip non-speech with Silero VAD before Whisper.
-        diarize: label speakers (Resemblyzer embeddings + clustering).
+        diarize: label speakers.
+        diarizer: the diarization engine: ``default`` (segmentation-3.0 + CAM++ + spectral
+            clustering), ``resemblyzer``, ``pyannote`` (a pyannote.audio pipeline) or
+            ``package.module:Class``.
+        diarizer_model: the ``pyannote`` engine's pipeline: a Hugging Face id or a local
+            folder (default ``pyannote/speaker-diarization-3.1``).
+        hf_token: Hugging Face token for gated pyannote pipelines (default ``$HF_TOKEN``).
         num_speakers: the exact speaker count, or None to find it.
         min_speakers: the fewest speakers to consider when counting.
         max_speakers: the most speakers to consider when counting.
@@ -105,6 +122,9 @@ class TranscribeOptions:
     hotwords: str | None = None
     vad_filter: bool = True
     diarize: bool = False
+    diarizer: str = "default"
+    diarizer_model: str | None = None
+    hf_token: str | None = None
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
@@ -145,6 +165,12 @@ class TranscribeOptions:
         for name in ("beam_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        module, colon, cls = self.diarizer.partition(":")
+        if self.diarizer not in DIARIZERS and not (colon and module and cls):
+            raise ValueError(
+                f"unknown diarizer {self.diarizer!r}: use one of {', '.join(DIARIZERS)} "
+                "or 'package.module:Class'"
+            )
         for name in ("num_speakers", "min_speakers", "max_speakers"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -195,8 +221,12 @@ class TranscribeOptions:
         return None if self.memory_budget is None else parse_size_mb(self.memory_budget)
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as plain data (for the report and the config file format)."""
-        return dataclasses.asdict(self)
+        """The options as plain data (for the report and the config file format); the token
+        is masked."""
+        data = dataclasses.asdict(self)
+        if data.get("hf_token"):
+            data["hf_token"] = "***"
+        return data
 
 
 def _read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
