@@ -80,7 +80,7 @@ def base() -> Iterator[Any]:
 
     if packaged_whisper("base") is None:
         pytest.skip("the packaged Whisper base is not installed")
-    adapter = WhisperAdapter("base", cpu_threads=2)
+    adapter = WhisperAdapter("base", cpu_threads=1)  # no spinning threads on a busy machine
     adapter.load()
     yield adapter
     adapter.close()
@@ -118,7 +118,7 @@ def test_a_language_the_model_does_not_know_is_a_clear_error(base: Any, tmp_path
 
     with pytest.raises(ValueError, match="not one Whisper base knows"):
         base.predict([{"audio": str(_speak(tmp_path, "x", "en", "hello")), "language": "xx"}])
-    english_only = WhisperAdapter("tiny.en", cpu_threads=2, language="de")
+    english_only = WhisperAdapter("tiny.en", cpu_threads=1, language="de")
     with pytest.raises(ValueError, match="English only: use a multilingual model"):
         english_only.load()
 
@@ -141,7 +141,7 @@ def test_batched_decoding_matches_sequential(base: Any, meeting: Any) -> None:
     from modelmora.bench.quality import wer
     from modelmora.models.whisper import WhisperAdapter
 
-    batched = WhisperAdapter("base", cpu_threads=2, batch_size=4)
+    batched = WhisperAdapter("base", cpu_threads=1, batch_size=4)
     batched.load()
     try:
         fast = batched.transcribe(meeting.wav)
