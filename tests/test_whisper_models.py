@@ -80,7 +80,7 @@ def base() -> Iterator[Any]:
 
     if packaged_whisper("base") is None:
         pytest.skip("the packaged Whisper base is not installed")
-    adapter = WhisperAdapter("base", cpu_threads=2)
+    adapter = WhisperAdapter("base", cpu_threads=1)  # no spinning threads on a busy machine
     adapter.load()
     yield adapter
     adapter.close()
@@ -96,7 +96,8 @@ def _speak(tmp_path: Path, name: str, voice: str, text: str) -> Path:
 
 _SPEECH = {
     "de": "Guten Morgen. Wir besprechen heute den Plan für die neue Version der Anwendung.",
-    "fr": "Bonjour à tous. Aujourd'hui nous parlons du budget de l'année prochaine.",
+    # espeak-ng's French and Dutch are detected unsurely (p 0.35-0.39) by base: not used
+    "it": "Buongiorno a tutti. Oggi parliamo del bilancio del prossimo anno e del progetto.",
     "es": "Buenos días. Hoy vamos a hablar del presupuesto para el próximo año.",
 }
 
@@ -118,7 +119,7 @@ def test_a_language_the_model_does_not_know_is_a_clear_error(base: Any, tmp_path
 
     with pytest.raises(ValueError, match="not one Whisper base knows"):
         base.predict([{"audio": str(_speak(tmp_path, "x", "en", "hello")), "language": "xx"}])
-    english_only = WhisperAdapter("tiny.en", cpu_threads=2, language="de")
+    english_only = WhisperAdapter("tiny.en", cpu_threads=1, language="de")
     with pytest.raises(ValueError, match="English only: use a multilingual model"):
         english_only.load()
 
@@ -141,7 +142,7 @@ def test_batched_decoding_matches_sequential(base: Any, meeting: Any) -> None:
     from modelmora.bench.quality import wer
     from modelmora.models.whisper import WhisperAdapter
 
-    batched = WhisperAdapter("base", cpu_threads=2, batch_size=4)
+    batched = WhisperAdapter("base", cpu_threads=1, batch_size=4)
     batched.load()
     try:
         fast = batched.transcribe(meeting.wav)

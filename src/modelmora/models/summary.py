@@ -59,7 +59,7 @@ _STOP_WORDS = frozenset(
         "not so then also yes no ok okay good sure please let's lets them us me my",
     )
 )
-_OWNERLESS = {"we", "i", "you", "they", "team", "everyone", "all"}
+_OWNERLESS = {"we", "i", "you", "they", "team", "everyone", "all", "task", "action", "item"}
 # a transcript line copied as a decision or action item is one only if it commits to something
 _COMMITS = {"will", "decide", "decided", "agree", "agreed", "must", "should"}
 
@@ -148,7 +148,8 @@ class Summary:
 
 def split_items(section: str, answer: str) -> list[str]:
     """The items of one answer: its bullet lines, or its sentences for ``discussed``."""
-    lines = [re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip() for line in answer.splitlines()]
+    bullet = r"^\s*(?:(?:[-*•]|\d+[.)])\s+)+"  # "- ", "1. ", "- 1. "
+    lines = [re.sub(bullet, "", line).strip() for line in answer.splitlines()]
     lines = [line.strip("* ") for line in lines if line and not line.startswith("#")]
     lines = [line for line in lines if not line.endswith(":")]  # "The decisions are:"
     if section == "discussed":

@@ -62,7 +62,8 @@ _TIMESTAMP = re.compile(r"\[\s*\d{1,2}:\d{2}(?::\d{2})?\s*\]")
 _NOT_NAMES = {
     "i", "we", "you", "they", "he", "she", "it", "the", "a", "an", "and", "or", "ok", "okay",
     "speaker", "none", "action", "items", "decisions", "discussed", "summary", "owner", "due",
-    "tbd", "n/a", "am", "pm", *MONTHS, *WEEKDAYS,
+    "tbd", "n/a", "am", "pm", "task", "tasks", "decision", "item", "meeting", "note",
+    *MONTHS, *WEEKDAYS,
 }  # fmt: skip
 
 
@@ -155,13 +156,14 @@ def _names(text: str) -> set[str]:
     """Capitalised words that do not start a sentence, and an item's leading owner."""
     names: set[str] = set()
     plain = _TIMESTAMP.sub(" ", text)
-    owner = re.match(r"\s*(?:[-*•]|\d+[.)])?\s*\**([A-Z][\w'-]*)\**\s*(?::|will\b|to\b|-)", plain)
+    owner = re.match(r"\s*(?:[-*•]|\d+[.)])?\s*\**([A-Z][\w'-]*)\**\s*(?::|will\b)", plain)
     if owner:
         names.add(owner.group(1))
     for sentence in re.split(r"(?<=[.!?:;])\s+|\n+", plain):
         tokens = re.findall(r"[A-Za-z][\w'-]*", sentence)
         names.update(t for t in tokens[1:] if t[0].isupper())
-    return {n.lower().removesuffix("'s") for n in names} - _NOT_NAMES
+    names = {n.lower().removesuffix("'s") for n in names if len(n) > 1}  # "Q&A" is no name
+    return names - _NOT_NAMES
 
 
 def find_facts(text: str) -> Facts:
