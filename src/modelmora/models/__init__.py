@@ -40,6 +40,7 @@ ADAPTERS: dict[str, str] = {
     "diarizer": "modelmora.models.diarizer:DiarizerAdapter",
     "llm": "modelmora.models.llm:LlmAdapter",
     "embedding": "modelmora.models.embedding:EmbeddingAdapter",
+    "voiceprint": "modelmora.models.voiceprint:VoiceprintAdapter",
 }
 
 

@@ -52,6 +52,8 @@ class DiarizerAdapter(Adapter):
         window: embedding window length, seconds.
         hop: step between windows, seconds.
         min_gap: pauses shorter than this (seconds) inside one speaker's talk stay in the turn.
+        speakers: a speaker library folder: name the speakers whose voices are enrolled there
+            (the server's use; the batch workflow names and links in the parent instead).
 
     Raises:
         ValueError: inconsistent speaker counts, an unknown device, or a bad window/hop.
@@ -66,6 +68,7 @@ class DiarizerAdapter(Adapter):
         window: float = 1.5,
         hop: float = 0.25,
         min_gap: float = 0.5,
+        speakers: str | None = None,
     ) -> None:
         if num_speakers is not None and num_speakers < 1:
             raise ValueError(f"num_speakers must be at least 1, got {num_speakers}")
@@ -83,6 +86,7 @@ class DiarizerAdapter(Adapter):
         self.window = window
         self.hop = hop
         self.min_gap = min_gap
+        self.speakers = speakers
         self._encoder: Any = None
 
     def load(self) -> None:
@@ -113,27 +117,39 @@ class DiarizerAdapter(Adapter):
                 segments are transcript segment dicts (whisperx shape; may be empty).
 
         Returns:
-            One ``{"segments": [...], "speakers": [...], "turns": [[start, end, speaker]...]}``
-            per item: segments labelled (and split where the speaker changes mid-segment).
+            One ``{"segments": [...], "speakers": [...], "turns": [[start, end, speaker]...],
+            "speaker_embeddings": {label: [...]}, "speaker_talk_s": {label: seconds},
+            "speaker_model": "name@version"}`` per item: segments labelled (and split where
+            the speaker changes mid-segment); named from the library when ``speakers`` is set.
 
         Raises:
             modelmora.speech.audio.AudioError: an item's file is not usable audio.
             ValueError: an item has no ``audio``.
         """
+        from modelmora.models.voiceprint import ResemblyzerEmbedder, name_result, speaker_centroids
+
         results = []
         for item in batch:
             if not isinstance(item, dict) or "audio" not in item:
                 raise ValueError("each diarizer input must be a dict with an 'audio' key")
             segments = [Segment.from_dict(s, i) for i, s in enumerate(item.get("segments") or [])]
-            turns = self.diarize(item["audio"])
+            audio = item["audio"]
+            wav = audio.astype(np.float32) if isinstance(audio, np.ndarray) else load_audio(audio)
+            turns = self.diarize(wav)
             labelled = assign_speakers(segments, turns)
-            results.append(
-                {
-                    "segments": [segment.to_dict() for segment in labelled],
-                    "speakers": _speakers(turns),
-                    "turns": [[round(t.start, 3), round(t.end, 3), t.speaker] for t in turns],
-                }
-            )
+            embedder = ResemblyzerEmbedder(self._encoder)
+            embeddings, talk = speaker_centroids(embedder, wav, turns)
+            result: dict[str, Any] = {
+                "segments": [segment.to_dict() for segment in labelled],
+                "speakers": _speakers(turns),
+                "turns": [[round(t.start, 3), round(t.end, 3), t.speaker] for t in turns],
+                "speaker_embeddings": embeddings,
+                "speaker_talk_s": talk,
+                "speaker_model": embedder.model,
+            }
+            if self.speakers:
+                result = name_result(result, self.speakers, embedder.model)
+            results.append(result)
         return results
 
     def diarize(self, audio: str | os.PathLike[str] | np.ndarray) -> list[Turn]:

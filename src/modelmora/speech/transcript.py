@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +136,20 @@ class Transcript:
         duration: the audio's duration in seconds.
         turns: speaker turns from diarization (finer than segments: they follow the voice,
             not the text); empty until diarized. The RTTM output uses them when present.
+        speaker_embeddings: label → the speaker's L2-normalised centroid embedding (what
+            naming and linking compare); empty until diarized.
+        speaker_model: the embedding model's key (``name@version``), or None.
+        speaker_identities: label → how it was named (``name``, ``similarity``...; see
+            :class:`modelmora.speech.speakers.SpeakerMatch`); empty unless named or linked.
     """
 
     segments: list[Segment] = field(default_factory=list)
     language: str | None = None
     duration: float = 0.0
     turns: list[Turn] = field(default_factory=list)
+    speaker_embeddings: dict[str, list[float]] = field(default_factory=dict)
+    speaker_model: str | None = None
+    speaker_identities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -170,7 +178,47 @@ class Transcript:
             data["turns"] = [
                 [round(turn.start, 3), round(turn.end, 3), turn.speaker] for turn in self.turns
             ]
+        if self.speaker_identities:
+            data["speaker_identities"] = self.speaker_identities
+        if self.speaker_embeddings:
+            data["speaker_model"] = self.speaker_model
+            data["speaker_embeddings"] = self.speaker_embeddings
         return data
+
+    def relabel(self, mapping: dict[str, str]) -> Transcript:
+        """A copy with speakers renamed (``{"SPEAKER_03": "Maria"}``) everywhere.
+
+        Two labels mapped to one name become one speaker: their turns and words carry the name,
+        and their embeddings are averaged.
+        """
+
+        def new(label: str | None) -> str | None:
+            return mapping.get(label, label) if label is not None else None
+
+        segments = [
+            replace(
+                seg,
+                speaker=new(seg.speaker),
+                words=[replace(w, speaker=new(w.speaker)) for w in seg.words],
+            )
+            for seg in self.segments
+        ]
+        turns = [Turn(t.start, t.end, new(t.speaker) or t.speaker) for t in self.turns]
+        embeddings: dict[str, list[list[float]]] = {}
+        for label, vector in self.speaker_embeddings.items():
+            embeddings.setdefault(new(label) or label, []).append(vector)
+        identities: dict[str, dict[str, Any]] = {}
+        for label, identity in self.speaker_identities.items():
+            identities.setdefault(new(label) or label, identity)
+        return Transcript(
+            segments,
+            self.language,
+            self.duration,
+            turns,
+            {label: _mean_unit(vectors) for label, vectors in embeddings.items()},
+            self.speaker_model,
+            identities,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Transcript:
@@ -184,7 +232,27 @@ class Transcript:
         segments = [Segment.from_dict(seg, index) for index, seg in enumerate(data["segments"])]
         duration = float(data.get("duration") or (segments[-1].end if segments else 0.0))
         turns = [Turn(float(s), float(e), str(spk)) for s, e, spk in data.get("turns") or []]
-        return cls(segments, data.get("language"), duration, turns)
+        embeddings = {
+            str(k): [float(x) for x in v] for k, v in (data.get("speaker_embeddings") or {}).items()
+        }
+        identities = {str(k): dict(v) for k, v in (data.get("speaker_identities") or {}).items()}
+        return cls(
+            segments,
+            data.get("language"),
+            duration,
+            turns,
+            embeddings,
+            data.get("speaker_model"),
+            identities,
+        )
+
+
+def _mean_unit(vectors: list[list[float]]) -> list[float]:
+    if len(vectors) == 1:
+        return vectors[0]
+    summed = [sum(column) for column in zip(*vectors, strict=True)]
+    norm = sum(x * x for x in summed) ** 0.5 or 1.0
+    return [round(x / norm, 6) for x in summed]
 
 
 def format_timestamp(seconds: float, decimal: str = ".", always_hours: bool = True) -> str:
