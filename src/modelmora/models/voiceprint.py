@@ -31,9 +31,9 @@ from modelmora.speech.transcript import Turn
 
 __all__ = [
     "ResemblyzerEmbedder",
-    "name_result",
     "SpeakerEmbedder",
     "VoiceprintAdapter",
+    "name_result",
     "speaker_centroids",
     "speech_seconds",
 ]
@@ -59,11 +59,12 @@ class SpeakerEmbedder(Protocol):
 
 def _cut(wav: np.ndarray, ranges: Sequence[tuple[float, float]] | None, limit: float) -> np.ndarray:
     if ranges is None:
-        return wav[: int(limit * SAMPLE_RATE)]
+        return wav[: int(min(limit, wav.size / SAMPLE_RATE) * SAMPLE_RATE)]
     pieces, total = [], 0
+    most = int(min(limit, wav.size / SAMPLE_RATE) * SAMPLE_RATE)
     for start, end in ranges:
         piece = wav[max(0, int(start * SAMPLE_RATE)) : max(0, int(end * SAMPLE_RATE))]
-        piece = piece[: max(0, int(limit * SAMPLE_RATE) - total)]
+        piece = piece[: max(0, most - total)]
         pieces.append(piece)
         total += piece.size
     return np.concatenate(pieces) if pieces else wav[:0]
@@ -157,9 +158,7 @@ def name_result(
     enrolled = SpeakerLibrary(library).voiceprints(model)
     matches = match_speakers(transcript.speaker_embeddings, enrolled, thresholds_for(model))
     mapping = {label: m.name for label, m in matches.items() if m.name}
-    identities = {
-        mapping.get(label, label): match.to_dict() for label, match in matches.items()
-    }
+    identities = {mapping.get(label, label): match.to_dict() for label, match in matches.items()}
     named = transcript.relabel(mapping)
     named.speaker_identities = identities
     data = named.to_dict()
@@ -191,7 +190,8 @@ class VoiceprintAdapter(Adapter):
         """Embed each clip.
 
         Args:
-            batch: items ``{"audio": path or 16 kHz float32 array}``.
+            batch: items ``{"audio": path or 16 kHz float32 array}``, optionally with
+                ``"ranges": [[start, end], ...]`` (seconds): only that part of the audio.
 
         Returns:
             ``{"embedding": [...], "speech_s": float, "model": "name@version"}`` per item.
@@ -206,6 +206,9 @@ class VoiceprintAdapter(Adapter):
         for item in batch:
             audio = item["audio"] if isinstance(item, dict) else item
             wav = audio.astype(np.float32) if isinstance(audio, np.ndarray) else load_audio(audio)
+            ranges = item.get("ranges") if isinstance(item, dict) else None
+            if ranges:
+                wav = _cut(wav, [(float(a), float(b)) for a, b in ranges], float("inf"))
             speech = speech_seconds(wav)
             embedding = self._embedder.embed(wav) if speech > 0 else np.zeros(1)
             results.append(

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,11 +41,11 @@ from modelmora.paths import default_cache_dir, write_atomic
 
 __all__ = [
     "MIN_ENROLL_SPEECH_S",
-    "check_name",
     "SpeakerLibrary",
     "SpeakerMatch",
     "Thresholds",
     "Voiceprint",
+    "check_name",
     "default_library_dir",
     "link_speakers",
     "match_speakers",
@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+K = TypeVar("K")
 
 #: Enrollment refuses clips holding less speech than this (seconds): too little for a voiceprint.
 MIN_ENROLL_SPEECH_S = 3.0
@@ -190,7 +192,9 @@ class SpeakerLibrary:
                 {
                     "name": name,
                     "models": sorted(prints),
-                    "clips": max((len(p.get("embeddings", [])) for p in prints.values()), default=0),
+                    "clips": max(
+                        (len(p.get("embeddings", [])) for p in prints.values()), default=0
+                    ),
                     "speech_s": round(
                         max((sum(p.get("speech_s", [])) for p in prints.values()), default=0.0), 1
                     ),
@@ -252,7 +256,9 @@ class SpeakerLibrary:
             )
         existing = self._records().get(name)
         path = existing[0] if existing else self.folder / f"{_file_stem(name)}.json"
-        data = existing[1] if existing else {"name": name, "created": _now(), "voiceprints": {}}
+        data: dict[str, Any] = (
+            existing[1] if existing else {"name": name, "created": _now(), "voiceprints": {}}
+        )
         record = data["voiceprints"].setdefault(model, {"embeddings": [], "speech_s": []})
         voiceprint = Voiceprint(
             model,
@@ -347,10 +353,10 @@ class SpeakerMatch:
 
 
 def match_speakers(
-    speakers: Mapping[str, Any],
+    speakers: Mapping[K, Any],
     enrolled: Mapping[str, Voiceprint | Any],
     thresholds: Thresholds,
-) -> dict[str, SpeakerMatch]:
+) -> dict[K, SpeakerMatch]:
     """Name speakers by voice, one-to-one, with a threshold and a margin.
 
     Args:

@@ -6,7 +6,8 @@ stopped and the release verified before the next stage's model loads)::
     files ─► check (missing, empty, folder: failed here, no worker)
           ─► [transcribe worker: Whisper]  each file ─► align ─► .modelmora/<stem>.transcribe.json
           ─► [diarize worker: Resemblyzer] each file ─► .modelmora/<stem>.diarize.json
-          │     outputs as each transcript is final: <stem>.txt .srt .vtt .json .tsv .rttm
+          │     speakers linked across files and named from the library (parent, no model)
+          │     outputs: <stem>.txt .srt .vtt .json .tsv .rttm
           ─► [summarize worker: LLM]       each file ─► .modelmora/<stem>.summarize.json
           │     <stem>.summary.md
           ─► modelmora-report.json (rewritten after every stage), memory report
@@ -307,10 +308,10 @@ def _diarize_stage(run: _Run) -> _Stage:
         assert job.transcript is not None
         job.transcript = {
             **job.transcript,
-            "segments": output["segments"],
-            "turns": output["turns"],
+            **{k: output[k] for k in _DIARIZED if k in output},
         }
-        run.write_transcript(job)
+        if not (opts.link or opts.speakers):  # else written once the batch is identified
+            run.write_transcript(job)
 
     return _Stage(
         name="diarize",
@@ -323,6 +324,36 @@ def _diarize_stage(run: _Run) -> _Stage:
         },
         accept=accept,
     )
+
+
+_DIARIZED = ("segments", "turns", "speaker_embeddings", "speaker_model")
+
+
+def _identify(run: _Run, jobs: list[_Job], stats: StageStats) -> None:
+    """Link and name the batch's speakers (end of the diarize stage), then write outputs."""
+    from modelmora.speech.speakers import SpeakerLibrary
+    from modelmora.workflow.speakers import identify
+
+    opts = run.options
+    t0 = time.perf_counter()
+    done = [j for j in jobs if j.result.ok and j.transcript is not None and not j.written]
+    library = SpeakerLibrary(opts.library) if opts.speakers else None
+    result = identify([Transcript.from_dict(j.transcript or {}) for j in done], library, opts.link)
+    for job, transcript in zip(done, result.transcripts, strict=True):
+        job.transcript = transcript.to_dict()
+    for warning in result.warnings:
+        run.say(f"warning: {warning}", style="yellow")
+        logger.warning("%s", warning)
+    stats.identify_s = time.perf_counter() - t0
+    logger.info(
+        "speakers: %d people across %d file(s), %d named, in %.3f s",
+        result.people,
+        len(done),
+        result.named,
+        stats.identify_s,
+    )
+    for job in done:
+        run.write_transcript(job)
 
 
 def _summarize_stage(run: _Run) -> _Stage:
@@ -573,6 +604,8 @@ def transcribe_files(
         with progress or contextlib.nullcontext(), _backend(run):
             for stage in stages:
                 report.stages.append(_run_stage(run, stage, jobs))
+                if stage.name == "diarize" and (options.link or options.speakers):
+                    _identify(run, jobs, report.stages[-1])
                 _write_report(report)
         for job in jobs:  # a transcript whose diarization failed is still written
             if not job.written:

@@ -35,6 +35,7 @@ class StageStats:
         restarts: fresh workers started after one crashed, hung or hit the memory budget.
         gpu_before_mb: device memory in use (NVML, machine-wide) before the stage started.
         gpu_after_mb: the same after the stage's worker was released.
+        identify_s: seconds spent linking and naming speakers after the diarize stage.
     """
 
     name: str
@@ -50,6 +51,7 @@ class StageStats:
     restarts: int = 0
     gpu_before_mb: float | None = None
     gpu_after_mb: float | None = None
+    identify_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The record, rounded for the JSON report."""
