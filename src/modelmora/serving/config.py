@@ -48,11 +48,11 @@ __all__ = [
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low")
 
 Priority = Literal["critical", "high", "normal", "low"]
-AdapterKind = Literal["whisper", "diarizer", "llm", "embedding", "toy", "toy-cuda"]
+AdapterKind = Literal["whisper", "diarizer", "llm", "embedding", "voiceprint", "toy", "toy-cuda"]
 
 # Adapters whose constructor takes ``model`` (what ``source`` maps to) and ``device``.
 _TAKES_MODEL = {"whisper", "llm", "embedding"}
-_TAKES_DEVICE = {"whisper", "embedding", "diarizer", "toy-cuda"}
+_TAKES_DEVICE = {"whisper", "embedding", "diarizer", "voiceprint", "toy-cuda"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNIT_MB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}
@@ -184,6 +184,8 @@ class ServerConfig(BaseModel):
         request_timeout_s: longest a call into a worker may take before it is killed.
         retry_crashed: run a batch once more when its worker crashed during it.
         unhealthy_cooldown_s: how long a model whose load failed is refused.
+        speakers_dir: the speaker library (``/api/v1/speakers``) the ``diarizer`` models name
+            speakers from (default ``cache_dir/speakers``).
         models: the registry.
     """
 
@@ -201,6 +203,7 @@ class ServerConfig(BaseModel):
     request_timeout_s: float = Field(default=600.0, gt=0)
     retry_crashed: bool = True
     unhealthy_cooldown_s: float = Field(default=30.0, ge=0)
+    speakers_dir: Path | None = None
     models: list[ModelConfig] = Field(default_factory=list)
 
     @field_validator("memory_budget_mb", "vram_budget_mb", "max_request_mb", mode="before")
@@ -213,6 +216,11 @@ class ServerConfig(BaseModel):
         self.cache_dir = self.cache_dir.expanduser()
         if self.jobs_db is None:
             self.jobs_db = self.cache_dir / "jobs.sqlite"
+        if self.speakers_dir is None:
+            self.speakers_dir = self.cache_dir / "speakers"
+        for model in self.models:  # diarizers name speakers from the server's library
+            if model.adapter == "diarizer":
+                model.params.setdefault("speakers", str(self.speakers_dir))
         if self.api_key is None:
             self.api_key = os.environ.get("MODELMORA_API_KEY") or None
         seen: set[str] = set()
@@ -291,7 +299,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    for key in ("cache_dir", "jobs_db"):
+    for key in ("cache_dir", "jobs_db", "speakers_dir"):
         if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
             data[key] = str(base / data[key])
     models = data.get("models")

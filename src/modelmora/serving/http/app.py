@@ -9,6 +9,7 @@ Routes (OpenAPI at ``/docs``)::
                                                                          (stream=true: SSE)
     GET  /api/v1/status                  POST /api/v1/jobs   GET|DELETE /api/v1/jobs/{id}
                                          GET  /api/v1/jobs/{id}/result
+    GET  /api/v1/speakers[/{name}]       POST /api/v1/speakers   DELETE /api/v1/speakers/{name}
     GET  /metrics   GET /health/live   GET /health/ready
 
 Every request item becomes one ``scheduler.submit`` (so the scheduler batches items of
@@ -42,6 +43,7 @@ from starlette.exceptions import HTTPException
 from modelmora.serving.config import ServerConfig
 from modelmora.serving.http.errors import ApiError, add_error_handlers
 from modelmora.serving.http.routes import add_job_routes, add_native_routes, add_openai_routes
+from modelmora.serving.http.speakers import add_speaker_routes
 from modelmora.serving.http.state import AppState
 from modelmora.serving.jobs import JobRunner, JobStore
 from modelmora.serving.metrics import Metrics
@@ -200,6 +202,7 @@ def create_app(config: ServerConfig, *, metrics: Metrics | None = None) -> FastA
     add_openai_routes(app)
     add_native_routes(app)
     add_job_routes(app)
+    add_speaker_routes(app)
     return app
 
 
