@@ -183,10 +183,117 @@ def test_relabel_rewrites_every_format_consistently(tmp_path: Path) -> None:
 def test_relabel_refuses_unknown_labels_and_bad_pairs(tmp_path: Path) -> None:
     _fake_run(tmp_path)
     before = (tmp_path / "a.srt").read_text()
-    with pytest.raises(ValueError, match="no transcript .* has any of the labels SPEAKER_09"):
+    with pytest.raises(ValueError, match=r"no transcript .* has any of the labels SPEAKER_09"):
         relabel_run(tmp_path, {"SPEAKER_09": "Maria"})
     assert (tmp_path / "a.srt").read_text() == before
     with pytest.raises(ValueError, match="write OLD=NEW"):
         parse_relabels(["Maria"])
-    with pytest.raises(ValueError, match="modelmora-report.json"):
+    with pytest.raises(ValueError, match=r"modelmora-report\.json"):
         relabel_run(tmp_path / "lib-missing", {"SPEAKER_01": "Maria"})
+
+
+# --- end to end: generated voices, real models -------------------------------------------------
+
+_ENROLL_TEXT = (
+    "Hello, this is my voice for the speaker library. I am reading a few sentences so the "
+    "model can learn how I sound when I talk about the budget, the plan and the launch."
+)
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Enrollment clips of three people, a too-short clip, and two conversations among them
+    and a stranger (needs espeak-ng)."""
+    from modelmora.testing.conversation import (
+        DEFAULT_VOICES,
+        Voice,
+        espeak_available,
+        make_conversation,
+    )
+
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    folder = tmp_path_factory.mktemp("people")
+    ana, ben, cleo = DEFAULT_VOICES
+    stranger = Voice("en-gb-scotland+f4", speed=160, pitch=90)
+    files = {
+        name: make_conversation(folder / f"{name}.wav", [(0, _ENROLL_TEXT)], [voice]).wav
+        for name, voice in (("ana", ana), ("ben", ben), ("cleo", cleo))
+    }
+    files["short"] = make_conversation(folder / "short.wav", [(0, "Hi there.")], [ana]).wav
+    lines = [
+        "Let's look at the numbers before we decide anything.",
+        "The printing company needs our order by Friday afternoon.",
+        "I will call them and ask for two more weeks.",
+        "What about the new chairs people keep asking about?",
+        "We can order them once the budget is approved.",
+        "Then let's meet again on Monday at ten.",
+    ]
+    files["first"] = make_conversation(
+        folder / "first.wav", [(i % 3, line) for i, line in enumerate(lines)], [ana, ben, stranger]
+    ).wav
+    files["second"] = make_conversation(
+        folder / "second.wav", [(i % 2, line) for i, line in enumerate(lines[:4])], [cleo, stranger]
+    ).wav
+    return files
+
+
+@pytest.mark.slow
+def test_enrolled_voices_named_stranger_linked_then_relabelled(
+    people: dict[str, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from modelmora.cli import app
+    from modelmora.models import ModelSpec
+    from modelmora.runtime.worker import Worker
+    from modelmora.workflow.engine import transcribe_files
+    from modelmora.workflow.options import TranscribeOptions
+
+    library = tmp_path / "library"
+    runner = CliRunner()
+    refused = runner.invoke(
+        app, ["speakers", "add", "Ana", str(people["short"]), "--library", str(library)]
+    )
+    assert refused.exit_code == 2
+    assert "of speech; enrollment needs at least 3 s" in refused.output
+    added = runner.invoke(
+        app, ["speakers", "add", "Ana", str(people["ana"]), "--library", str(library)]
+    )
+    assert added.exit_code == 0, added.output
+    shelf = SpeakerLibrary(library)
+    with Worker(ModelSpec("voiceprint"), name="voiceprint") as worker:
+        outputs = worker.call([{"audio": str(people[p])} for p in ("ben", "cleo")])
+    for name, output in zip(("Ben", "Cleo"), outputs, strict=True):
+        shelf.add(name, output["model"], [output["embedding"]], [output["speech_s"]])
+    assert shelf.names() == ["Ana", "Ben", "Cleo"]
+
+    out = tmp_path / "out"
+    options = TranscribeOptions(diarize=True, language="en", library=str(library), threads=2)
+    report = transcribe_files([people["first"], people["second"]], options, out)
+    assert report.exit_code == 0
+    first = json.loads((out / "first.json").read_text())
+    second = json.loads((out / "second.json").read_text())
+    assert set(first["speaker_identities"]) == {"Ana", "Ben", "SPEAKER_00"}
+    assert set(second["speaker_identities"]) == {"Cleo", "SPEAKER_00"}  # one stranger, one label
+    assert first["speaker_identities"]["Ana"]["similarity"] > 0
+    assert first["speaker_identities"]["SPEAKER_00"]["name"] is None
+    assert {t.speaker for t in read_rttm(out / "second.rttm")} == {"Cleo", "SPEAKER_00"}
+    assert "Ben: " in (out / "first.srt").read_text()
+
+    relabelled = runner.invoke(
+        app, ["relabel", str(out), "SPEAKER_00=Dana", "--enroll", "--library", str(library)]
+    )
+    assert relabelled.exit_code == 0, relabelled.output
+    for stem in ("first", "second"):
+        assert "Dana" in {t.speaker for t in read_rttm(out / f"{stem}.rttm")}
+        for fmt in ("srt", "vtt", "txt", "tsv", "json"):
+            text = (out / f"{stem}.{fmt}").read_text()
+            assert "SPEAKER_00" not in text and "Dana" in text, fmt
+    listed = runner.invoke(app, ["speakers", "list", "--json", "--library", str(library)])
+    assert [s["name"] for s in json.loads(listed.stdout)["speakers"]] == [
+        "Ana",
+        "Ben",
+        "Cleo",
+        "Dana",
+    ]

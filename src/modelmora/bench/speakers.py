@@ -168,6 +168,25 @@ def _link_scores(
     }
 
 
+def _link_similarities(
+    transcripts: dict[str, Transcript], references: dict[str, list[Turn]]
+) -> dict[str, list[float]]:
+    """Similarities of speakers across the two files of a pair: same person, different."""
+    import numpy as np
+
+    same: list[float] = []
+    different: list[float] = []
+    for first, second in AMI_PAIRS:
+        a = _majority(transcripts[first].turns, references[first])
+        b = _majority(transcripts[second].turns, references[second])
+        for ref_a, label_a in a.items():
+            for ref_b, label_b in b.items():
+                u = np.asarray(transcripts[first].speaker_embeddings[label_a])
+                v = np.asarray(transcripts[second].speaker_embeddings[label_b])
+                (same if ref_a == ref_b else different).append(round(float(u @ v), 4))
+    return {"same": sorted(same), "different": sorted(different)}
+
+
 def _ratio(good: int, total: int) -> float | None:
     return round(good / total, 3) if total else None
 
@@ -194,6 +213,38 @@ def _naming_scores(
     }
 
 
+def _similarities(
+    cases: list[tuple[Transcript, list[Turn], dict[str, str]]], library: SpeakerLibrary
+) -> dict[str, list[float]]:
+    """Cosine similarities behind the naming decisions, for calibrating the thresholds.
+
+    ``genuine``: an enrolled person's speaker to their own voiceprint; ``impostor``: to the
+    closest other voiceprint (strangers: to the closest voiceprint at all).
+    """
+    import numpy as np
+
+    genuine: list[float] = []
+    impostor: list[float] = []
+    for transcript, reference, names in cases:
+        model = transcript.speaker_model or ""
+        prints = {n: v.centroid for n, v in library.voiceprints(model).items()}
+        if not prints:
+            continue
+        for ref, label in _majority(transcript.turns, reference).items():
+            vector = np.asarray(transcript.speaker_embeddings.get(label, []), dtype=np.float64)
+            if vector.size == 0:
+                continue
+            sims = {
+                n: float(vector @ c / (np.linalg.norm(vector) + 1e-12)) for n, c in prints.items()
+            }
+            own = names.get(ref)
+            if own in sims:
+                genuine.append(round(sims.pop(own), 4))
+            if sims:
+                impostor.append(round(max(sims.values()), 4))
+    return {"genuine": sorted(genuine), "impostor": sorted(impostor)}
+
+
 def _diarize_all(audio: Sequence[Path]) -> tuple[dict[str, Transcript], dict[str, Any]]:
     outputs: dict[str, Transcript] = {}
     t0 = time.perf_counter()
@@ -217,6 +268,7 @@ def _ami(folder: Path, voiceprint: Worker, work: Path) -> dict[str, Any]:
     for kind, transcripts in (("diarizer", diarized), ("reference_turns", oracle)):
         linked, link_s, link_mb = _timed_identify([transcripts[s] for s in stems], None, True)
         scores = _link_scores(dict(zip(stems, linked, strict=True)), references)
+        scores["similarities"] = _link_similarities(transcripts, references)
         naming = _ami_naming(transcripts, references, voiceprint, folder, work / kind)
         result[kind] = {"linking": scores, "naming": naming, "identify_s": round(link_s, 4)}
         result[kind]["identify_peak_mb"] = round(link_mb, 3)
@@ -231,6 +283,8 @@ def _ami_naming(
     work: Path,
 ) -> dict[str, Any]:
     cases = []
+    genuine: list[float] = []
+    impostor: list[float] = []
     for first, second in AMI_PAIRS:
         for source, target in ((first, second), (second, first)):
             shared = {t.speaker for t in references[source]} & {
@@ -247,7 +301,15 @@ def _ami_naming(
                 )
             (named,) = identify([transcripts[target]], library, link=False).transcripts
             cases.append((named, references[target], {p: p for p in shared}))
-    return _naming_scores(cases)
+            sims = _similarities(
+                [(transcripts[target], references[target], {p: p for p in shared})], library
+            )
+            genuine += sims["genuine"]
+            impostor += sims["impostor"]
+    return {
+        **_naming_scores(cases),
+        "similarities": {"genuine": sorted(genuine), "impostor": sorted(impostor)},
+    }
 
 
 def _generated(work: Path, audio_dir: Path, voiceprint: Worker) -> dict[str, Any]:
@@ -281,7 +343,8 @@ def _generated(work: Path, audio_dir: Path, voiceprint: Worker) -> dict[str, Any
         turns, people = references[stem]
         names = {ref: f"person-{p}" for ref, p in people.items() if p < _ENROLLED}
         cases.append((transcript, turns, names))
-    result = _naming_scores(cases)
+    raw = [(diarized[s], c[1], c[2]) for s, c in zip(stems, cases, strict=True)]
+    result = {**_naming_scores(cases), "similarities": _similarities(raw, library)}
     # The same stranger in several files: one label everywhere?
     stranger_labels: dict[int, set[str]] = {}
     for (transcript, turns, _), stem in zip(cases, stems, strict=True):
