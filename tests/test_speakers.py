@@ -287,9 +287,13 @@ def test_enrolled_voices_named_stranger_linked_then_relabelled(
     assert relabelled.exit_code == 0, relabelled.output
     for stem in ("first", "second"):
         assert "Dana" in {t.speaker for t in read_rttm(out / f"{stem}.rttm")}
-        for fmt in ("srt", "vtt", "txt", "tsv", "json"):
+        for fmt in ("srt", "vtt", "txt", "tsv"):
             text = (out / f"{stem}.{fmt}").read_text()
             assert "SPEAKER_00" not in text and "Dana" in text, fmt
+        data = json.loads((out / f"{stem}.json").read_text())
+        assert "Dana" in {s["speaker"] for s in data["segments"]}
+        assert "SPEAKER_00" not in {w.get("speaker") for s in data["segments"] for w in s["words"]}
+        assert data["speaker_identities"]["Dana"]["renamed_from"] == "SPEAKER_00"
     listed = runner.invoke(app, ["speakers", "list", "--json", "--library", str(library)])
     assert [s["name"] for s in json.loads(listed.stdout)["speakers"]] == [
         "Ana",

@@ -68,19 +68,22 @@ class Thresholds:
         name: naming needs at least this cosine similarity to the enrolled voiceprint.
         margin: and this much more than the runner-up name's similarity.
         link: linking two files' speakers needs at least this similarity.
+        link_margin: and this much more than the next most similar person's.
     """
 
     name: float
     margin: float
     link: float
+    link_margin: float = 0.0
 
 
 #: Calibrated per model family (see docs/speakers.md for how); unknown models get the default.
 _THRESHOLDS: dict[str, Thresholds] = {
-    "resemblyzer": Thresholds(name=0.80, margin=0.04, link=0.80),
-    "campplus": Thresholds(name=0.50, margin=0.08, link=0.50),
+    "campplus": Thresholds(name=0.60, margin=0.15, link=0.60, link_margin=0.05),
+    "cam++": Thresholds(name=0.60, margin=0.15, link=0.60, link_margin=0.05),
+    "resemblyzer": Thresholds(name=0.80, margin=0.10, link=0.85, link_margin=0.03),
 }
-_DEFAULT_THRESHOLDS = Thresholds(name=0.6, margin=0.08, link=0.6)
+_DEFAULT_THRESHOLDS = Thresholds(name=0.6, margin=0.15, link=0.6, link_margin=0.05)
 
 
 def thresholds_for(model: str) -> Thresholds:
@@ -403,6 +406,7 @@ def link_speakers(
     files: Sequence[Mapping[str, Any]],
     threshold: float,
     weights: Sequence[Mapping[str, float]] | None = None,
+    margin: float = 0.0,
 ) -> tuple[list[dict[str, int]], list[np.ndarray]]:
     """Link the per-file speakers of a batch: the same voice gets the same person number.
 
@@ -414,6 +418,7 @@ def link_speakers(
         files: per file, label → centroid embedding.
         threshold: the model's linking threshold.
         weights: per file, label → seconds of speech (weights the running centroids).
+        margin: a link also needs this much more similarity than the next closest person.
 
     Returns:
         Per file, label → person number (0, 1... by first appearance), and each person's
@@ -431,7 +436,10 @@ def link_speakers(
             similarity = queries @ _normalise(sums).T
             rows, cols = linear_sum_assignment(-similarity)
             for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
-                if similarity[row, col] >= threshold:
+                others = np.delete(similarity[row], col)
+                second = float(others.max()) if others.size else -1.0
+                score = float(similarity[row, col])
+                if score >= threshold and score - second >= margin:
                     link[labels[row]] = col
         for label in labels:
             weight = (weights[index].get(label, 1.0) if weights else 1.0) or 1.0

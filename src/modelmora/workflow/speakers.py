@@ -94,7 +94,10 @@ def identify(
     files = [transcripts[i].speaker_embeddings for i in usable]
     if link:
         links, centroids = link_speakers(
-            files, thresholds.link, [_talk(transcripts[i]) for i in usable]
+            files,
+            thresholds.link,
+            [_talk(transcripts[i]) for i in usable],
+            thresholds.link_margin,
         )
         people = {p: centroids[p].tolist() for p in range(len(centroids))}
     else:
