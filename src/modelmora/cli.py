@@ -91,6 +91,15 @@ def transcribe(
     compute_type: str | None = typer.Option(None, help="CTranslate2 compute type."),
     beam_size: int | None = typer.Option(None, help="Whisper beam width."),
     diarize: bool | None = typer.Option(None, "--diarize/--no-diarize", help="Label speakers."),
+    diarizer: str | None = typer.Option(
+        None, help="default|resemblyzer|pyannote|package.module:Class (with --diarize)."
+    ),
+    diarizer_model: str | None = typer.Option(
+        None, help="pyannote pipeline: Hugging Face id or local folder."
+    ),
+    hf_token: str | None = typer.Option(
+        None, help="Hugging Face token for gated pyannote pipelines (default $HF_TOKEN)."
+    ),
     num_speakers: int | None = typer.Option(None, help="Exact number of speakers."),
     min_speakers: int | None = typer.Option(None, help="Fewest speakers to consider."),
     max_speakers: int | None = typer.Option(None, help="Most speakers to consider."),
@@ -130,6 +139,9 @@ def transcribe(
             compute_type=compute_type,
             beam_size=beam_size,
             diarize=diarize,
+            diarizer=diarizer,
+            diarizer_model=diarizer_model,
+            hf_token=hf_token,
             num_speakers=num_speakers,
             min_speakers=min_speakers,
             max_speakers=max_speakers,

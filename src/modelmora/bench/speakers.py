@@ -127,7 +127,7 @@ def _reference_transcript(worker: Worker, audio: Path, reference: Sequence[Turn]
     return Transcript(
         turns=list(reference),
         speaker_embeddings={s: o["embedding"] for s, o in zip(speakers, outputs, strict=True)},
-        speaker_model=outputs[0]["model"],
+        embedding_model=outputs[0]["model"],
     )
 
 
@@ -226,7 +226,7 @@ def _similarities(
     genuine: list[float] = []
     impostor: list[float] = []
     for transcript, reference, names in cases:
-        model = transcript.speaker_model or ""
+        model = transcript.embedding_model or ""
         prints = {n: v.centroid for n, v in library.voiceprints(model).items()}
         if not prints:
             continue

@@ -37,7 +37,7 @@ ADAPTERS: dict[str, str] = {
     "toy": "modelmora.models.toy:ToyModel",
     "toy-cuda": "modelmora.models.toy:ToyCudaModel",
     "whisper": "modelmora.models.whisper:WhisperAdapter",
-    "diarizer": "modelmora.models.diarizer:DiarizerAdapter",
+    "diarizer": "modelmora.models.diarization:DiarizerAdapter",
     "llm": "modelmora.models.llm:LlmAdapter",
     "embedding": "modelmora.models.embedding:EmbeddingAdapter",
     "voiceprint": "modelmora.models.voiceprint:VoiceprintAdapter",

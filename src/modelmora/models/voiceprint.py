@@ -2,39 +2,41 @@
 
 :class:`SpeakerEmbedder` is the small interface naming and linking need from a speaker model:
 the speech of some time ranges of a recording → one L2-normalised embedding, plus the model's
-key (``name@version``) so embeddings of different models are never compared.
+name and version (recorded as ``name@version``) so embeddings of different models are never
+compared. The default diarizer's CAM++ :class:`modelmora.models.diarization.SpeakerEmbedder`
+is one.
 
 :class:`VoiceprintAdapter` is the worker adapter that enrollment runs (``modelmora speakers
 add``, ``POST /api/v1/speakers``)::
 
-    {"audio": path}  ──►  {"embedding": [...], "speech_s": 7.3, "model": "resemblyzer@0.1.4"}
+    {"audio": path}  ──►  {"embedding": [...], "speech_s": 7.3, "model": "<name>@<version>"}
 
 :func:`speaker_centroids` gives each diarized speaker's embedding, which the diarizer's result
-carries so speakers can be named and linked after clustering.
+carries so speakers can be named and linked after clustering, for engines that do not make
+their own (``resemblyzer``, ``pyannote``, engines of your own).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from typing import Any, Protocol
 
 import numpy as np
 
-from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter, check_device, resolve_device
+from modelmora.models import Adapter, check_device
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
 from modelmora.speech.transcript import Turn
 
 __all__ = [
-    "ResemblyzerEmbedder",
+    "CENTROID_MAX_S",
     "SpeakerEmbedder",
     "VoiceprintAdapter",
+    "model_key",
     "name_result",
     "speaker_centroids",
+    "speech_only",
     "speech_seconds",
 ]
 
@@ -48,20 +50,25 @@ CENTROID_MAX_S = 90.0
 class SpeakerEmbedder(Protocol):
     """A speaker embedding model: audio (+ time ranges) → one L2-normalised embedding."""
 
-    model: str
+    name: str
+    version: str
 
-    def embed(
-        self, wav: np.ndarray, ranges: Sequence[tuple[float, float]] | None = None
-    ) -> np.ndarray:
-        """The embedding of the speech in ``ranges`` (seconds) of ``wav`` (16 kHz), or of all."""
+    def embed(self, audio: Any, ranges: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
+        """The embedding of the speech in ``ranges`` (seconds) of ``audio``, or of all of it."""
         ...
 
 
+def model_key(embedder: SpeakerEmbedder) -> str:
+    """``name@version``: what voiceprints and transcripts record of the model."""
+    return f"{embedder.name}@{embedder.version}"
+
+
 def _cut(wav: np.ndarray, ranges: Sequence[tuple[float, float]] | None, limit: float) -> np.ndarray:
-    if ranges is None:
-        return wav[: int(min(limit, wav.size / SAMPLE_RATE) * SAMPLE_RATE)]
-    pieces, total = [], 0
+    """The samples of ``ranges`` (all of ``wav`` when None), at most ``limit`` seconds."""
     most = int(min(limit, wav.size / SAMPLE_RATE) * SAMPLE_RATE)
+    if ranges is None:
+        return wav[:most]
+    pieces, total = [], 0
     for start, end in ranges:
         piece = wav[max(0, int(start * SAMPLE_RATE)) : max(0, int(end * SAMPLE_RATE))]
         piece = piece[: max(0, most - total)]
@@ -70,54 +77,18 @@ def _cut(wav: np.ndarray, ranges: Sequence[tuple[float, float]] | None, limit: f
     return np.concatenate(pieces) if pieces else wav[:0]
 
 
-class ResemblyzerEmbedder:
-    """Resemblyzer's GE2E d-vectors (256-d) of the speech in some ranges of a recording.
+def speech_only(wav: np.ndarray) -> np.ndarray:
+    """The speech of ``wav`` (16 kHz), silences cut (WebRTC VAD + energy gate, 10 ms frames)."""
+    from modelmora.models.diarization.resemblyzer import speech_frames
 
-    Args:
-        encoder: a loaded ``resemblyzer.VoiceEncoder`` (None: load one on ``device``).
-        device: torch device when loading.
-    """
-
-    def __init__(self, encoder: Any = None, device: str = "cpu") -> None:
-        if encoder is None:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    warnings.simplefilter("ignore", UserWarning)
-                    from resemblyzer import VoiceEncoder
-            except ImportError as exc:
-                raise ModelLoadError(
-                    f"cannot import resemblyzer ({exc}): pip install resemblyzer 'setuptools<81'"
-                ) from exc
-            encoder = VoiceEncoder(device=resolve_device(device), verbose=False)
-        self.encoder = encoder
-        self.model = f"resemblyzer@{metadata.version('resemblyzer')}"
-
-    def embed(
-        self, wav: np.ndarray, ranges: Sequence[tuple[float, float]] | None = None
-    ) -> np.ndarray:
-        """See :class:`SpeakerEmbedder`; silence inside the ranges is cut first."""
-        from resemblyzer.audio import normalize_volume
-
-        from modelmora.models.diarizer import speech_frames
-
-        audio = _cut(wav.astype(np.float32), ranges, CENTROID_MAX_S)
-        speech = speech_frames(audio)
-        frame = int(SAMPLE_RATE * _FRAME_S)
-        voiced = np.repeat(speech, frame)
-        kept = audio[: voiced.size][voiced] if voiced.any() else audio
-        kept = normalize_volume(kept, -30, increase_only=True)
-        if kept.size < SAMPLE_RATE // 2:  # Resemblyzer needs a partial of 1.6 s at best
-            kept = np.pad(kept, (0, SAMPLE_RATE // 2 - kept.size))
-        embedding = np.asarray(self.encoder.embed_utterance(kept), dtype=np.float64)
-        return embedding / (np.linalg.norm(embedding) + 1e-12)
+    speech = speech_frames(wav.astype(np.float32))
+    voiced = np.repeat(speech, int(SAMPLE_RATE * _FRAME_S))
+    return wav[: voiced.size][voiced]
 
 
 def speech_seconds(wav: np.ndarray) -> float:
-    """Seconds of speech the diarizer's speech detection finds in ``wav`` (16 kHz)."""
-    from modelmora.models.diarizer import speech_frames
-
-    return float(speech_frames(wav.astype(np.float32)).sum()) * _FRAME_S
+    """Seconds of speech in ``wav`` (16 kHz), by :func:`speech_only`'s detection."""
+    return speech_only(wav).size / SAMPLE_RATE
 
 
 def speaker_centroids(
@@ -133,7 +104,10 @@ def speaker_centroids(
         ranges.setdefault(turn.speaker, []).append((turn.start, turn.end))
     embeddings, talk = {}, {}
     for label, spans in ranges.items():
-        embeddings[label] = [round(float(x), 6) for x in embedder.embed(wav, spans)]
+        speech = _cut(wav, spans, CENTROID_MAX_S)
+        if speech.size < SAMPLE_RATE // 10:
+            continue
+        embeddings[label] = [round(float(x), 6) for x in embedder.embed(speech)]
         talk[label] = round(float(sum(end - start for start, end in spans)), 2)
     return embeddings, talk
 
@@ -173,35 +147,41 @@ def name_result(
 class VoiceprintAdapter(Adapter):
     """Enrollment: one clip in, its speaker embedding and seconds of speech out.
 
+    The embedding model is the default diarizer's (CAM++), so enrolled voices compare with
+    the speakers every diarizer engine's results carry.
+
     Args:
         device: ``cpu``, ``cuda`` or ``auto``.
     """
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = check_device(device)
-        self._embedder: ResemblyzerEmbedder | None = None
+        self._embedder: Any = None
 
     def load(self) -> None:
         """Load the speaker embedding model."""
-        self._embedder = ResemblyzerEmbedder(device=self.device)
-        logger.info("loaded %s", self._embedder.model)
+        from modelmora.models.diarization.embeddings import SpeakerEmbedder as CamPlusPlus
+
+        self._embedder = CamPlusPlus(self.device)
+        self._embedder.load()
+        logger.info("loaded %s", model_key(self._embedder))
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        """Embed each clip.
+        """Embed the speech of each clip (silences cut first).
 
         Args:
             batch: items ``{"audio": path or 16 kHz float32 array}``, optionally with
                 ``"ranges": [[start, end], ...]`` (seconds): only that part of the audio.
 
         Returns:
-            ``{"embedding": [...], "speech_s": float, "model": "name@version"}`` per item.
+            ``{"embedding": [...], "speech_s": float, "model": "name@version"}`` per item
+            (``speech_s`` 0 and an empty embedding when the clip holds no speech).
 
         Raises:
             modelmora.speech.audio.AudioError: a clip is not usable audio.
         """
         if self._embedder is None:
             self.load()
-        assert self._embedder is not None
         results = []
         for item in batch:
             audio = item["audio"] if isinstance(item, dict) else item
@@ -209,13 +189,15 @@ class VoiceprintAdapter(Adapter):
             ranges = item.get("ranges") if isinstance(item, dict) else None
             if ranges:
                 wav = _cut(wav, [(float(a), float(b)) for a, b in ranges], float("inf"))
-            speech = speech_seconds(wav)
-            embedding = self._embedder.embed(wav) if speech > 0 else np.zeros(1)
+            speech = speech_only(wav)
+            seconds = speech.size / SAMPLE_RATE
+            speech = speech[: int(CENTROID_MAX_S * SAMPLE_RATE)]
+            embedding = self._embedder.embed(speech) if speech.size >= SAMPLE_RATE // 10 else []
             results.append(
                 {
                     "embedding": [round(float(x), 6) for x in embedding],
-                    "speech_s": round(speech, 2),
-                    "model": self._embedder.model,
+                    "speech_s": round(seconds, 2),
+                    "model": model_key(self._embedder),
                 }
             )
         return results

@@ -80,14 +80,12 @@ class Thresholds:
 #: Calibrated per model family (see docs/speakers.md for how); unknown models get the default.
 _THRESHOLDS: dict[str, Thresholds] = {
     "campplus": Thresholds(name=0.60, margin=0.15, link=0.60, link_margin=0.05),
-    "cam++": Thresholds(name=0.60, margin=0.15, link=0.60, link_margin=0.05),
-    "resemblyzer": Thresholds(name=0.80, margin=0.10, link=0.85, link_margin=0.03),
 }
 _DEFAULT_THRESHOLDS = Thresholds(name=0.6, margin=0.15, link=0.6, link_margin=0.05)
 
 
 def thresholds_for(model: str) -> Thresholds:
-    """The calibrated thresholds of a model key (``resemblyzer@0.1.4``, ``campplus@...``)."""
+    """The calibrated thresholds of a model key (``campplus_cn_en_common@...``)."""
     family = model.split("@", 1)[0].lower()
     for prefix, values in _THRESHOLDS.items():
         if family.startswith(prefix):

@@ -136,9 +136,12 @@ class Transcript:
         duration: the audio's duration in seconds.
         turns: speaker turns from diarization (finer than segments: they follow the voice,
             not the text); empty until diarized. The RTTM output uses them when present.
-        speaker_embeddings: label → the speaker's L2-normalised centroid embedding (what
-            naming and linking compare); empty until diarized.
-        speaker_model: the embedding model's key (``name@version``), or None.
+            Turns may overlap where two people talk at once.
+        speaker_embeddings: one unit centroid embedding per speaker label, from the
+            diarizer's speaker model (empty when it has none): the means to link a speaker
+            to one enrolled by name, or to the same voice in another recording.
+        embedding_model: ``name@version`` of the model that made ``speaker_embeddings``
+            (embeddings from different models are not comparable).
         speaker_identities: label → how it was named (``name``, ``similarity``...; see
             :class:`modelmora.speech.speakers.SpeakerMatch`); empty unless named or linked.
     """
@@ -148,7 +151,7 @@ class Transcript:
     duration: float = 0.0
     turns: list[Turn] = field(default_factory=list)
     speaker_embeddings: dict[str, list[float]] = field(default_factory=dict)
-    speaker_model: str | None = None
+    embedding_model: str | None = None
     speaker_identities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -168,7 +171,8 @@ class Transcript:
         return list(seen)
 
     def to_dict(self) -> dict[str, Any]:
-        """The whisperx JSON shape (plus ``duration`` and, when diarized, ``turns``)."""
+        """The whisperx JSON shape (plus ``duration`` and, when diarized, ``turns``, and
+        ``speaker_embeddings`` with their ``embedding_model`` when the diarizer made them)."""
         data: dict[str, Any] = {
             "segments": [segment.to_dict() for segment in self.segments],
             "language": self.language,
@@ -181,7 +185,7 @@ class Transcript:
         if self.speaker_identities:
             data["speaker_identities"] = self.speaker_identities
         if self.speaker_embeddings:
-            data["speaker_model"] = self.speaker_model
+            data["embedding_model"] = self.embedding_model
             data["speaker_embeddings"] = self.speaker_embeddings
         return data
 
@@ -216,7 +220,7 @@ class Transcript:
             self.duration,
             turns,
             {label: _mean_unit(vectors) for label, vectors in embeddings.items()},
-            self.speaker_model,
+            self.embedding_model,
             identities,
         )
 
@@ -242,7 +246,7 @@ class Transcript:
             duration,
             turns,
             embeddings,
-            data.get("speaker_model"),
+            data.get("embedding_model"),
             identities,
         )
 

@@ -5,7 +5,7 @@ stopped and the release verified before the next stage's model loads)::
 
     files ─► check (missing, empty, folder: failed here, no worker)
           ─► [transcribe worker: Whisper]  each file ─► align ─► .modelmora/<stem>.transcribe.json
-          ─► [diarize worker: Resemblyzer] each file ─► .modelmora/<stem>.diarize.json
+          ─► [diarize worker: chosen engine] each file ─► .modelmora/<stem>.diarize.json
           │     speakers linked across files and named from the library (parent, no model)
           │     outputs: <stem>.txt .srt .vtt .json .tsv .rttm
           ─► [summarize worker: LLM]       each file ─► .modelmora/<stem>.summarize.json
@@ -298,11 +298,19 @@ def _whisper_stage(run: _Run) -> _Stage:
 
 def _diarize_stage(run: _Run) -> _Stage:
     opts = run.options
-    params: dict[str, Any] = {"num_speakers": opts.num_speakers, "device": opts.device}
+    params: dict[str, Any] = {
+        "engine": opts.diarizer,
+        "num_speakers": opts.num_speakers,
+        "device": opts.device,
+    }
     if opts.min_speakers is not None:
         params["min_speakers"] = opts.min_speakers
     if opts.max_speakers is not None:
         params["max_speakers"] = opts.max_speakers
+    if opts.diarizer_model is not None:
+        params["pipeline"] = opts.diarizer_model
+    if opts.hf_token is not None:
+        params["hf_token"] = opts.hf_token
 
     def accept(job: _Job, output: Any) -> None:
         assert job.transcript is not None
@@ -316,7 +324,7 @@ def _diarize_stage(run: _Run) -> _Stage:
     return _Stage(
         name="diarize",
         spec=ModelSpec("diarizer", params),
-        key_params=params,
+        key_params={k: v for k, v in params.items() if k != "hf_token"},  # a secret
         upstream="transcribe",
         item=lambda job: {
             "audio": str(job.path),
@@ -326,7 +334,7 @@ def _diarize_stage(run: _Run) -> _Stage:
     )
 
 
-_DIARIZED = ("segments", "turns", "speaker_embeddings", "speaker_model")
+_DIARIZED = ("segments", "turns", "speaker_embeddings", "embedding_model")
 
 
 def _identify(run: _Run, jobs: list[_Job], stats: StageStats) -> None:

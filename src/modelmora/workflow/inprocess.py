@@ -2,7 +2,7 @@
 
     transcript = transcribe("meeting.wav")           # Whisper (faster-whisper)
     transcript = align(transcript)                   # segment bounds follow their words
-    transcript = diarize("meeting.wav", transcript)  # who spoke when (Resemblyzer + clustering)
+    transcript = diarize("meeting.wav", transcript)  # who spoke when (default engine)
     summary = summarize(transcript)                  # an LLM summary (llama.cpp or a server)
 
 **No isolation**: every model loads into *this* process and stays there (cached, so repeated
@@ -136,6 +136,8 @@ def diarize(
     num_speakers: int | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
+    diarizer: str = "default",
+    **options: Any,
 ) -> Transcript:
     """Label who speaks when, and put a speaker on every word and segment, in this process.
 
@@ -151,15 +153,19 @@ def diarize(
         num_speakers: the exact number of speakers, if known.
         min_speakers: the fewest speakers to consider when counting them (default 1).
         max_speakers: the most speakers to consider when counting them (default 8).
+        diarizer: the engine: ``default``, ``resemblyzer``, ``pyannote`` or
+            ``package.module:Class``.
+        **options: the engine's own options (``pipeline``, ``hf_token`` for ``pyannote``).
 
     Returns:
-        A new transcript with speakers on words and segments, and the speaker turns.
+        A new transcript with speakers on words and segments, the speaker turns (which may
+        overlap) and, when the engine makes them, one embedding per speaker.
 
     Raises:
         modelmora.speech.audio.AudioError: the file is not usable audio.
         ValueError: inconsistent speaker counts.
     """
-    params: dict[str, Any] = {"num_speakers": num_speakers}
+    params: dict[str, Any] = {"engine": diarizer, "num_speakers": num_speakers, **options}
     if min_speakers is not None:
         params["min_speakers"] = min_speakers
     if max_speakers is not None:
@@ -170,7 +176,13 @@ def diarize(
     labelled = Transcript.from_dict(
         {"segments": result["segments"], "turns": result["turns"], "duration": 0.0}
     )
-    return replace(transcript, segments=labelled.segments, turns=labelled.turns)
+    return replace(
+        transcript,
+        segments=labelled.segments,
+        turns=labelled.turns,
+        speaker_embeddings=result["speaker_embeddings"],
+        embedding_model=result["embedding_model"],
+    )
 
 
 def summarize(transcript: Transcript, llm: str | None = None, **opts: Any) -> str:

@@ -10,6 +10,7 @@ them; flags given on the command line override it::
     model: small
     language: en
     diarize: true
+    diarizer: default               # default | resemblyzer | pyannote | package.module:Class
     max_speakers: 4
     summarize: true
     llm: http://localhost:11434     # an OpenAI-compatible server (Ollama here)
@@ -28,12 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BACKENDS", "DEVICES", "TranscribeOptions", "load_options", "parse_size"]
+__all__ = ["BACKENDS", "DEVICES", "DIARIZERS", "TranscribeOptions", "load_options", "parse_size"]
 
 #: Devices the workflow accepts.
 DEVICES = ("auto", "cpu", "cuda")
 #: Where the stages' models run: this machine, or a Ray cluster (the ``ray`` extra).
 BACKENDS = ("local", "ray")
+#: Diarization engines by name (``package.module:Class`` names one of your own). The engines
+#: live in ``modelmora.models.diarization``; the orchestrator only checks the name.
+DIARIZERS = ("default", "resemblyzer", "pyannote")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
@@ -53,7 +57,13 @@ class TranscribeOptions:
         compute_type: CTranslate2 compute type (``default``, ``int8``, ``float16``...).
         beam_size: Whisper's beam width.
         vad_filter: skip non-speech with Silero VAD before Whisper.
-        diarize: label speakers (Resemblyzer embeddings + clustering).
+        diarize: label speakers.
+        diarizer: the diarization engine: ``default`` (segmentation-3.0 + CAM++ + spectral
+            clustering), ``resemblyzer``, ``pyannote`` (a pyannote.audio pipeline) or
+            ``package.module:Class``.
+        diarizer_model: the ``pyannote`` engine's pipeline: a Hugging Face id or a local
+            folder (default ``pyannote/speaker-diarization-3.1``).
+        hf_token: Hugging Face token for gated pyannote pipelines (default ``$HF_TOKEN``).
         num_speakers: the exact speaker count, or None to find it.
         min_speakers: the fewest speakers to consider when counting.
         max_speakers: the most speakers to consider when counting.
@@ -90,6 +100,9 @@ class TranscribeOptions:
     beam_size: int = 5
     vad_filter: bool = True
     diarize: bool = False
+    diarizer: str = "default"
+    diarizer_model: str | None = None
+    hf_token: str | None = None
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
@@ -124,6 +137,12 @@ class TranscribeOptions:
         parse_formats(self.formats)
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}: use one of {', '.join(DEVICES)}")
+        module, colon, cls = self.diarizer.partition(":")
+        if self.diarizer not in DIARIZERS and not (colon and module and cls):
+            raise ValueError(
+                f"unknown diarizer {self.diarizer!r}: use one of {', '.join(DIARIZERS)} "
+                "or 'package.module:Class'"
+            )
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
         for name in ("num_speakers", "min_speakers", "max_speakers"):
@@ -165,8 +184,12 @@ class TranscribeOptions:
         return None if self.memory_budget is None else parse_size(self.memory_budget)
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as plain data (for the report and the config file format)."""
-        return dataclasses.asdict(self)
+        """The options as plain data (for the report and the config file format); the token
+        is masked."""
+        data = dataclasses.asdict(self)
+        if data.get("hf_token"):
+            data["hf_token"] = "***"
+        return data
 
 
 def parse_size(text: str | float) -> float:

@@ -84,11 +84,11 @@ def identify(
     result = Identification(list(transcripts))
     if not usable:
         return result
-    models = {transcripts[i].speaker_model for i in usable}
+    models = {transcripts[i].embedding_model for i in usable}
     model = str(sorted(m or "" for m in models)[-1])
     if len(models) > 1:
         result.warnings.append(f"speaker embeddings of several models ({models}): using {model}")
-        usable = [i for i in usable if transcripts[i].speaker_model == model]
+        usable = [i for i in usable if transcripts[i].embedding_model == model]
     result.model = model
     thresholds = thresholds_for(model)
     files = [transcripts[i].speaker_embeddings for i in usable]
@@ -305,7 +305,7 @@ def relabel_run(
                 if old in transcript.speaker_embeddings:
                     vector = transcript.speaker_embeddings[old]
                     voices.setdefault(new, []).append(
-                        (transcript.speaker_model or "", vector, talk.get(old, 0.0))
+                        (transcript.embedding_model or "", vector, talk.get(old, 0.0))
                     )
             relabelled = transcript.relabel(present)
             for old, new in present.items():

@@ -1,4 +1,7 @@
-"""Speaker diarization: who speaks when, with a speaker on every word and segment.
+"""The ``resemblyzer`` engine: Resemblyzer d-vectors on sliding windows + clustering.
+
+The diarizer before the default engine, kept for comparison and for machines without the
+default engine's weights.
 
 Data flow for one file::
 
@@ -10,7 +13,6 @@ Data flow for one file::
           ──► re-segmentation: each frame takes the speaker whose centroid its covering
               windows resemble most (so turns follow the voice, not Whisper's segments)
           ──► turns (same-speaker runs, short pauses bridged)
-          ──► words and segments labelled; a segment that changes speaker is split
 
 Speakers are named ``SPEAKER_00``, ``SPEAKER_01``... in order of first appearance.
 Resemblyzer ships its encoder weights, so this works offline; it runs on torch (CPU is fine:
@@ -20,20 +22,19 @@ a one-hour file takes about a minute).
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter, check_device, resolve_device
+from modelmora.models import check_device, resolve_device
+from modelmora.models.diarization.common import AudioInput, Diarization, check_counts
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
-from modelmora.speech.transcript import Segment, Turn, Word
+from modelmora.speech.transcript import Turn
 
-__all__ = ["DiarizerAdapter", "assign_speakers"]
+__all__ = ["ResemblyzerEngine", "cluster_embeddings", "speech_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ _FRAME_S = 0.01  # Resemblyzer's mel hop: one frame per 10 ms
 _FRAME = int(SAMPLE_RATE * _FRAME_S)
 
 
-class DiarizerAdapter(Adapter):
-    """Resemblyzer speaker embeddings + clustering, aligned to a Whisper transcript.
+class ResemblyzerEngine:
+    """Resemblyzer speaker embeddings + clustering.
 
     Args:
         num_speakers: the exact number of speakers, or None to count them.
@@ -52,8 +53,6 @@ class DiarizerAdapter(Adapter):
         window: embedding window length, seconds.
         hop: step between windows, seconds.
         min_gap: pauses shorter than this (seconds) inside one speaker's talk stay in the turn.
-        speakers: a speaker library folder: name the speakers whose voices are enrolled there
-            (the server's use; the batch workflow names and links in the parent instead).
 
     Raises:
         ValueError: inconsistent speaker counts, an unknown device, or a bad window/hop.
@@ -68,14 +67,8 @@ class DiarizerAdapter(Adapter):
         window: float = 1.5,
         hop: float = 0.25,
         min_gap: float = 0.5,
-        speakers: str | None = None,
     ) -> None:
-        if num_speakers is not None and num_speakers < 1:
-            raise ValueError(f"num_speakers must be at least 1, got {num_speakers}")
-        if not 1 <= min_speakers <= max_speakers:
-            raise ValueError(
-                f"need 1 <= min_speakers <= max_speakers, got {min_speakers} and {max_speakers}"
-            )
+        check_counts(num_speakers, min_speakers, max_speakers)
         check_device(device)
         if not 0 < hop <= window:
             raise ValueError(f"need 0 < hop <= window, got hop={hop} window={window}")
@@ -86,7 +79,6 @@ class DiarizerAdapter(Adapter):
         self.window = window
         self.hop = hop
         self.min_gap = min_gap
-        self.speakers = speakers
         self._encoder: Any = None
 
     def load(self) -> None:
@@ -109,55 +101,16 @@ class DiarizerAdapter(Adapter):
         self._encoder = VoiceEncoder(device=device, verbose=False)
         logger.info("loaded Resemblyzer voice encoder on %s", device)
 
-    def predict(self, batch: list[Any]) -> list[Any]:
-        """Diarize each item.
-
-        Args:
-            batch: items ``{"audio": path or 16 kHz float32 array, "segments": [...]}`` where
-                segments are transcript segment dicts (whisperx shape; may be empty).
-
-        Returns:
-            One ``{"segments": [...], "speakers": [...], "turns": [[start, end, speaker]...],
-            "speaker_embeddings": {label: [...]}, "speaker_talk_s": {label: seconds},
-            "speaker_model": "name@version"}`` per item: segments labelled (and split where
-            the speaker changes mid-segment); named from the library when ``speakers`` is set.
-
-        Raises:
-            modelmora.speech.audio.AudioError: an item's file is not usable audio.
-            ValueError: an item has no ``audio``.
-        """
-        from modelmora.models.voiceprint import ResemblyzerEmbedder, name_result, speaker_centroids
-
-        results = []
-        for item in batch:
-            if not isinstance(item, dict) or "audio" not in item:
-                raise ValueError("each diarizer input must be a dict with an 'audio' key")
-            segments = [Segment.from_dict(s, i) for i, s in enumerate(item.get("segments") or [])]
-            audio = item["audio"]
-            wav = audio.astype(np.float32) if isinstance(audio, np.ndarray) else load_audio(audio)
-            turns = self.diarize(wav)
-            labelled = assign_speakers(segments, turns)
-            embedder = ResemblyzerEmbedder(self._encoder)
-            embeddings, talk = speaker_centroids(embedder, wav, turns)
-            result: dict[str, Any] = {
-                "segments": [segment.to_dict() for segment in labelled],
-                "speakers": _speakers(turns),
-                "turns": [[round(t.start, 3), round(t.end, 3), t.speaker] for t in turns],
-                "speaker_embeddings": embeddings,
-                "speaker_talk_s": talk,
-                "speaker_model": embedder.model,
-            }
-            if self.speakers:
-                result = name_result(result, self.speakers, embedder.model)
-            results.append(result)
-        return results
-
-    def diarize(self, audio: str | os.PathLike[str] | np.ndarray) -> list[Turn]:
+    def diarize(self, audio: AudioInput) -> Diarization:
         """Find the speaker turns of one file or 16 kHz float32 array.
 
         Returns:
-            Turns in time order, speakers named by first appearance (none for silence).
+            Turns in time order, speakers named by first appearance (none for silence); no
+            speaker embeddings (Resemblyzer's are not the default engine's).
         """
+        return Diarization(self._turns_of(audio))
+
+    def _turns_of(self, audio: AudioInput) -> list[Turn]:
         if self._encoder is None:
             self.load()
         wav = audio.astype(np.float32) if isinstance(audio, np.ndarray) else load_audio(audio)
@@ -408,56 +361,3 @@ def _turns(frame_labels: np.ndarray, min_gap: float) -> list[Turn]:
 
 def _speakers(turns: list[Turn]) -> list[str]:
     return list(dict.fromkeys(turn.speaker for turn in turns))
-
-
-def _speaker_at(start: float, end: float, turns: list[Turn]) -> str | None:
-    """The speaker overlapping ``[start, end]`` the most, else the nearest turn's speaker."""
-    if not turns:
-        return None
-    overlap: dict[str, float] = {}
-    for turn in turns:
-        shared = min(end, turn.end) - max(start, turn.start)
-        if shared > 0:
-            overlap[turn.speaker] = overlap.get(turn.speaker, 0.0) + shared
-    if overlap:
-        return max(overlap, key=lambda speaker: overlap[speaker])
-    middle = (start + end) / 2
-    nearest = min(turns, key=lambda t: max(t.start - middle, middle - t.end, 0.0))
-    return nearest.speaker
-
-
-def assign_speakers(segments: list[Segment], turns: list[Turn]) -> list[Segment]:
-    """Put a speaker on every word and segment; split segments where the speaker changes.
-
-    Args:
-        segments: transcript segments (words optional).
-        turns: speaker turns.
-
-    Returns:
-        New segments, renumbered from 0. A segment with words is split at each change of its
-        words' speaker; one without words takes the speaker it overlaps most.
-    """
-    labelled: list[Segment] = []
-    for segment in segments:
-        if not segment.words:
-            speaker = _speaker_at(segment.start, segment.end, turns)
-            labelled.append(replace(segment, speaker=speaker))
-            continue
-        words = [replace(w, speaker=_speaker_at(w.start, w.end, turns)) for w in segment.words]
-        group: list[Word] = [words[0]]
-        for word in words[1:]:
-            if word.speaker != group[-1].speaker:
-                labelled.append(_segment_of(segment, group))
-                group = []
-            group.append(word)
-        labelled.append(_segment_of(segment, group))
-    for index, segment in enumerate(labelled):
-        segment.id = index
-    return labelled
-
-
-def _segment_of(parent: Segment, words: list[Word]) -> Segment:
-    if len(words) == len(parent.words):
-        return replace(parent, words=words, speaker=words[0].speaker)
-    text = "".join(word.word for word in words)
-    return Segment(parent.id, words[0].start, words[-1].end, text, words, words[0].speaker)

