@@ -302,3 +302,35 @@ def test_enrolled_voices_named_stranger_linked_then_relabelled(
         "Cleo",
         "Dana",
     ]
+
+
+@pytest.mark.slow
+def test_server_enrolls_lists_and_forgets_speakers(people: dict[str, Path], tmp_path: Path) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from modelmora.serving.config import ServerConfig
+    from modelmora.serving.http.app import create_app
+
+    config = ServerConfig(cache_dir=tmp_path, models=[{"name": "d", "adapter": "diarizer"}])
+    assert config.model("d").to_spec().params["speakers"] == str(tmp_path / "speakers")
+    with TestClient(create_app(config)) as http:
+        deadline = time.monotonic() + 60
+        while http.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        clip = people["ana"].read_bytes()
+        short = people["short"].read_bytes()
+        refused = http.post(
+            "/api/v1/speakers", data={"name": "Ana"}, files={"file": ("s.wav", short)}
+        )
+        assert refused.status_code == 422 and "too_little_speech" in refused.text
+        created = http.post(
+            "/api/v1/speakers", data={"name": "Ana"}, files={"file": ("ana.wav", clip)}
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["name"] == "Ana" and created.json()["clips"] == 1
+        assert [s["name"] for s in http.get("/api/v1/speakers").json()["data"]] == ["Ana"]
+        assert http.get("/api/v1/speakers/Ana").json()["speech_s"] >= 3
+        assert http.delete("/api/v1/speakers/Ana").json() == {"name": "Ana", "deleted": True}
+        assert http.get("/api/v1/speakers/Ana").status_code == 404

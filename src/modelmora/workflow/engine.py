@@ -48,7 +48,13 @@ from modelmora.speech.audio import AudioError, check_audio_file
 from modelmora.speech.transcript import Transcript, parse_formats, write_atomic, write_outputs
 from modelmora.workflow.inprocess import align
 from modelmora.workflow.options import TranscribeOptions
-from modelmora.workflow.report import REPORT_VERSION, BatchReport, FileResult, StageStats
+from modelmora.workflow.report import (
+    REPORT_NAME,
+    REPORT_VERSION,
+    BatchReport,
+    FileResult,
+    StageStats,
+)
 from modelmora.workflow.runlog import run_log
 
 __all__ = [
@@ -65,8 +71,6 @@ logger = logging.getLogger(__name__)
 
 #: Folder (inside the output folder) holding the per-file, per-stage results that resume uses.
 STATE_DIR = ".modelmora"
-#: The batch report's file name (inside the output folder).
-REPORT_NAME = "modelmora-report.json"
 _STATE_VERSION = REPORT_VERSION
 
 

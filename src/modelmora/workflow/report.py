@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPORT_VERSION", "BatchReport", "FileResult", "StageStats"]
+__all__ = ["REPORT_NAME", "REPORT_VERSION", "BatchReport", "FileResult", "StageStats"]
 
+#: The batch report's file name (inside the output folder).
+REPORT_NAME = "modelmora-report.json"
 #: Version of the report and of the per-file state files (bumped when their shape changes).
 REPORT_VERSION = 1
 

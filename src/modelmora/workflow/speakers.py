@@ -31,6 +31,7 @@ from modelmora.speech.speakers import (
     thresholds_for,
 )
 from modelmora.speech.transcript import FORMATS, Transcript, write_outputs
+from modelmora.workflow.report import REPORT_NAME
 
 __all__ = ["Identification", "enroll", "identify", "parse_relabels", "relabel_run"]
 
@@ -238,8 +239,6 @@ def parse_relabels(pairs: Sequence[str]) -> dict[str, str]:
 
 def _run_files(out_dir: Path) -> list[tuple[str, list[str]]]:
     """(stem, formats written) of every transcript of a run, from its report."""
-    from modelmora.workflow.engine import REPORT_NAME
-
     report_path = out_dir / REPORT_NAME
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
@@ -342,8 +341,6 @@ def _relabel_text(path: Path, mapping: Mapping[str, str], staging: Path) -> Path
 
 def _update_report(folder: Path, mapping: Mapping[str, str]) -> None:
     from modelmora.paths import write_atomic
-    from modelmora.workflow.engine import REPORT_NAME
-
     path = folder / REPORT_NAME
     report = json.loads(path.read_text(encoding="utf-8"))
     for entry in report.get("files", []):
