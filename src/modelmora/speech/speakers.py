@@ -186,8 +186,9 @@ class SpeakerLibrary:
     def describe(self) -> list[dict[str, Any]]:
         """One summary per speaker: name, models, clip count, seconds of speech, kept audio."""
         rows = []
-        for name in self.names():
-            path, data = self._records()[name]
+        records = self._records()
+        for name in sorted(records, key=str.lower):
+            path, data = records[name]
             prints = data.get("voiceprints", {})
             rows.append(
                 {
