@@ -270,7 +270,11 @@ def test_enrolled_voices_named_stranger_linked_then_relabelled(
     assert shelf.names() == ["Ana", "Ben", "Cleo"]
 
     out = tmp_path / "out"
-    options = TranscribeOptions(diarize=True, language="en", library=str(library), threads=2)
+    # The resemblyzer engine makes no embeddings of its own: the adapter gives each of its
+    # speakers a CAM++ centroid, the same model the library's voiceprints come from.
+    options = TranscribeOptions(
+        diarize=True, diarizer="resemblyzer", language="en", library=str(library), threads=2
+    )
     report = transcribe_files([people["first"], people["second"]], options, out)
     assert report.exit_code == 0
     first = json.loads((out / "first.json").read_text())

@@ -450,12 +450,13 @@ def bench_speakers(
         Path | None, typer.Option(help="Folder of the AMI excerpts + ami.rttm.")
     ] = None,
     audio_dir: Annotated[Path | None, typer.Option(help="Generated voices cache.")] = None,
+    engine: str = typer.Option("default", help="Diarizer engine (default, resemblyzer...)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Cross-file linking and naming accuracy (AMI, generated voices) and what they cost."""
     from modelmora.bench.speakers import format_table, run_speakers_bench
 
-    result = run_speakers_bench(ami_dir=ami_dir, audio_dir=audio_dir)
+    result = run_speakers_bench(ami_dir=ami_dir, audio_dir=audio_dir, engine=engine)
     if as_json:
         _print_json(result)
     else:

@@ -245,10 +245,13 @@ def _similarities(
     return {"genuine": sorted(genuine), "impostor": sorted(impostor)}
 
 
-def _diarize_all(audio: Sequence[Path]) -> tuple[dict[str, Transcript], dict[str, Any]]:
+def _diarize_all(
+    audio: Sequence[Path], engine: str
+) -> tuple[dict[str, Transcript], dict[str, Any]]:
     outputs: dict[str, Transcript] = {}
     t0 = time.perf_counter()
-    with Worker(ModelSpec("diarizer", {"device": "cpu"}), name="diarize") as worker:
+    spec = ModelSpec("diarizer", {"device": "cpu", "engine": engine})
+    with Worker(spec, name="diarize") as worker:
         for path in audio:
             (output,) = worker.call([{"audio": str(path), "segments": []}])
             outputs[path.stem] = Transcript.from_dict(output)
@@ -256,11 +259,11 @@ def _diarize_all(audio: Sequence[Path]) -> tuple[dict[str, Transcript], dict[str
     return outputs, {"wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak}
 
 
-def _ami(folder: Path, voiceprint: Worker, work: Path) -> dict[str, Any]:
+def _ami(folder: Path, voiceprint: Worker, work: Path, engine: str) -> dict[str, Any]:
     references = _rttm_by_file(folder / "ami.rttm")
     stems = [stem for pair in AMI_PAIRS for stem in pair]
     audio = [folder / f"{stem}.wav" for stem in stems]
-    diarized, stage = _diarize_all(audio)
+    diarized, stage = _diarize_all(audio, engine)
     oracle = {
         s: _reference_transcript(voiceprint, folder / f"{s}.wav", references[s]) for s in stems
     }
@@ -312,7 +315,7 @@ def _ami_naming(
     }
 
 
-def _generated(work: Path, audio_dir: Path, voiceprint: Worker) -> dict[str, Any]:
+def _generated(work: Path, audio_dir: Path, voiceprint: Worker, engine: str) -> dict[str, Any]:
     from modelmora.testing.conversation import espeak_available, make_conversation
 
     if not espeak_available():
@@ -335,7 +338,7 @@ def _generated(work: Path, audio_dir: Path, voiceprint: Worker) -> dict[str, Any
         )
         files.append(conv.wav)
         references[conv.wav.stem] = (conv.turns, {f"spk{k}": p for k, p in enumerate(talkers)})
-    diarized, stage = _diarize_all(files)
+    diarized, stage = _diarize_all(files, engine)
     stems = [path.stem for path in files]
     named, name_s, name_mb = _timed_identify([diarized[s] for s in stems], library, True)
     cases = []
@@ -366,6 +369,7 @@ def _generated(work: Path, audio_dir: Path, voiceprint: Worker) -> dict[str, Any
 def run_speakers_bench(
     ami_dir: str | os.PathLike[str] | None = None,
     audio_dir: str | os.PathLike[str] | None = None,
+    engine: str = "default",
 ) -> dict[str, Any]:
     """Run both data sets (AMI only when its folder exists).
 
@@ -373,6 +377,7 @@ def run_speakers_bench(
         ami_dir: folder of ``trn01.wav``... and ``ami.rttm`` (default ``$MODELMORA_AMI_DIR`` or
             ``../shared/audio/ami``).
         audio_dir: where generated voices are cached (default: a temporary folder).
+        engine: the diarizer engine whose speakers are linked and named.
 
     Returns:
         ``{"ami": {...}, "generated": {...}, "model": ...}``.
@@ -381,12 +386,13 @@ def run_speakers_bench(
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with Worker(ModelSpec("voiceprint", {"device": "cpu"}), name="voiceprint") as voiceprint:
-            result: dict[str, Any] = {"cpu_count": os.cpu_count()}
+            result: dict[str, Any] = {"cpu_count": os.cpu_count(), "engine": engine}
             if (folder / "ami.rttm").exists():
-                result["ami"] = _ami(folder, voiceprint, work)
+                result["ami"] = _ami(folder, voiceprint, work, engine)
             else:
                 result["ami"] = {"skipped": f"no {folder / 'ami.rttm'}"}
-            result["generated"] = _generated(work, Path(audio_dir or work / "audio"), voiceprint)
+            audio = Path(audio_dir or work / "audio")
+            result["generated"] = _generated(work, audio, voiceprint, engine)
     return result
 
 
@@ -396,7 +402,8 @@ def _pct(value: Any) -> str:
 
 def format_table(result: dict[str, Any]) -> Table:
     """The result as a rich table, targets beside the figures."""
-    table = Table(title=f"Speakers across files ({result['cpu_count']} CPUs)")
+    title = f"Speakers across files (diarizer {result['engine']}, {result['cpu_count']} CPUs)"
+    table = Table(title=title)
     for column in ("data", "speakers from", "measure", "value", "target"):
         table.add_column(column)
     ami = result.get("ami", {})
