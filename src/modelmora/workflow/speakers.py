@@ -220,7 +220,7 @@ _RELABEL = re.compile(r"^(?P<old>[^=]+)=(?P<new>.+)$")
 
 
 def parse_relabels(pairs: Sequence[str]) -> dict[str, str]:
-    """Parse ``OLD=NEW`` arguments (``SPEAKER_03=Maria``).
+    """Parse ``OLD=NEW`` arguments (``SPEAKER_03=Maria``; ``SPEAKER_04=SPEAKER_01`` merges two).
 
     Raises:
         ValueError: a pair without ``=``, a bad name, or one label given twice.
@@ -230,7 +230,9 @@ def parse_relabels(pairs: Sequence[str]) -> dict[str, str]:
         found = _RELABEL.match(pair.strip())
         if found is None:
             raise ValueError(f"bad relabel {pair!r}: write OLD=NEW, e.g. SPEAKER_03=Maria")
-        old, new = found["old"].strip(), check_name(found["new"])
+        old, new = found["old"].strip(), found["new"].strip()
+        if not re.fullmatch(r"SPEAKER_\d+", new):  # an anonymous label merges two speakers
+            new = check_name(new)
         if old in mapping:
             raise ValueError(f"{old} is relabelled twice")
         mapping[old] = new
