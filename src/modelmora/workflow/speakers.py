@@ -311,7 +311,8 @@ def relabel_run(
             relabelled = transcript.relabel(present)
             for old, new in present.items():
                 identity = relabelled.speaker_identities.get(new, {})
-                relabelled.speaker_identities[new] = {**identity, "name": new, "renamed_from": old}
+                name = None if re.fullmatch(r"SPEAKER_\d+", new) else new
+                relabelled.speaker_identities[new] = {**identity, "name": name, "renamed_from": old}
             for path in write_outputs(relabelled, staging, stem, formats):
                 moves.append((path, folder / path.name))
             summary = folder / f"{stem}.summary.md"
