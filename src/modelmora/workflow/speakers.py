@@ -344,6 +344,7 @@ def _relabel_text(path: Path, mapping: Mapping[str, str], staging: Path) -> Path
 
 def _update_report(folder: Path, mapping: Mapping[str, str]) -> None:
     from modelmora.paths import write_atomic
+
     path = folder / REPORT_NAME
     report = json.loads(path.read_text(encoding="utf-8"))
     for entry in report.get("files", []):
