@@ -451,12 +451,15 @@ def bench_speakers(
     ] = None,
     audio_dir: Annotated[Path | None, typer.Option(help="Generated voices cache.")] = None,
     engine: str = typer.Option("default", help="Diarizer engine (default, resemblyzer...)."),
+    ami: bool = typer.Option(True, "--ami/--no-ami", help="Run the AMI part."),
+    generated: bool = typer.Option(True, "--generated/--no-generated", help="Run the espeak part."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Cross-file linking and naming accuracy (AMI, generated voices) and what they cost."""
     from modelmora.bench.speakers import format_table, run_speakers_bench
 
-    result = run_speakers_bench(ami_dir=ami_dir, audio_dir=audio_dir, engine=engine)
+    parts = [name for name, wanted in (("ami", ami), ("generated", generated)) if wanted]
+    result = run_speakers_bench(ami_dir=ami_dir, audio_dir=audio_dir, engine=engine, parts=parts)
     if as_json:
         _print_json(result)
     else:

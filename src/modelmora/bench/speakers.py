@@ -370,6 +370,7 @@ def run_speakers_bench(
     ami_dir: str | os.PathLike[str] | None = None,
     audio_dir: str | os.PathLike[str] | None = None,
     engine: str = "default",
+    parts: Sequence[str] = ("ami", "generated"),
 ) -> dict[str, Any]:
     """Run both data sets (AMI only when its folder exists).
 
@@ -378,6 +379,7 @@ def run_speakers_bench(
             ``../shared/audio/ami``).
         audio_dir: where generated voices are cached (default: a temporary folder).
         engine: the diarizer engine whose speakers are linked and named.
+        parts: which data sets to run (``ami``, ``generated``).
 
     Returns:
         ``{"ami": {...}, "generated": {...}, "model": ...}``.
@@ -394,12 +396,15 @@ def run_speakers_bench(
                 "engine": engine,
                 "scipy_import_s": round(time.perf_counter() - t0, 3),
             }
-            if (folder / "ami.rttm").exists():
+            if "ami" not in parts:
+                pass
+            elif (folder / "ami.rttm").exists():
                 result["ami"] = _ami(folder, voiceprint, work, engine)
             else:
                 result["ami"] = {"skipped": f"no {folder / 'ami.rttm'}"}
             audio = Path(audio_dir or work / "audio")
-            result["generated"] = _generated(work, audio, voiceprint, engine)
+            if "generated" in parts:
+                result["generated"] = _generated(work, audio, voiceprint, engine)
     return result
 
 
