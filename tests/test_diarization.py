@@ -1,0 +1,231 @@
+"""Diarization engines: CAM++ embeddings, the speaker count, overlap, engines by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelmora.errors import ModelLoadError
+from modelmora.models.diarization import (
+    Diarization,
+    DiarizerAdapter,
+    SpeakerEmbedder,
+    check_engine,
+)
+from modelmora.models.diarization.clustering import spectral_clusters
+from modelmora.speech.transcript import Segment, Transcript, Turn, Word
+from modelmora.testing.conversation import (
+    MEETING_SCRIPT,
+    Voice,
+    diarization_error_rate,
+    espeak_available,
+    make_conversation,
+)
+from modelmora.workflow.options import load_options
+
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+
+
+class FixedEngine:
+    """An engine of one's own: one speaker talks all along (for ``module:Class``)."""
+
+    def __init__(self, num_speakers: int | None = None, **params: Any) -> None:
+        self.params = {"num_speakers": num_speakers, **params}
+        self.loaded = False
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def diarize(self, audio: Any) -> Diarization:
+        return Diarization([Turn(0.0, 1.0, "SPEAKER_00")], {"SPEAKER_00": [1.0, 0.0]}, "fixed@1")
+
+    def close(self) -> None:
+        self.loaded = False
+
+
+# --- pure ------------------------------------------------------------------------------------
+
+
+def _blobs(counts: list[int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(counts), 64))
+    points = [c + 0.25 * rng.normal(size=(n, 64)) for c, n in zip(centres, counts, strict=True)]
+    stacked = np.concatenate(points)
+    return stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("counts", [[30], [20, 12], [15, 10, 8]])
+def test_spectral_clusters_counts_speakers(counts: list[int]) -> None:
+    labels = spectral_clusters(_blobs(counts))
+    assert len(set(labels.tolist())) == len(counts)
+    truth = np.repeat(np.arange(len(counts)), counts)
+    for k in range(len(counts)):  # each found cluster is one true speaker
+        assert len(set(truth[labels == k].tolist())) == 1
+
+
+def test_spectral_clusters_respects_bounds() -> None:
+    embeddings = _blobs([15, 10, 8])
+    assert len(set(spectral_clusters(embeddings, num_speakers=2).tolist())) == 2
+    assert len(set(spectral_clusters(embeddings, max_speakers=1).tolist())) == 1
+
+
+def test_engines_by_name() -> None:
+    assert check_engine("default") == "default"
+    assert check_engine("pkg.mod:Cls") == "pkg.mod:Cls"
+    with pytest.raises(ValueError, match="default, resemblyzer, pyannote"):
+        check_engine("whisperx")
+    adapter = DiarizerAdapter(engine=f"{__name__}:FixedEngine", num_speakers=2, step=3)
+    assert isinstance(adapter.engine, FixedEngine)
+    assert adapter.engine.params["step"] == 3 and adapter.engine.params["num_speakers"] == 2
+    adapter.load()
+    segment = Segment(0, 0.0, 1.0, " hi", [Word(0.1, 0.5, " hi")])
+    (out,) = adapter.predict(
+        [{"audio": np.zeros(16000, np.float32), "segments": [segment.to_dict()]}]
+    )
+    assert out["turns"] == [[0.0, 1.0, "SPEAKER_00"]]
+    assert out["segments"][0]["speaker"] == "SPEAKER_00"
+    assert out["speaker_embeddings"] == {"SPEAKER_00": [1.0, 0.0]}
+    json.dumps(out)
+    with pytest.raises(ValueError, match="has no class"):
+        DiarizerAdapter(engine=f"{__name__}:Missing")
+
+
+def test_diarizer_option_is_validated(tmp_path: Path) -> None:
+    assert load_options(None, diarizer="resemblyzer").diarizer == "resemblyzer"
+    with pytest.raises(ValueError, match="unknown diarizer"):
+        load_options(None, diarizer="nemo")
+    config = tmp_path / "c.yaml"
+    config.write_text("diarize: true\ndiarizer: pyannote\nhf_token: secret\n")
+    options = load_options(config)
+    assert options.diarizer == "pyannote" and options.to_dict()["hf_token"] == "***"
+
+
+def test_transcript_keeps_speaker_embeddings() -> None:
+    transcript = Transcript(
+        turns=[Turn(0.0, 2.0, "SPEAKER_00"), Turn(1.5, 3.0, "SPEAKER_01")],
+        speaker_embeddings={"SPEAKER_00": [0.6, 0.8], "SPEAKER_01": [1.0, 0.0]},
+        embedding_model="campplus@1",
+    )
+    again = Transcript.from_dict(json.loads(json.dumps(transcript.to_dict())))
+    assert again.speaker_embeddings == transcript.speaker_embeddings
+    assert again.embedding_model == "campplus@1" and again.turns == transcript.turns
+
+
+def test_pyannote_engine_says_what_is_missing() -> None:
+    pytest.importorskip("torch")
+    try:
+        import pyannote.audio  # noqa: F401
+    except ImportError:
+        adapter = DiarizerAdapter(engine="pyannote", pipeline="/nonexistent")
+        with pytest.raises(ModelLoadError, match=r"pip install pyannote\.audio"):
+            adapter.load()
+    else:
+        adapter = DiarizerAdapter(engine="pyannote", pipeline="/nonexistent/pipeline")
+        with pytest.raises(ModelLoadError, match="cannot load pyannote pipeline"):
+            adapter.load()
+
+
+# --- real models -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SpeakerEmbedder:
+    model = SpeakerEmbedder()
+    model.load()
+    return model
+
+
+@pytest.mark.slow
+@needs_espeak
+def test_campplus_same_voice_is_closer(embedder: SpeakerEmbedder, tmp_path: Path) -> None:
+    voices = [Voice("en-us+m3", speed=150, pitch=30), Voice("en-gb+f2", speed=170, pitch=75)]
+    script = [
+        (0, MEETING_SCRIPT[0][1]),
+        (1, MEETING_SCRIPT[1][1]),
+        (0, MEETING_SCRIPT[2][1]),
+        (1, MEETING_SCRIPT[3][1]),
+    ]
+    talk = make_conversation(tmp_path / "pair.wav", script, voices)
+    vectors = [embedder.embed(talk.wav, [(t.start, t.end)]) for t in talk.turns]
+    assert all(abs(float(np.linalg.norm(v)) - 1.0) < 1e-4 for v in vectors)
+    assert vectors[0].shape == (SpeakerEmbedder.dimension,)
+    same = min(float(vectors[0] @ vectors[2]), float(vectors[1] @ vectors[3]))
+    different = max(float(vectors[0] @ vectors[1]), float(vectors[2] @ vectors[3]))
+    assert same > different + 0.1
+    many = embedder.embed_many(talk.wav, [(t.start, t.end) for t in talk.turns])
+    assert many.shape == (4, SpeakerEmbedder.dimension)
+
+
+@pytest.fixture(scope="module")
+def engine() -> DiarizerAdapter:
+    adapter = DiarizerAdapter()
+    adapter.load()
+    return adapter
+
+
+@pytest.mark.slow
+@needs_espeak
+def test_default_engine_finds_one_speaker(engine: DiarizerAdapter, tmp_path: Path) -> None:
+    voice = [Voice("en-us+m3", speed=150, pitch=30)]
+    talk = make_conversation(tmp_path / "one.wav", [(0, t) for _, t in MEETING_SCRIPT[:4]], voice)
+    result = engine.diarize(talk.wav)
+    assert result.speakers == ["SPEAKER_00"]
+    assert diarization_error_rate(talk.turns, result.turns) <= 0.05
+
+
+@pytest.mark.slow
+def test_default_engine_two_and_three_speakers(
+    engine: DiarizerAdapter, meeting: Any, standup: Any
+) -> None:
+    # Synthetic voices are closer to one another for CAM++ than real ones (their centroids
+    # reach cosine 0.7, near the merge threshold): boundaries are less sharp than on real
+    # speech, and the two-voice count can tip either way.
+    result = engine.diarize(standup.wav)
+    assert len(result.speakers) == 3
+    assert diarization_error_rate(standup.turns, result.turns) <= 0.25
+    two = DiarizerAdapter(num_speakers=2)
+    result = two.diarize(meeting.wav)
+    assert len(result.speakers) == 2
+    assert diarization_error_rate(meeting.turns, result.turns) <= 0.10
+    assert set(result.speaker_embeddings) == set(result.speakers)
+    for vector in result.speaker_embeddings.values():
+        assert len(vector) == SpeakerEmbedder.dimension
+        assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3
+
+
+@pytest.mark.slow
+@needs_espeak
+def test_default_engine_keeps_overlap(tmp_path: Path) -> None:
+    import soundfile
+
+    voices = [Voice("en-us+m3", speed=150, pitch=30), Voice("en-gb+f2", speed=170, pitch=75)]
+    lines = [t for _, t in MEETING_SCRIPT[:6]]
+    a = make_conversation(tmp_path / "a.wav", [(0, " ".join(lines[:3]))], voices)
+    b = make_conversation(tmp_path / "b.wav", [(1, " ".join(lines[3:]))], voices)
+    wa, _ = soundfile.read(a.wav, dtype="float32")
+    wb, _ = soundfile.read(b.wav, dtype="float32")
+    # A talks alone, then B starts while A is still talking, then B goes on alone.
+    shift = int(len(wa) * 0.6)
+    mix = np.zeros(shift + len(wb), np.float32)
+    mix[: len(wa)] += wa
+    mix[shift:] += wb
+    engine = DiarizerAdapter(num_speakers=2)  # two synthetic voices: see above
+    result = engine.diarize(mix)
+    assert len(result.speakers) == 2
+    overlap = [
+        (max(x.start, y.start), min(x.end, y.end))
+        for x in result.turns
+        for y in result.turns
+        if x.speaker < y.speaker and min(x.end, y.end) > max(x.start, y.start)
+    ]
+    assert sum(e - s for s, e in overlap) > 0.5  # both voices are kept where they overlap
+    words = [Word(t / 4, t / 4 + 0.2, " w") for t in range(int(len(mix) / 4000))]
+    (out,) = engine.predict(
+        [{"audio": mix, "segments": [Segment(0, 0, 99, " w", words).to_dict()]}]
+    )
+    labelled = [w for s in out["segments"] for w in s["words"]]
+    assert all(w["speaker"] in result.speakers for w in labelled)  # one speaker per word
