@@ -102,7 +102,13 @@ def _majority(system: Sequence[Turn], reference: Sequence[Turn]) -> dict[str, st
             shared = min(ref.end, turn.end) - max(ref.start, turn.start)
             if shared > 0:
                 row[turn.speaker] = row.get(turn.speaker, 0.0) + shared
-    return {spk: max(row, key=lambda s: row[s]) for spk, row in cover.items() if row}
+    # Ties (a short turn inside another's long one) go to the speaker's own label, so the
+    # reference speakers map to themselves.
+    return {
+        spk: max(row, key=lambda s, spk=spk: (row[s], s == spk))  # type: ignore[misc]
+        for spk, row in cover.items()
+        if row
+    }
 
 
 def _rttm_by_file(path: Path) -> dict[str, list[Turn]]:
