@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Measure isolation, overhead and the workflows.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+speakers_app = typer.Typer(help="The speaker library: enrolled voices, named in transcripts.")
+app.add_typer(speakers_app, name="speakers", no_args_is_help=True)
 
 console = Console(stderr=True)
 
@@ -113,6 +115,15 @@ def transcribe(
     num_speakers: int | None = typer.Option(None, help="Exact number of speakers."),
     min_speakers: int | None = typer.Option(None, help="Fewest speakers to consider."),
     max_speakers: int | None = typer.Option(None, help="Most speakers to consider."),
+    speakers: bool | None = typer.Option(
+        None, "--speakers/--no-speakers", help="Name enrolled speakers (needs --diarize)."
+    ),
+    library: str | None = typer.Option(
+        None, help="Speaker library folder (implies --speakers; default under the cache dir)."
+    ),
+    link: bool | None = typer.Option(
+        None, "--link/--no-link", help="Same voice, same label in every file (default on)."
+    ),
     summarize: bool | None = typer.Option(
         None, "--summarize/--no-summarize", help="Write <stem>.summary.md with an LLM."
     ),
@@ -164,6 +175,9 @@ def transcribe(
             num_speakers=num_speakers,
             min_speakers=min_speakers,
             max_speakers=max_speakers,
+            speakers=speakers,
+            library=library,
+            link=link,
             summarize=summarize,
             llm=llm,
             memory_budget=memory_budget,
@@ -691,6 +705,147 @@ def _bench_quality(
         _print_json(result)
     else:
         Console().print(format_quality(result))
+
+
+_LIBRARY_HELP = "Speaker library folder (default: <cache dir>/speakers, or $MODELMORA_SPEAKERS)."
+
+
+def _fail(message: object, code: int) -> typer.Exit:
+    console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@speakers_app.command("add")
+def speakers_add(
+    name: Annotated[str, typer.Argument(help="The person's name.")],
+    clips: Annotated[list[Path], typer.Argument(help="Clips of them alone (any audio).")],
+    library: str | None = typer.Option(None, help=_LIBRARY_HELP),
+    keep_audio: bool = typer.Option(False, help="Also copy the clips into the library."),
+    device: str = typer.Option("cpu", help="auto|cpu|cuda for the speaker model."),
+) -> None:
+    """Enroll a speaker: their voiceprint (embeddings, never the audio unless asked)."""
+    from modelmora.errors import ModelMoraError
+    from modelmora.speech.audio import AudioError
+    from modelmora.speech.speakers import SpeakerLibrary
+    from modelmora.workflow.speakers import enroll
+
+    shelf = SpeakerLibrary(library)
+    try:
+        path = enroll(name, clips, shelf, keep_audio=keep_audio, device=device)
+    except (ValueError, AudioError) as exc:
+        raise _fail(exc, 2) from None
+    except ModelMoraError as exc:
+        raise _fail(exc, 1) from None
+    console.print(f"enrolled {name} from {len(clips)} clip(s) in {path}", markup=False)
+
+
+@speakers_app.command("list")
+def speakers_list(
+    library: str | None = typer.Option(None, help=_LIBRARY_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the enrolled speakers."""
+    from rich.table import Table
+
+    from modelmora.speech.speakers import SpeakerLibrary
+
+    shelf = SpeakerLibrary(library)
+    rows = shelf.describe()
+    if as_json:
+        _print_json({"library": str(shelf.folder), "speakers": rows})
+        return
+    table = Table(title=f"speakers in {shelf.folder}")
+    for column in ("name", "clips", "speech s", "models", "audio kept"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            str(row["clips"]),
+            f"{row['speech_s']:.1f}",
+            ", ".join(row["models"]),
+            "yes" if row["audio_kept"] else "no",
+        )
+    Console().print(table)
+
+
+@speakers_app.command("rm")
+def speakers_rm(
+    name: Annotated[str, typer.Argument(help="The enrolled name.")],
+    library: str | None = typer.Option(None, help=_LIBRARY_HELP),
+) -> None:
+    """Forget an enrolled speaker."""
+    from modelmora.speech.speakers import SpeakerLibrary
+
+    try:
+        SpeakerLibrary(library).remove(name)
+    except KeyError as exc:
+        raise _fail(exc.args[0], 2) from None
+    console.print(f"removed {name}", markup=False)
+
+
+@speakers_app.command("rename")
+def speakers_rename(
+    old: Annotated[str, typer.Argument(help="The enrolled name.")],
+    new: Annotated[str, typer.Argument(help="The new name.")],
+    library: str | None = typer.Option(None, help=_LIBRARY_HELP),
+) -> None:
+    """Rename an enrolled speaker."""
+    from modelmora.speech.speakers import SpeakerLibrary
+
+    try:
+        SpeakerLibrary(library).rename(old, new)
+    except KeyError as exc:
+        raise _fail(exc.args[0], 2) from None
+    except ValueError as exc:
+        raise _fail(exc, 2) from None
+    console.print(f"renamed {old} to {new}", markup=False)
+
+
+@app.command("relabel")
+def relabel(
+    out_dir: Annotated[Path, typer.Argument(help="The output folder of a transcribe run.")],
+    pairs: Annotated[list[str], typer.Argument(help="OLD=NEW pairs: SPEAKER_03=Maria.")],
+    enroll_voices: bool = typer.Option(
+        False, "--enroll", help="Also add the renamed voices to the speaker library."
+    ),
+    library: str | None = typer.Option(None, help=_LIBRARY_HELP),
+) -> None:
+    """Rename speakers in every output of a run (txt srt vtt json tsv rttm summary)."""
+    from modelmora.speech.speakers import SpeakerLibrary
+    from modelmora.workflow.speakers import parse_relabels, relabel_run
+
+    try:
+        mapping = parse_relabels(pairs)
+        shelf = SpeakerLibrary(library) if enroll_voices else None
+        done = relabel_run(out_dir, mapping, library=shelf)
+    except ValueError as exc:
+        raise _fail(exc, 2) from None
+    renamed = ", ".join(f"{k} → {v}" for k, v in done["renamed"].items())
+    console.print(f"relabelled {len(done['files'])} file(s): {renamed}", markup=False)
+    if done["enrolled"]:
+        console.print(f"enrolled {', '.join(done['enrolled'])} in {shelf}", markup=False)
+
+
+@bench_app.command("speakers")
+def bench_speakers(
+    ami_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the AMI excerpts + ami.rttm.")
+    ] = None,
+    audio_dir: Annotated[Path | None, typer.Option(help="Generated voices cache.")] = None,
+    engine: str = typer.Option("default", help="Diarizer engine (default, resemblyzer...)."),
+    ami: bool = typer.Option(True, "--ami/--no-ami", help="Run the AMI part."),
+    generated: bool = typer.Option(True, "--generated/--no-generated", help="Run the espeak part."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Cross-file linking and naming accuracy (AMI, generated voices) and what they cost."""
+    from modelmora.bench.speakers import format_table, run_speakers_bench
+
+    parts = [name for name, wanted in (("ami", ami), ("generated", generated)) if wanted]
+    result = run_speakers_bench(ami_dir=ami_dir, audio_dir=audio_dir, engine=engine, parts=parts)
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
 
 
 def main() -> None:

@@ -63,6 +63,7 @@ ADAPTERS: dict[str, str] = {
     "sentence-transformers": "modelmora.models.hf:SentenceTransformerAdapter",
     "cross-encoder": "modelmora.models.hf:CrossEncoderAdapter",
     "transformers": "modelmora.models.hf:PipelineAdapter",
+    "voiceprint": "modelmora.models.voiceprint:VoiceprintAdapter",
 }
 
 #: The entry-point group where other packages publish adapters (``kind = "pkg.mod:Class"``).

@@ -217,6 +217,8 @@ class ServerConfig(BaseModel):
             the next load of that kind skips the import. A kind gets its spares once one of
             its models was unloaded; they count against the budget and are the first to go
             when a model needs the room. Default: :data:`KEEP_SPARES`; ``{}`` for none.
+        speakers_dir: the speaker library (``/api/v1/speakers``) the ``diarizer`` models name
+            speakers from (default ``cache_dir/speakers``).
         models: the registry.
     """
 
@@ -238,6 +240,7 @@ class ServerConfig(BaseModel):
     unhealthy_cooldown_max_s: float = Field(default=600.0, ge=0)
     registry_file: Path | None = None
     lock_file: Path | None = None
+    speakers_dir: Path | None = None
     models: list[ModelConfig] = Field(default_factory=list)
 
     @field_validator("memory_budget_mb", "vram_budget_mb", "max_request_mb", mode="before")
@@ -254,6 +257,11 @@ class ServerConfig(BaseModel):
             self.registry_file = self.cache_dir / "registry.yaml"
         if self.lock_file is None:
             self.lock_file = self.cache_dir / "modelmora.lock"
+        if self.speakers_dir is None:
+            self.speakers_dir = self.cache_dir / "speakers"
+        for model in self.models:  # diarizers name speakers from the server's library
+            if model.adapter == "diarizer":
+                model.params.setdefault("speakers", str(self.speakers_dir))
         if self.api_key is None:
             self.api_key = os.environ.get("MODELMORA_API_KEY") or None
         for kind, count in self.keep_spares.items():
@@ -358,7 +366,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    for key in ("cache_dir", "jobs_db", "registry_file", "lock_file"):
+    for key in ("cache_dir", "jobs_db", "registry_file", "lock_file", "speakers_dir"):
         if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
             data[key] = str(base / data[key])
     models = data.get("models")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,8 @@ class Transcript:
             to one enrolled by name, or to the same voice in another recording.
         embedding_model: ``name@version`` of the model that made ``speaker_embeddings``
             (embeddings from different models are not comparable).
+        speaker_identities: label → how it was named (``name``, ``similarity``...; see
+            :class:`modelmora.speech.speakers.SpeakerMatch`); empty unless named or linked.
     """
 
     segments: list[Segment] = field(default_factory=list)
@@ -144,6 +146,7 @@ class Transcript:
     language_probability: float | None = None
     speaker_embeddings: dict[str, list[float]] = field(default_factory=dict)
     embedding_model: str | None = None
+    speaker_identities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -175,10 +178,48 @@ class Transcript:
             data["turns"] = [
                 [round(turn.start, 3), round(turn.end, 3), turn.speaker] for turn in self.turns
             ]
+        if self.speaker_identities:
+            data["speaker_identities"] = self.speaker_identities
         if self.speaker_embeddings:
-            data["speaker_embeddings"] = self.speaker_embeddings
             data["embedding_model"] = self.embedding_model
+            data["speaker_embeddings"] = self.speaker_embeddings
         return data
+
+    def relabel(self, mapping: dict[str, str]) -> Transcript:
+        """A copy with speakers renamed (``{"SPEAKER_03": "Maria"}``) everywhere.
+
+        Two labels mapped to one name become one speaker: their turns and words carry the name,
+        and their embeddings are averaged.
+        """
+
+        def new(label: str | None) -> str | None:
+            return mapping.get(label, label) if label is not None else None
+
+        segments = [
+            replace(
+                seg,
+                speaker=new(seg.speaker),
+                words=[replace(w, speaker=new(w.speaker)) for w in seg.words],
+            )
+            for seg in self.segments
+        ]
+        turns = [Turn(t.start, t.end, new(t.speaker) or t.speaker) for t in self.turns]
+        embeddings: dict[str, list[list[float]]] = {}
+        for label, vector in self.speaker_embeddings.items():
+            embeddings.setdefault(new(label) or label, []).append(vector)
+        identities: dict[str, dict[str, Any]] = {}
+        for label, identity in self.speaker_identities.items():
+            identities.setdefault(new(label) or label, identity)
+        return Transcript(
+            segments,
+            self.language,
+            self.duration,
+            turns,
+            language_probability=self.language_probability,
+            speaker_embeddings={label: _mean_unit(v) for label, v in embeddings.items()},
+            embedding_model=self.embedding_model,
+            speaker_identities=identities,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Transcript:
@@ -194,9 +235,9 @@ class Transcript:
         turns = [Turn(float(s), float(e), str(spk)) for s, e, spk in data.get("turns") or []]
         probability = data.get("language_probability")
         embeddings = {
-            str(label): [float(x) for x in vector]
-            for label, vector in (data.get("speaker_embeddings") or {}).items()
+            str(k): [float(x) for x in v] for k, v in (data.get("speaker_embeddings") or {}).items()
         }
+        identities = {str(k): dict(v) for k, v in (data.get("speaker_identities") or {}).items()}
         return cls(
             segments,
             data.get("language"),
@@ -205,7 +246,16 @@ class Transcript:
             language_probability=None if probability is None else float(probability),
             speaker_embeddings=embeddings,
             embedding_model=data.get("embedding_model"),
+            speaker_identities=identities,
         )
+
+
+def _mean_unit(vectors: list[list[float]]) -> list[float]:
+    if len(vectors) == 1:
+        return vectors[0]
+    summed = [sum(column) for column in zip(*vectors, strict=True)]
+    norm = sum(x * x for x in summed) ** 0.5 or 1.0
+    return [round(x / norm, 6) for x in summed]
 
 
 def format_timestamp(seconds: float, decimal: str = ".", always_hours: bool = True) -> str:

@@ -6,7 +6,8 @@ stopped and the release verified before the next stage's model loads)::
     files ─► check (missing, empty, folder: failed here, no worker)
           ─► [transcribe worker: Whisper]  each file ─► align ─► .modelmora/<stem>.transcribe.json
           ─► [diarize worker: chosen engine] each file ─► .modelmora/<stem>.diarize.json
-          │     outputs as each transcript is final: <stem>.txt .srt .vtt .json .tsv .rttm
+          │     speakers linked across files and named from the library (parent, no model)
+          │     outputs: <stem>.txt .srt .vtt .json .tsv .rttm
           ─► [summarize worker: LLM]       each file ─► .modelmora/<stem>.summarize.json
           │     <stem>.summary.md
           ─► modelmora-report.json (rewritten after every stage), memory report
@@ -49,7 +50,7 @@ from modelmora.workflow.inprocess import align
 from modelmora.workflow.local import LocalRunner
 from modelmora.workflow.options import TranscribeOptions
 from modelmora.workflow.ray import RayRunner
-from modelmora.workflow.report import BatchReport, FileResult, StageStats
+from modelmora.workflow.report import REPORT_NAME, BatchReport, FileResult, StageStats
 from modelmora.workflow.runlog import run_log
 from modelmora.workflow.stages import (
     STATE_DIR,
@@ -74,8 +75,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The batch report's file name (inside the output folder).
-REPORT_NAME = "modelmora-report.json"
 _UNSURE_LANGUAGE = 0.5  # below this detection probability the report says to check it
 
 #: The stage runners, by the ``backend`` option value that selects each.
@@ -173,13 +172,10 @@ def _diarize_stage(run: Run) -> Stage:
         assert job.transcript is not None
         job.transcript = {
             **job.transcript,
-            "segments": output["segments"],
-            "turns": output["turns"],
+            **{k: output[k] for k in _DIARIZED if k in output},
         }
-        if output.get("speaker_embeddings"):
-            job.transcript["speaker_embeddings"] = output["speaker_embeddings"]
-            job.transcript["embedding_model"] = output.get("embedding_model")
-        run.write_transcript(job)
+        if not (opts.link or opts.speakers):  # else written once the batch is identified
+            run.write_transcript(job)
 
     return Stage(
         name="diarize",
@@ -192,6 +188,36 @@ def _diarize_stage(run: Run) -> Stage:
         },
         accept=accept,
     )
+
+
+_DIARIZED = ("segments", "turns", "speaker_embeddings", "embedding_model")
+
+
+def _identify(run: Run, jobs: list[Job], stats: StageStats) -> None:
+    """Link and name the batch's speakers (end of the diarize stage), then write outputs."""
+    from modelmora.speech.speakers import SpeakerLibrary
+    from modelmora.workflow.speakers import identify
+
+    opts = run.options
+    t0 = time.perf_counter()
+    done = [j for j in jobs if j.result.ok and j.transcript is not None and not j.written]
+    library = SpeakerLibrary(opts.library) if opts.speakers else None
+    result = identify([Transcript.from_dict(j.transcript or {}) for j in done], library, opts.link)
+    for job, transcript in zip(done, result.transcripts, strict=True):
+        job.transcript = transcript.to_dict()
+    for warning in result.warnings:
+        run.say(f"warning: {warning}", style="yellow")
+        logger.warning("%s", warning)
+    stats.identify_s = time.perf_counter() - t0
+    logger.info(
+        "speakers: %d people across %d file(s), %d named, in %.3f s",
+        result.people,
+        len(done),
+        result.named,
+        stats.identify_s,
+    )
+    for job in done:
+        run.write_transcript(job)
 
 
 def _summarize_stage(run: Run) -> Stage:
@@ -361,6 +387,8 @@ def transcribe_files(
             with progress or contextlib.nullcontext(), RUNNERS[options.backend](options) as runner:
                 for stage in build_stages(run):
                     report.stages.append(_run_stage(run, stage, jobs, runner))
+                    if stage.name == "diarize" and (options.link or options.speakers):
+                        _identify(run, jobs, report.stages[-1])
                     _write_report(report)
             _finish(run, jobs, report)
             sampler.stop()

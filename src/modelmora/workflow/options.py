@@ -89,6 +89,10 @@ class TranscribeOptions:
         num_speakers: the exact speaker count, or None to find it.
         min_speakers: the fewest speakers to consider when counting.
         max_speakers: the most speakers to consider when counting.
+        speakers: name speakers whose voices are enrolled in the speaker library.
+        library: the speaker library folder (None: the default, under the cache folder);
+            giving one turns ``speakers`` on.
+        link: give the same voice the same label in every file of the batch.
         summarize: write ``<stem>.summary.md`` with an LLM summary.
         llm: a GGUF file, an ``http(s)://`` OpenAI-compatible server URL, a packaged name
             (``smollm2``, ``gemma3-270m``), or None for the packaged SmolLM2-135M-Instruct.
@@ -128,6 +132,9 @@ class TranscribeOptions:
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    speakers: bool = False
+    library: str | None = None
+    link: bool = True
     summarize: bool = False
     llm: str | None = None
     llm_remote_model: str = "default"
@@ -180,6 +187,10 @@ class TranscribeOptions:
         low, high = self.min_speakers or 1, self.max_speakers or max(8, self.min_speakers or 1)
         if low > high:
             raise ValueError(f"min_speakers ({low}) is larger than max_speakers ({high})")
+        if self.library is not None:
+            self.speakers = True  # a library named is a library to use
+        if self.speakers and not self.diarize:
+            raise ValueError("naming speakers needs diarization: add --diarize (diarize: true)")
         if self.llm_max_tokens < 1 or self.llm_n_ctx < self.llm_max_tokens + 128:
             raise ValueError("need llm_max_tokens >= 1 and llm_n_ctx >= llm_max_tokens + 128")
         if self.threads is not None and self.threads < 1:

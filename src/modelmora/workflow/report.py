@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPORT_VERSION", "BatchReport", "FileResult", "StageStats"]
+__all__ = ["REPORT_NAME", "REPORT_VERSION", "BatchReport", "FileResult", "StageStats"]
 
+#: The batch report's file name (inside the output folder).
+REPORT_NAME = "modelmora-report.json"
 #: Version of the report and of the per-file state files (bumped when their shape changes).
 REPORT_VERSION = 1
 
@@ -35,6 +37,7 @@ class StageStats:
         restarts: fresh workers started after one crashed, hung or hit the memory budget.
         gpu_before_mb: device memory in use (NVML, machine-wide) before the stage started.
         gpu_after_mb: the same after the stage's worker was released.
+        identify_s: seconds spent linking and naming speakers after the diarize stage.
     """
 
     name: str
@@ -50,6 +53,7 @@ class StageStats:
     restarts: int = 0
     gpu_before_mb: float | None = None
     gpu_after_mb: float | None = None
+    identify_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The record, rounded for the JSON report."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from typing import Any
 
 from modelmora.models import Adapter, Capabilities
@@ -94,6 +95,8 @@ class DiarizerAdapter(Adapter):
         min_speakers: the fewest speakers when counting (1 allows "everyone is one speaker").
         max_speakers: the most speakers when counting.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        speakers: a speaker library folder: name the speakers whose voices are enrolled there
+            (the server's use; a batch links and names in the parent instead).
         **options: the engine's own options (``pipeline``/``hf_token`` for ``pyannote``,
             ``step`` for ``default``...).
 
@@ -117,9 +120,13 @@ class DiarizerAdapter(Adapter):
         min_speakers: int = 1,
         max_speakers: int = 8,
         device: str = "cpu",
+        speakers: str | None = None,
         **options: Any,
     ) -> None:
         check_engine(engine)
+        self.speakers = speakers
+        self.device = device
+        self._embedder: SpeakerEmbedder | None = None
         check_counts(num_speakers, min_speakers, max_speakers)
         self.engine_name = engine
         self.engine = make_engine(
@@ -160,19 +167,40 @@ class DiarizerAdapter(Adapter):
             if not isinstance(item, dict) or "audio" not in item:
                 raise ValueError("each diarizer input must be a dict with an 'audio' key")
             segments = [Segment.from_dict(s, i) for i, s in enumerate(item.get("segments") or [])]
-            result = self.engine.diarize(item["audio"])
+            result = self._with_embeddings(item["audio"], self.engine.diarize(item["audio"]))
             labelled = assign_speakers(segments, result.turns)
-            results.append(
-                {
-                    "segments": [segment.to_dict() for segment in labelled],
-                    "speakers": result.speakers,
-                    "turns": [[t.start, t.end, t.speaker] for t in result.turns],
-                    "speaker_embeddings": result.speaker_embeddings,
-                    "embedding_model": result.embedding_model,
-                }
-            )
+            output: dict[str, Any] = {
+                "segments": [segment.to_dict() for segment in labelled],
+                "speakers": result.speakers,
+                "turns": [[t.start, t.end, t.speaker] for t in result.turns],
+                "speaker_embeddings": result.speaker_embeddings,
+                "embedding_model": result.embedding_model,
+            }
+            if self.speakers and result.embedding_model:
+                from modelmora.models.voiceprint import name_result
+
+                output = name_result(output, self.speakers, result.embedding_model)
+            results.append(output)
         return results
+
+    def _with_embeddings(self, audio: AudioInput, result: Diarization) -> Diarization:
+        """Give each speaker a CAM++ centroid when the engine made none (for naming/linking)."""
+        if result.speaker_embeddings or not result.turns:
+            return result
+        from modelmora.models.voiceprint import model_key, speaker_centroids
+        from modelmora.speech.audio import load_audio
+
+        if self._embedder is None:
+            self._embedder = SpeakerEmbedder(self.device)
+        wav = (
+            audio.astype("float32")
+            if not isinstance(audio, str | os.PathLike)
+            else load_audio(audio)
+        )
+        embeddings, _ = speaker_centroids(self._embedder, wav, result.turns)
+        return Diarization(result.turns, embeddings, model_key(self._embedder))
 
     def close(self) -> None:
         """Release the engine's models."""
         self.engine.close()
+        self._embedder = None

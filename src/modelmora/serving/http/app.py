@@ -11,6 +11,7 @@ Routes (OpenAPI at ``/docs``)::
                                                                          (stream=true: SSE)
     GET  /api/v1/status                  POST /api/v1/jobs   GET|DELETE /api/v1/jobs/{id}
                                          GET  /api/v1/jobs/{id}/result
+    GET  /api/v1/speakers[/{name}]       POST /api/v1/speakers   DELETE /api/v1/speakers/{name}
     GET  /metrics   GET /health/live   GET /health/ready
 
 Every request item becomes one ``scheduler.submit`` (so the scheduler batches items of
@@ -47,6 +48,7 @@ from modelmora.serving.http.errors import ApiError, add_error_handlers
 from modelmora.serving.http.manage import add_registry_routes
 from modelmora.serving.http.rerank import add_rerank_routes
 from modelmora.serving.http.routes import add_job_routes, add_native_routes, add_openai_routes
+from modelmora.serving.http.speakers import add_speaker_routes
 from modelmora.serving.http.state import AppState
 from modelmora.serving.jobs import JobRunner, JobStore
 from modelmora.serving.metrics import Metrics
@@ -215,6 +217,7 @@ def create_app(config: ServerConfig, *, metrics: Metrics | None = None) -> FastA
     add_native_routes(app)
     add_registry_routes(app)
     add_job_routes(app)
+    add_speaker_routes(app)
     return app
 
 

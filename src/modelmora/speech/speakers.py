@@ -1,0 +1,452 @@
+"""Speakers known by name: the voiceprint library, naming by voice, and linking across files.
+
+A **voiceprint** is what a speaker embedding model makes of someone's voice: one L2-normalised
+embedding per enrollment clip, stored with the model's name and version (embeddings of two
+models cannot be compared). A :class:`SpeakerLibrary` is a plain folder of one JSON file per
+person, so a team can share it (a network folder, a git repository)::
+
+    speakers/
+      maria.json          {"name": "Maria", "voiceprints": {"<model>@<version>": {...}}, ...}
+      maria.clips/        the enrollment audio, only when it was asked to be kept
+
+Naming (:func:`match_speakers`) compares a diarized speaker's centroid embedding with every
+enrolled voiceprint of the same model (cosine similarity) and assigns names one-to-one
+(Hungarian assignment, so two speakers of one file never both become Maria). A name is given
+only when the similarity clears the model's calibrated threshold **and** beats the runner-up
+name by a margin, so two enrolled people with similar voices are not confused silently.
+
+Linking (:func:`link_speakers`) gives the same unknown person the same label in every file of a
+batch: each file's speakers are assigned one-to-one to the people seen so far (the same
+threshold test against the running centroid of each person), or start a new person.
+
+Pure numpy and scipy: no ML framework is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from modelmora.paths import default_cache_dir, write_atomic
+
+__all__ = [
+    "MIN_ENROLL_SPEECH_S",
+    "SpeakerLibrary",
+    "SpeakerMatch",
+    "Thresholds",
+    "Voiceprint",
+    "check_name",
+    "default_library_dir",
+    "link_speakers",
+    "match_speakers",
+    "thresholds_for",
+]
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K")
+
+#: Enrollment refuses clips holding less speech than this (seconds): too little for a voiceprint.
+MIN_ENROLL_SPEECH_S = 3.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a similarity is a match, for one embedding model.
+
+    Attributes:
+        name: naming needs at least this cosine similarity to the enrolled voiceprint.
+        margin: and this much more than the runner-up name's similarity.
+        link: linking two files' speakers needs at least this similarity.
+        link_margin: and this much more than the next most similar person's.
+    """
+
+    name: float
+    margin: float
+    link: float
+    link_margin: float = 0.0
+
+
+#: Calibrated per model family (see docs/speakers.md for how); unknown models get the default.
+_THRESHOLDS: dict[str, Thresholds] = {
+    "campplus": Thresholds(name=0.60, margin=0.15, link=0.60, link_margin=0.05),
+}
+_DEFAULT_THRESHOLDS = Thresholds(name=0.6, margin=0.15, link=0.6, link_margin=0.05)
+
+
+def thresholds_for(model: str) -> Thresholds:
+    """The calibrated thresholds of a model key (``campplus_cn_en_common@...``)."""
+    family = model.split("@", 1)[0].lower()
+    for prefix, values in _THRESHOLDS.items():
+        if family.startswith(prefix):
+            return values
+    return _DEFAULT_THRESHOLDS
+
+
+def default_library_dir() -> Path:
+    """The default speaker library: ``<cache dir>/speakers`` (``$MODELMORA_SPEAKERS`` wins)."""
+    env = os.environ.get("MODELMORA_SPEAKERS")
+    return Path(env).expanduser() if env else default_cache_dir() / "speakers"
+
+
+def _normalise(vector: Any) -> np.ndarray:
+    array = np.asarray(vector, dtype=np.float64)
+    return array / (np.linalg.norm(array, axis=-1, keepdims=True) + 1e-12)
+
+
+@dataclass
+class Voiceprint:
+    """One person's voice as one model embeds it: one embedding per clip.
+
+    Attributes:
+        model: the model key, ``name@version``.
+        embeddings: L2-normalised embeddings, one per clip.
+        speech_s: the seconds of speech each clip held.
+    """
+
+    model: str
+    embeddings: list[list[float]] = field(default_factory=list)
+    speech_s: list[float] = field(default_factory=list)
+
+    @property
+    def centroid(self) -> np.ndarray:
+        """The speech-weighted mean embedding, re-normalised."""
+        weights = np.asarray(self.speech_s or [1.0] * len(self.embeddings), dtype=np.float64)
+        return _normalise(weights @ _normalise(self.embeddings))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record (embeddings rounded to 6 decimals)."""
+        return {
+            "embeddings": [[round(float(x), 6) for x in row] for row in self.embeddings],
+            "speech_s": [round(s, 2) for s in self.speech_s],
+        }
+
+
+def _file_stem(name: str) -> str:
+    """A file name for a person's name: readable, safe, and distinct for distinct names."""
+    slug = re.sub(r"[^\w.-]+", "-", name.strip().lower(), flags=re.UNICODE).strip(".-") or "x"
+    if slug != name:
+        slug = f"{slug}-{sum(ord(c) * 31**i for i, c in enumerate(name)) % 0xFFFFFF:06x}"
+    return slug
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` stripped, or a ValueError saying what a speaker name may be."""
+    clean = name.strip()
+    if not clean or len(clean) > 100 or any(c in clean for c in "\n\r\t=/\\"):
+        raise ValueError(
+            f"bad speaker name {name!r}: give 1-100 characters without tabs, newlines, '=' or "
+            "slashes"
+        )
+    if re.fullmatch(r"SPEAKER_\d+", clean):
+        raise ValueError(f"{clean!r} looks like an anonymous label: give the person's name")
+    return clean
+
+
+class SpeakerLibrary:
+    """A folder of enrolled speakers (one JSON file each), safe to share between users.
+
+    Args:
+        folder: the library folder (created on the first enrollment); None for
+            :func:`default_library_dir`.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str] | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else default_library_dir()
+
+    def __repr__(self) -> str:
+        return f"SpeakerLibrary({str(self.folder)!r})"
+
+    def _records(self) -> dict[str, tuple[Path, dict[str, Any]]]:
+        records: dict[str, tuple[Path, dict[str, Any]]] = {}
+        if not self.folder.is_dir():
+            return records
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                records[str(data["name"])] = (path, data)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("%s: not a speaker record, skipped (%s)", path, exc)
+        return records
+
+    def names(self) -> list[str]:
+        """The enrolled names, sorted."""
+        return sorted(self._records(), key=str.lower)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One summary per speaker: name, models, clip count, seconds of speech, kept audio."""
+        rows = []
+        records = self._records()
+        for name in sorted(records, key=str.lower):
+            path, data = records[name]
+            prints = data.get("voiceprints", {})
+            rows.append(
+                {
+                    "name": name,
+                    "models": sorted(prints),
+                    "clips": max(
+                        (len(p.get("embeddings", [])) for p in prints.values()), default=0
+                    ),
+                    "speech_s": round(
+                        max((sum(p.get("speech_s", [])) for p in prints.values()), default=0.0), 1
+                    ),
+                    "audio_kept": path.with_suffix(".clips").is_dir(),
+                    "file": str(path),
+                }
+            )
+        return rows
+
+    def voiceprints(self, model: str) -> dict[str, Voiceprint]:
+        """Every enrolled speaker's voiceprint for ``model`` (speakers without one are left out).
+
+        Speakers enrolled only with another model are logged: re-enroll them with this one.
+        """
+        found: dict[str, Voiceprint] = {}
+        for name, (_, data) in self._records().items():
+            record = data.get("voiceprints", {}).get(model)
+            if record and record.get("embeddings"):
+                found[name] = Voiceprint(model, record["embeddings"], record.get("speech_s", []))
+            else:
+                logger.warning(
+                    "speaker %r has no voiceprint of %s: re-enroll them (modelmora speakers add)",
+                    name,
+                    model,
+                )
+        return found
+
+    def add(
+        self,
+        name: str,
+        model: str,
+        embeddings: Sequence[Sequence[float]],
+        speech_s: Sequence[float],
+        keep_audio: Iterable[str | os.PathLike[str]] = (),
+    ) -> Path:
+        """Enroll clips of ``name`` (adding to their voiceprint if they are already enrolled).
+
+        Args:
+            name: the person's name.
+            model: the embedding model key (``name@version``).
+            embeddings: one embedding per clip.
+            speech_s: the seconds of speech in each clip.
+            keep_audio: clip files to copy into the library (none: only embeddings are kept).
+
+        Returns:
+            The speaker's JSON file.
+
+        Raises:
+            ValueError: a bad name, no embeddings, or a clip with too little speech.
+        """
+        name = check_name(name)
+        if not embeddings or len(embeddings) != len(speech_s):
+            raise ValueError("give one embedding and one speech duration per clip")
+        short = [s for s in speech_s if s < MIN_ENROLL_SPEECH_S]
+        if short:
+            raise ValueError(
+                f"a clip holds only {min(short):.1f} s of speech; enrollment needs at least "
+                f"{MIN_ENROLL_SPEECH_S:.0f} s per clip: give a longer clip"
+            )
+        existing = self._records().get(name)
+        path = existing[0] if existing else self.folder / f"{_file_stem(name)}.json"
+        data: dict[str, Any] = (
+            existing[1] if existing else {"name": name, "created": _now(), "voiceprints": {}}
+        )
+        record = data["voiceprints"].setdefault(model, {"embeddings": [], "speech_s": []})
+        voiceprint = Voiceprint(
+            model,
+            [*record["embeddings"], *(_normalise(e).tolist() for e in embeddings)],
+            [*record.get("speech_s", []), *(float(s) for s in speech_s)],
+        )
+        data["voiceprints"][model] = voiceprint.to_dict()
+        data["updated"] = _now()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        clips = list(keep_audio)
+        if clips:
+            kept = path.with_suffix(".clips")
+            kept.mkdir(exist_ok=True)
+            for clip in clips:
+                shutil.copy2(clip, kept / Path(clip).name)
+        write_atomic(path, [json.dumps(data, ensure_ascii=False, indent=1), "\n"])
+        logger.info("enrolled %s (%d clip(s), %s) in %s", name, len(embeddings), model, path)
+        return path
+
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (and their kept audio).
+
+        Raises:
+            KeyError: nobody of that name is enrolled.
+        """
+        path, _ = self._get(name)
+        shutil.rmtree(path.with_suffix(".clips"), ignore_errors=True)
+        path.unlink()
+
+    def rename(self, old: str, new: str) -> Path:
+        """Rename an enrolled speaker.
+
+        Raises:
+            KeyError: ``old`` is not enrolled.
+            ValueError: ``new`` is a bad name or already enrolled.
+        """
+        new = check_name(new)
+        path, data = self._get(old)
+        if new != old and new in self._records():
+            raise ValueError(f"{new!r} is already enrolled: remove them first or pick a name")
+        data["name"] = new
+        data["updated"] = _now()
+        target = self.folder / f"{_file_stem(new)}.json"
+        write_atomic(target, [json.dumps(data, ensure_ascii=False, indent=1), "\n"])
+        if target != path:
+            if path.with_suffix(".clips").is_dir():
+                path.with_suffix(".clips").rename(target.with_suffix(".clips"))
+            path.unlink()
+        return target
+
+    def _get(self, name: str) -> tuple[Path, dict[str, Any]]:
+        records = self._records()
+        if name not in records:
+            known = ", ".join(sorted(records)) or "nobody yet"
+            raise KeyError(f"no speaker {name!r} in {self.folder} (enrolled: {known})")
+        return records[name]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class SpeakerMatch:
+    """The naming decision for one speaker.
+
+    Attributes:
+        name: the enrolled name, or None when nobody matched well enough.
+        similarity: cosine similarity to the best-matching enrolled voiceprint (None: nobody
+            is enrolled for this model).
+        best: the enrolled name that resembled most (named or not).
+        runner_up: the second best similarity (None with fewer than two enrolled).
+    """
+
+    name: str | None
+    similarity: float | None
+    best: str | None = None
+    runner_up: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record of this naming."""
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 4)
+
+        return {
+            "name": self.name,
+            "similarity": rounded(self.similarity),
+            "closest": self.best,
+            "runner_up_similarity": rounded(self.runner_up),
+        }
+
+
+def match_speakers(
+    speakers: Mapping[K, Any],
+    enrolled: Mapping[str, Voiceprint | Any],
+    thresholds: Thresholds,
+) -> dict[K, SpeakerMatch]:
+    """Name speakers by voice, one-to-one, with a threshold and a margin.
+
+    Args:
+        speakers: label → centroid embedding of the speakers to name (of one file, or of
+            linked groups that are known to be different people).
+        enrolled: name → :class:`Voiceprint` (or an embedding) of the same model.
+        thresholds: the model's calibrated thresholds.
+
+    Returns:
+        label → :class:`SpeakerMatch` for every label.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    labels, names = list(speakers), list(enrolled)
+    if not labels or not names:
+        return {label: SpeakerMatch(None, None) for label in labels}
+    queries = _normalise([speakers[label] for label in labels])
+    prints = _normalise(
+        [v.centroid if isinstance(v, Voiceprint) else v for v in (enrolled[n] for n in names)]
+    )
+    similarity = queries @ prints.T
+    rows, cols = linear_sum_assignment(-similarity)
+    assigned = dict(zip(rows.tolist(), cols.tolist(), strict=True))
+    matches = {}
+    for row, label in enumerate(labels):
+        order = np.argsort(similarity[row])[::-1]
+        best = float(similarity[row, order[0]])
+        runner = float(similarity[row, order[1]]) if len(names) > 1 else None
+        col = assigned.get(row)
+        name = None
+        if col is not None:
+            score = float(similarity[row, col])
+            others = np.delete(similarity[row], col)
+            second = float(others.max()) if others.size else -1.0
+            if score >= thresholds.name and score - second >= thresholds.margin:
+                name = names[col]
+        closest = names[col] if col is not None else names[int(order[0])]
+        sim = float(similarity[row, col]) if col is not None else best
+        matches[label] = SpeakerMatch(name, sim, closest, runner)
+    return matches
+
+
+def link_speakers(
+    files: Sequence[Mapping[str, Any]],
+    threshold: float,
+    weights: Sequence[Mapping[str, float]] | None = None,
+    margin: float = 0.0,
+) -> tuple[list[dict[str, int]], list[np.ndarray]]:
+    """Link the per-file speakers of a batch: the same voice gets the same person number.
+
+    Files are taken in order; each file's speakers are assigned one-to-one (two speakers of one
+    file are never one person) to the people met so far, when the cosine similarity to that
+    person's running centroid is at least ``threshold``; the others become new people.
+
+    Args:
+        files: per file, label → centroid embedding.
+        threshold: the model's linking threshold.
+        weights: per file, label → seconds of speech (weights the running centroids).
+        margin: a link also needs this much more similarity than the next closest person.
+
+    Returns:
+        Per file, label → person number (0, 1... by first appearance), and each person's
+        centroid.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    sums: list[np.ndarray] = []
+    links: list[dict[str, int]] = []
+    for index, speakers in enumerate(files):
+        labels = list(speakers)
+        link: dict[str, int] = {}
+        if labels and sums:
+            queries = _normalise([speakers[label] for label in labels])
+            similarity = queries @ _normalise(sums).T
+            rows, cols = linear_sum_assignment(-similarity)
+            for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
+                others = np.delete(similarity[row], col)
+                second = float(others.max()) if others.size else -1.0
+                score = float(similarity[row, col])
+                if score >= threshold and score - second >= margin:
+                    link[labels[row]] = col
+        for label in labels:
+            weight = (weights[index].get(label, 1.0) if weights else 1.0) or 1.0
+            vector = _normalise(speakers[label]) * weight
+            if label in link:
+                sums[link[label]] = sums[link[label]] + vector
+            else:
+                link[label] = len(sums)
+                sums.append(vector)
+        links.append(link)
+    return links, [_normalise(s) for s in sums]
