@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelmora.speech.formats import write_outputs
 from modelmora.speech.speakers import (
     SpeakerLibrary,
     Thresholds,
@@ -15,7 +16,7 @@ from modelmora.speech.speakers import (
     match_speakers,
     thresholds_for,
 )
-from modelmora.speech.transcript import Segment, Transcript, Turn, Word, read_rttm, write_outputs
+from modelmora.speech.transcript import Segment, Transcript, Turn, Word, read_rttm
 from modelmora.workflow.speakers import identify, parse_relabels, relabel_run
 
 MODEL = "campplus_cn_en_common@test"
@@ -87,7 +88,9 @@ def _transcript(speakers: dict[str, np.ndarray | list[float]]) -> Transcript:
         segments.append(Segment(index, t, t + 5.0, f" word{index}", [word], label))
         t += 5.0
     embeddings = {k: [float(x) for x in v] for k, v in speakers.items()}
-    return Transcript(segments, "en", t, turns, embeddings, MODEL)
+    return Transcript(
+        segments, "en", t, turns, speaker_embeddings=embeddings, embedding_model=MODEL
+    )
 
 
 def test_identify_links_names_and_numbers_across_the_batch(tmp_path: Path) -> None:

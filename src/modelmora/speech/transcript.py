@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,7 @@ class Transcript:
     language: str | None = None
     duration: float = 0.0
     turns: list[Turn] = field(default_factory=list)
+    _: KW_ONLY  # the rest by name: they were added over time, and positions would mix them up
     language_probability: float | None = None
     speaker_embeddings: dict[str, list[float]] = field(default_factory=dict)
     embedding_model: str | None = None
