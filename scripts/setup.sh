@@ -58,7 +58,7 @@ if [ -n "$PYTHON_MIN" ]; then
         echo "setup: installing ModelMora (light dependencies) into .venv310"
         .venv310/bin/python -m pip install -q --upgrade pip
         .venv310/bin/python -m pip install -q -e ".[server]" pytest pytest-timeout hypothesis \
-            pysrt webvtt-py python-docx
+            pysrt "webvtt-py>=0.6" python-docx openai
         echo "$want" > .venv310/.modelmora-installed
     fi
 else

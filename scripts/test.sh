@@ -18,6 +18,7 @@ MIN_PYTHON_TESTS=(
     tests/test_workflow_runners.py
     tests/test_runtime.py
     tests/test_server.py
+    tests/test_http_app.py
 )
 if [ -x .venv310/bin/python ]; then
     echo "test: $(.venv310/bin/python --version): the model-free tests"

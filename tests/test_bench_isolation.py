@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -12,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from modelmora.bench import isolation as bench_isolation
 from modelmora.bench.inprocess import sample_input
 from modelmora.bench.isolation import (
     NOISE_FLOOR_MB,
@@ -138,7 +138,10 @@ def test_iterations_report_the_drift_per_cycle(tmp_path: Path) -> None:
 def test_a_missing_framework_falls_back_to_a_toy_and_says_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(bench_isolation.FRAMEWORKS, "whisper", "no_such_framework_pkg")
+    from modelmora.models.whisper import WhisperAdapter
+
+    caps = dataclasses.replace(WhisperAdapter.capabilities, frameworks=("no_such_framework_pkg",))
+    monkeypatch.setattr(WhisperAdapter, "capabilities", caps)
     result = run_isolation(IsolationOptions(model="whisper", device="cpu"))
     assert result.fallback and "no_such_framework_pkg" in result.fallback
     assert result.model.startswith("toy:")
@@ -199,6 +202,7 @@ def test_cli_startup_json() -> None:
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)["models"]
     assert row["model"] == "toy" and row["runs"] == 1 and row["cold_first_result_s"] > 0
+    assert row["warm_first_result_s"] > 0 and row["spare_rss_mb"] > 0  # from a spare
 
 
 def test_cli_a_model_that_fails_to_load_exits_1() -> None:

@@ -6,9 +6,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from modelmora.models import ModelSpec
 from modelmora.serving.config import (
+    KEEP_SPARES,
     ConfigError,
     ModelConfig,
     ServerConfig,
@@ -74,7 +78,8 @@ def test_wrong_adapter_names_line_and_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)
-    assert message.startswith("config.yaml:5: models[1].adapter: Input should be 'whisper'")
+    assert message.startswith("config.yaml:5: models[1].adapter: Value error, unknown adapter")
+    assert "'wisper'" in message and "whisper" in message and "package.module:Class" in message
 
 
 def test_unknown_field_and_bad_value_are_all_reported(tmp_path: Path) -> None:
@@ -158,7 +163,9 @@ def test_default_config_serves_packaged_models() -> None:
     embedding = config.model("all-minilm-l6-v2")
     assert (embedding.max_batch_size, embedding.max_wait_ms) == (32, 5)
     assert [m.to_spec().kind for m in config.models] == ["whisper", "embedding", "llm"]
-    assert all(m.to_spec().params == {} for m in config.models)  # packaged defaults
+    # packaged copies, named: the server keeps tiny.en and Gemma as its light defaults
+    params = [m.to_spec().params for m in config.models]
+    assert params == [{"model": "tiny.en"}, {}, {"model": "gemma3-270m"}]
     assert config.host == "127.0.0.1" and config.port == 8000
     # the defaults survive a round trip through their own serialisation
     assert ServerConfig.model_validate(config.model_dump()) == config
@@ -181,3 +188,29 @@ def test_parse_size(text: object, mb: float) -> None:
 def test_parse_size_rejects_text() -> None:
     with pytest.raises(ValueError, match="bad memory size"):
         parse_size_mb("lots")
+
+
+def test_keep_spares_default_and_validation() -> None:
+    assert ServerConfig().keep_spares == KEEP_SPARES
+    assert ServerConfig(keep_spares={}).keep_spares == {}
+    with pytest.raises(ValueError, match="keep_spares: unknown adapter kind 'nope'"):
+        ServerConfig(keep_spares={"nope": 1})
+    with pytest.raises(ValueError, match="0 or more"):
+        ServerConfig(keep_spares={"embedding": -1})
+
+
+@given(st.text(alphabet="ab9._:-/ %é", min_size=0, max_size=12))
+def test_one_rule_for_model_names_in_the_config_and_the_routes(name: str) -> None:
+    from modelmora.serving.http.bodies import check_name
+
+    try:
+        ModelConfig(name=name, adapter="toy")
+        in_config = True
+    except ValidationError:
+        in_config = False
+    try:
+        check_name(name)
+        in_routes = True
+    except ValueError:
+        in_routes = False
+    assert in_config == in_routes, name  # a name the config takes is one a client can send

@@ -75,12 +75,15 @@ def test_health_models_status_metrics(toy_server: ServerProcess) -> None:
         _error(http.get("/v1/models/nope"), 404)
         names = [m["name"] for m in http.get("/api/v1/models").json()["models"]]
         assert set(names) == {"echo", "crashy", "slow"}
-        assert "jobs" in http.get("/api/v1/status").json()
+        status = http.get("/api/v1/status").json()
+        assert "jobs" in status and status["spares"]["ready"] == []  # nothing unloaded yet
+        assert status["warm_loads"] == 0
         reply = http.post("/api/v1/models/echo/predict", json={"input": {"a": [1, 2]}})
         assert reply.json() == {"model": "echo", "output": {"a": [1, 2]}}
         metrics = http.get("/metrics").text
         assert "modelmora_http_requests_total" in metrics
         assert "modelmora_request_latency_seconds" in metrics
+        assert 'modelmora_worker_starts_total{model="echo",start="cold"} 1.0' in metrics
         assert http.get("/docs").status_code == 200
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -86,11 +86,20 @@ def transcribe(
         "-f",
         help="txt|srt|vtt|json|tsv|rttm|html|docx|all (comma-separated).",
     ),
-    model: str | None = typer.Option(None, help="Whisper size name or model folder."),
+    model: str | None = typer.Option(
+        None, help="Whisper size name (base: default, tiny.en, small...) or model folder."
+    ),
     language: str | None = typer.Option(None, help="Language code (default: detect)."),
     device: str | None = typer.Option(None, help="auto|cpu|cuda."),
     compute_type: str | None = typer.Option(None, help="CTranslate2 compute type."),
     beam_size: int | None = typer.Option(None, help="Whisper beam width."),
+    batch_size: int | None = typer.Option(
+        None, help="30 s chunks decoded at once (1: sequential, the default)."
+    ),
+    initial_prompt: str | None = typer.Option(
+        None, help="Text Whisper sees as said before the audio (names, spellings)."
+    ),
+    hotwords: str | None = typer.Option(None, help="Words Whisper is nudged towards."),
     diarize: bool | None = typer.Option(None, "--diarize/--no-diarize", help="Label speakers."),
     num_speakers: int | None = typer.Option(None, help="Exact number of speakers."),
     min_speakers: int | None = typer.Option(None, help="Fewest speakers to consider."),
@@ -98,7 +107,9 @@ def transcribe(
     summarize: bool | None = typer.Option(
         None, "--summarize/--no-summarize", help="Write <stem>.summary.md with an LLM."
     ),
-    llm: str | None = typer.Option(None, help="GGUF path or OpenAI-compatible server URL."),
+    llm: str | None = typer.Option(
+        None, help="smollm2 (default), gemma3-270m, a GGUF path or an OpenAI-compatible URL."
+    ),
     memory_budget: str | None = typer.Option(None, help="RSS cap per stage worker (4G, 512M)."),
     memory_report: str | None = typer.Option(None, help="Write the memory report JSON here."),
     threads: int | None = typer.Option(None, help="Numeric threads per worker."),
@@ -134,6 +145,9 @@ def transcribe(
             device=device,
             compute_type=compute_type,
             beam_size=beam_size,
+            batch_size=batch_size,
+            initial_prompt=initial_prompt,
+            hotwords=hotwords,
             diarize=diarize,
             num_speakers=num_speakers,
             min_speakers=min_speakers,
@@ -212,14 +226,15 @@ def bench_startup(
     models: Annotated[
         list[str] | None, typer.Option("--models", help="Model spec (repeat for several).")
     ] = None,
-    runs: int = typer.Option(5, help="Cold starts per model (median reported)."),
+    runs: int = typer.Option(5, help="Cold (and warm) starts per model (median reported)."),
+    warm: bool = typer.Option(True, help="Also start each model from a spare (framework-warm)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    """Cold worker start → loaded → first and second inference, per packaged model."""
+    """Cold and framework-warm worker start → loaded → first inference, per packaged model."""
     from modelmora.bench.startup import format_table, run_startup
 
     try:
-        result = run_startup(models or None, runs=runs)
+        result = run_startup(models or None, runs=runs, warm=warm)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -254,7 +269,71 @@ def serve(
     if log_level.lower() not in levels:
         console.print(f"error: --log-level must be one of {', '.join(levels)}", style="red")
         raise typer.Exit(2)
-    run_server(settings, log_level=log_level.lower(), access_log=access_log)
+    try:
+        run_server(settings, log_level=log_level.lower(), access_log=access_log)
+    except ConfigError as exc:  # the run-time changes file no longer validates
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command("adapters")
+def adapters(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the adapter kinds (built-in and published by installed packages) and what each serves.
+
+    Reading them imports each adapter's module, never its ML framework.
+    """
+    from rich.table import Table
+
+    from modelmora.models import adapter_capabilities, adapter_table
+
+    rows = []
+    for kind, path in sorted(adapter_table().items()):
+        row: dict[str, object] = {"kind": kind, "class": path}
+        try:
+            row.update(adapter_capabilities(kind).to_dict())
+        except ValueError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("kind", "task", "routes", "device", "source", "frameworks", "class")
+    for row in rows:
+        if "error" in row:
+            table.add_row(
+                str(row["kind"]), "[red]unavailable[/]", str(row["error"]), "", "", "", ""
+            )
+            continue
+        flags = ["yes" if row[k] else "" for k in ("takes_device", "takes_source")]
+        routes = ", ".join(row["routes"]) or "predict"  # type: ignore[arg-type]
+        frameworks = ", ".join(row["frameworks"])  # type: ignore[arg-type]
+        table.add_row(
+            str(row["kind"]), str(row["task"]), routes, *flags, frameworks, str(row["class"])
+        )
+    Console().print(table)
+
+
+@bench_app.command("reload")
+def bench_reload(
+    cycles: int = typer.Option(10, help="Rounds of A, B, C per mode (each request a reload)."),
+    threads: int | None = typer.Option(None, help="Numeric threads per worker."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Reload of an evicted embedding model, cold against warm (spares), under a budget of two."""
+    from modelmora.bench.reload import ReloadBenchOptions, format_table, run_reload_bench
+
+    try:
+        options = ReloadBenchOptions(cycles=cycles, threads=threads)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    result = run_reload_bench(options)
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_table(result))
 
 
 @bench_app.command("server")
@@ -265,10 +344,19 @@ def bench_server(
     embedding_model: str | None = typer.Option(
         None, help="Embedding model name or folder (default: the packaged all-MiniLM-L6-v2)."
     ),
+    models: bool = typer.Option(
+        True, help="Also the brought models: image embeddings, rerank, PATCH under load, a fleet."
+    ),
+    only_models: bool = typer.Option(False, help="Only those (skip the embedding/churn part)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """HTTP overhead over a direct worker call, batching throughput, churn under a budget."""
+    import tempfile
+
+    from rich.table import Table
+
     from modelmora.bench.server import ServerBenchOptions, format_table, run_server_bench
+    from modelmora.bench.server_models import format_rows, run_models_bench
 
     try:
         options = ServerBenchOptions(
@@ -280,11 +368,20 @@ def bench_server(
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
-    result = run_server_bench(options)
+    result = {} if only_models else run_server_bench(options)
+    if models or only_models:
+        with tempfile.TemporaryDirectory(prefix="modelmora-bench-models-") as folder:
+            result["models"] = run_models_bench(folder=Path(folder))
     if as_json:
         _print_json(result)
-    else:
-        Console().print(format_table(result))
+        return
+    table = format_table(result) if not only_models else Table(title="modelmora bench server")
+    if only_models:
+        for column in ("measurement", "figure", "target", "verdict"):
+            table.add_column(column)
+    for row in format_rows(result["models"]) if "models" in result else []:
+        table.add_row(*row)
+    Console().print(table)
 
 
 @bench_app.command("peers")
@@ -333,11 +430,24 @@ def bench_pipeline(
     meeting_rttm: Annotated[Path | None, typer.Option(help="The meeting's reference RTTM.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Keep outputs and logs here.")] = None,
     backend: str = typer.Option("local", help="local, or ray: the local batch beside Ray's."),
+    quality: bool = typer.Option(
+        False,
+        "--quality",
+        help="Instead: the packaged models side by side (Whisper base vs tiny.en, batched vs "
+        "sequential, summary facts of SmolLM2 vs Gemma).",
+    ),
+    long_audio: Annotated[
+        Path | None, typer.Option(help="With --quality: a long wav (+ .txt) for batching.")
+    ] = None,
+    batch_size: int = typer.Option(8, help="With --quality: the batched side's batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Memory, wall time and quality of the workflow against in-process and per-file designs."""
     from modelmora.bench.pipeline import format_table, run_pipeline_bench
 
+    if quality:
+        _bench_quality(audio_dir, jfk, long_audio, batch_size, as_json)
+        return
     try:
         result = run_pipeline_bench(
             files=files,
@@ -356,6 +466,192 @@ def bench_pipeline(
         _print_json(result)
     else:
         Console().print(format_table(result))
+
+
+@app.command("pull")
+def pull(
+    name: str = typer.Argument(..., help="A model of the config (its source is fetched)."),
+    config: Path | None = typer.Option(None, help="YAML model registry (default: packaged)."),
+) -> None:
+    """Fetch a model's source into the cache and write or check its modelmora.lock entry."""
+    from modelmora.errors import ModelMoraError
+    from modelmora.models.sources import LOCK_NAME, LockFile, is_hub_id, prepare
+    from modelmora.serving.config import ConfigError, default_config, load_config
+    from modelmora.serving.registry import RuntimeRegistry
+
+    try:
+        settings = load_config(config) if config is not None else default_config()
+        registry_file = settings.registry_file or settings.cache_dir / "registry.yaml"
+        names = {m.name for m in settings.models}
+        settings = RuntimeRegistry(registry_file, names).apply(settings)
+        model = settings.model(name)
+    except ConfigError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    except KeyError:
+        known = ", ".join(m.name for m in settings.models)
+        console.print(f"error: no model {name!r} in the config (it has {known})", style="red")
+        raise typer.Exit(2) from None
+    source = model.source
+    if source is None or not (is_hub_id(source) or Path(source).exists()):
+        console.print(f"{name}: nothing to fetch (source {source or 'packaged'})")
+        return
+    lock = LockFile(settings.lock_file or settings.cache_dir / LOCK_NAME)
+    try:
+        ready = prepare(name, source, model.revision, settings.cache_dir / "hub", lock)
+    except ModelMoraError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    verb = "locked in" if ready.locked_now else "matches"
+    _print_json({"model": name, "path": ready.path, "revision": ready.revision,
+                 "lock_file": str(lock.path), "lock": verb})  # fmt: skip
+
+
+# --- the registry of a running server ------------------------------------------------------
+
+models_app = typer.Typer(
+    help="List and change the models of a running server (token from MODELMORA_API_KEY).",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+_URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="MODELMORA_URL", help="The server.")
+_PARAM = typer.Option([], "--param", "-p", help="An adapter parameter, KEY=VALUE (repeatable).")
+_SET = typer.Option([], "--set", help="A model field, KEY=VALUE: max_batch_size=8 (repeatable).")
+
+
+def _api(url: str, method: str, path: str, body: object = None) -> Any:
+    """One call to the server's native API; an error answer exits 1 with its message."""
+    import os
+
+    import httpx
+
+    key = os.environ.get("MODELMORA_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        reply = httpx.request(
+            method, url.rstrip("/") + path, json=body, headers=headers, timeout=900
+        )
+    except httpx.TransportError as exc:
+        console.print(f"error: cannot reach {url}: {exc}", style="red", markup=False)
+        raise typer.Exit(1) from None
+    try:
+        data = reply.json()
+    except ValueError:
+        data = {"error": {"message": reply.text}}
+    if reply.status_code >= 400:
+        message = (data.get("error") or {}).get("message") or reply.text
+        console.print(f"error ({reply.status_code}): {message}", style="red", markup=False)
+        raise typer.Exit(1)
+    return data
+
+
+def _pairs(items: list[str], what: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            console.print(f"error: {what} {item!r}: expected KEY=VALUE", style="red", markup=False)
+            raise typer.Exit(2)
+        out[key.strip()] = yaml.safe_load(value)  # 8 → int, true → bool, [a, b] → list
+    return out
+
+
+def _entry(source: str | None, params: list[str], fields: list[str]) -> dict[str, Any]:
+    entry = _pairs(fields, "--set")
+    if source is not None:
+        entry["source"] = source
+    if params:
+        entry["params"] = {**entry.get("params", {}), **_pairs(params, "--param")}
+    return entry
+
+
+@models_app.command("list")
+def models_list(
+    url: str = _URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
+) -> None:
+    """The server's models: adapter, task, state, where each comes from, memory."""
+    from rich.table import Table
+
+    models = _api(url, "GET", "/api/v1/models")["models"]
+    if as_json:
+        _print_json(models)
+        return
+    table = Table("name", "adapter", "task", "state", "origin", "rss MB", "error")
+    for m in models:
+        cells = [m["name"], m["adapter"], m.get("task", ""), m["state"], m.get("origin", "")]
+        table.add_row(*map(str, cells), f"{m['rss_mb']:.0f}", m.get("error") or "")
+    Console().print(table)
+
+
+@models_app.command("info")
+def models_info(name: str, url: str = _URL) -> None:
+    """One model: its state, footprint, counters and config entry (JSON)."""
+    _print_json(_api(url, "GET", f"/api/v1/models/{name}"))
+
+
+@models_app.command("add")
+def models_add(
+    name: str,
+    adapter: str = typer.Option(..., help="An adapter kind or package.module:Class."),
+    source: str | None = typer.Option(None, help="A model folder or hub id."),
+    param: list[str] = _PARAM,
+    field: list[str] = _SET,
+    url: str = _URL,
+) -> None:
+    """Register a model (the same fields as a model entry of the config file)."""
+    body = {"name": name, "adapter": adapter, **_entry(source, param, field)}
+    _print_json(_api(url, "POST", "/api/v1/models", body))
+
+
+@models_app.command("update")
+def models_update(
+    name: str,
+    source: str | None = typer.Option(None, help="A model folder or hub id."),
+    param: list[str] = _PARAM,
+    field: list[str] = _SET,
+    url: str = _URL,
+) -> None:
+    """Change fields of a model; a resident worker is replaced without dropping requests."""
+    _print_json(_api(url, "PATCH", f"/api/v1/models/{name}", _entry(source, param, field)))
+
+
+@models_app.command("rm")
+def models_rm(name: str, url: str = _URL) -> None:
+    """Unload a model (its release verified) and remove it from the registry."""
+    _print_json(_api(url, "DELETE", f"/api/v1/models/{name}"))
+
+
+@models_app.command("load")
+def models_load(name: str, url: str = _URL) -> None:
+    """Make a model resident now."""
+    _print_json(_api(url, "POST", f"/api/v1/models/{name}/load"))
+
+
+@models_app.command("unload")
+def models_unload(name: str, url: str = _URL) -> None:
+    """Stop a model's workers and report what was released."""
+    _print_json(_api(url, "POST", f"/api/v1/models/{name}/unload"))
+
+
+def _bench_quality(
+    audio_dir: Path | None, jfk: Path | None, long_audio: Path | None, batch: int, as_json: bool
+) -> None:
+    from modelmora.bench.pipeline import DEFAULT_AUDIO_DIR, make_bench_audio
+    from modelmora.bench.quality import format_quality, run_quality_bench
+
+    folder = audio_dir or DEFAULT_AUDIO_DIR
+    example = Path(__file__).resolve().parents[2] / "examples" / "conversation.wav"
+    generated = make_bench_audio(folder, 3)
+    recordings = [p for p in (example, jfk) if p is not None and p.is_file()]
+    recordings += [*generated["two"], *generated["three"]]
+    result = run_quality_bench(folder, recordings, long_audio, batch_size=batch)
+    if as_json:
+        _print_json(result)
+    else:
+        Console().print(format_quality(result))
 
 
 def main() -> None:

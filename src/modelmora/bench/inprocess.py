@@ -22,20 +22,11 @@ import sys
 import time
 from typing import Any
 
-from modelmora.models import Adapter, resolve_adapter
+from modelmora.models import Adapter, adapter_capabilities, resolve_adapter
 from modelmora.runtime.memory import nvml_available, peak_rss_mb, process_rss_mb, vram_by_pid_mb
 from modelmora.units import MB
 
-__all__ = ["FRAMEWORKS", "STEPS", "InProcessProbe", "sample_input"]
-
-#: The ML framework each adapter kind imports when it loads (imported in the "import" step).
-FRAMEWORKS: dict[str, str] = {
-    "embedding": "sentence_transformers",
-    "whisper": "faster_whisper",
-    "diarizer": "resemblyzer",
-    "llm": "llama_cpp",
-    "toy-cuda": "torch",
-}
+__all__ = ["STEPS", "InProcessProbe", "sample_input"]
 
 #: The steps a probe answers, in the order the benchmark sends them.
 STEPS = ("baseline", "import", "load", "inference", "release")
@@ -69,7 +60,8 @@ def sample_input(kind: str) -> Any:
             "max_tokens": 8,
             "temperature": 0.0,
         }
-    return {"op": "echo", "value": "ping"}
+    warmup = adapter_capabilities(kind).warmup  # the class's declaration
+    return {"op": "echo", "value": "ping"} if warmup is None else warmup
 
 
 def _voiced_audio(seconds: float) -> Any:
@@ -106,8 +98,8 @@ class InProcessProbe(Adapter):
 
     def _step(self, step: Any) -> dict[str, Any]:
         if step == "import":
-            framework = FRAMEWORKS.get(self.kind)
-            if framework is not None:
+            # what the adapter's load() imports (its declared frameworks)
+            for framework in adapter_capabilities(self.kind, self.model_params).frameworks:
                 importlib.import_module(framework)
         elif step == "load":
             self.model = resolve_adapter(self.kind)(**self.model_params)

@@ -28,7 +28,7 @@ from typing import Any
 
 from rich.table import Table
 
-from modelmora.bench.inprocess import FRAMEWORKS, sample_input
+from modelmora.bench.inprocess import sample_input
 from modelmora.models import ModelSpec
 from modelmora.runtime.memory import (
     available_mb,
@@ -60,7 +60,6 @@ PASS_RATIO = 0.5
 #: What runs when the requested model's framework is not installed (the POC's "dummy mode"):
 #: 200 MB of weights freed on ``del``, plus 50 MB that its inference leaks in-process.
 FALLBACK_MODEL = "toy:alloc_mb=200,leak_mb=50"
-_DEVICE_KINDS = ("embedding", "whisper", "diarizer", "toy-cuda")
 _PROBE = "modelmora.bench.inprocess:InProcessProbe"
 
 
@@ -227,10 +226,7 @@ def _resolve(options: IsolationOptions) -> tuple[ModelSpec, str, str | None, lis
     notes: list[str] = []
     spec = ModelSpec.parse(options.model)
     fallback = None
-    framework = FRAMEWORKS.get(spec.kind)
-    needed = [framework] if framework else []
-    if spec.kind in ("embedding", "diarizer"):
-        needed.append("torch")
+    needed = spec.capabilities().frameworks
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         fallback = (
@@ -243,9 +239,10 @@ def _resolve(options: IsolationOptions) -> tuple[ModelSpec, str, str | None, lis
         device = "cuda" if nvml_available() and importlib.util.find_spec("torch") else "cpu"
     elif device == "cuda" and not nvml_available():
         raise ValueError("--device cuda: no CUDA GPU is visible here (use auto or cpu)")
-    if spec.kind in _DEVICE_KINDS and "device" not in spec.params:
+    takes_device = spec.capabilities().takes_device
+    if takes_device and "device" not in spec.params:
         spec = ModelSpec(spec.kind, {**spec.params, "device": device})
-    elif device == "cuda" and spec.kind not in _DEVICE_KINDS:
+    elif device == "cuda" and not takes_device:
         notes.append(f"adapter {spec.kind!r} takes no device: it ran where it always runs")
     return spec, device, fallback, notes
 

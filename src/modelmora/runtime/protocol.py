@@ -33,6 +33,8 @@ __all__ = [
     "Failure",
     "Init",
     "LoadFailed",
+    "Prepare",
+    "Prepared",
     "Ready",
     "Result",
     "ShmChannel",
@@ -61,6 +63,33 @@ class Init:
     kind: str
     params: dict[str, Any]
     threads: int | None = None
+
+
+@dataclass
+class Prepare:
+    """Parent → spare worker, first message: import what adapter ``kind`` declares, load nothing.
+
+    The spare then waits for an :class:`Init` (one model, as any worker) or a :class:`Stop`.
+    """
+
+    kind: str
+
+
+@dataclass
+class Prepared:
+    """Spare worker → parent: the framework is imported; no model is loaded.
+
+    ``modules`` are the modules imported for the adapter; ``cuda_initialized`` is torch's
+    ``torch.cuda.is_initialized()`` (False when torch is not imported): a spare must hold no
+    CUDA context. ``error`` is set when an import failed (the spare is then useless and exits).
+    """
+
+    pid: int
+    prepare_s: float
+    modules: list[str]
+    memory: MemoryInfo
+    cuda_initialized: bool = False
+    error: str | None = None
 
 
 @dataclass

@@ -9,6 +9,13 @@ waited on together with the child's pidfd, so a child that dies is noticed at on
 Stopping is staged (stop message → join → SIGTERM → SIGKILL of the whole process group) and
 ends with :func:`~modelmora.runtime.memory.verify_release`: the processes are gone and no GPU lists
 them. The data flow is drawn at the top of :mod:`modelmora.runtime._child`.
+
+A worker can also start *warm*: :meth:`Worker.prepare` spawns the child and has it import the
+framework its adapter declares (its capabilities' ``frameworks``) without loading
+anything (a spare), and
+``Worker(spec).start(spare=that)`` takes the spare's process over and sends it the model.
+Every guarantee above is the spare's too: it is the same kind of child, spawned the same way.
+:mod:`modelmora.runtime.spares` keeps spares ready.
 """
 
 from __future__ import annotations
@@ -51,7 +58,15 @@ from modelmora.runtime.memory import (
     verify_release,
 )
 
-__all__ = ["OMP_WAIT_POLICY", "THREAD_ENV_VARS", "Worker", "describe_exit", "exit_signal"]
+__all__ = [
+    "OMP_WAIT_POLICY",
+    "THREAD_ENV_VARS",
+    "SpareKey",
+    "Worker",
+    "describe_exit",
+    "exit_signal",
+    "spare_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +85,15 @@ THREAD_ENV_VARS = (
 #: server's event loop needs (one MiniLM sentence on a busy 2-core machine: 208 ms of CPU
 #: spinning instead of 16 ms). Passive threads sleep between parallel regions.
 OMP_WAIT_POLICY = "PASSIVE"
+
+#: What a spare shares with the workers it can become: adapter kind, threads, extra env.
+SpareKey = tuple[str, int | None, tuple[tuple[str, str], ...]]
+
+
+def spare_key(kind: str, threads: int | None = None, env: dict[str, str] | None = None) -> SpareKey:
+    """The :data:`SpareKey` of workers of adapter ``kind`` with these threads and env."""
+    return (kind, threads, tuple(sorted((env or {}).items())))
+
 
 _ids = itertools.count(1)
 # PR_SET_PDEATHSIG fires when the *thread* that spawned the child ends, so children are
@@ -176,6 +200,8 @@ class Worker:
         self.memory: MemoryInfo | None = None  # as the child last reported it
         self.calls = 0
         self.exitcode: int | None = None
+        self.warm = False  # started from a spare (its framework already imported)
+        self.prepared: proto.Prepared | None = None  # set while this worker is a spare
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._pidfd: int | None = None
@@ -194,10 +220,53 @@ class Worker:
         """True while the child runs."""
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> Worker:
-        """Spawn the child and wait until the model is loaded.
+    def spare_key(self) -> SpareKey:
+        """What a spare must share with this worker to serve it: adapter kind, threads, env."""
+        return spare_key(self.spec.kind, self.threads, self.env)
+
+    def prepare(self, timeout: float | None = None) -> proto.Prepared:
+        """Spawn the child and import the adapter's framework, loading no model: a spare.
+
+        The spec's parameters are not used: a spare becomes a worker of any model of its
+        adapter kind through :meth:`start` (``Worker(spec).start(spare=this)``).
+
+        Args:
+            timeout: seconds the imports may take (defaults to ``load_timeout``).
+
+        Returns:
+            What the child reported: its PID, the modules imported, its memory, and whether
+            CUDA is initialised (it never should be).
 
         Raises:
+            ModelLoadError: an import failed (the child exited).
+            WorkerTimeout, WorkerCrashed: as for :meth:`start`.
+        """
+        with self._lock:
+            if self._proc is not None:
+                raise RuntimeError(f"worker {self.name} is already started")
+            t0 = time.perf_counter()
+            self._spawn()
+            assert self._conn is not None
+            self._conn.send_bytes(proto.encode(proto.Prepare(self.spec.kind)))
+            msg = self._receive(self.load_timeout if timeout is None else timeout, "preparing")
+            assert isinstance(msg, proto.Prepared)
+            if msg.error is not None:
+                self._reap()
+                raise ModelLoadError(f"spare {self.name}: an import failed: {msg.error}")
+            self.prepared, self.memory = msg, msg.memory
+            self.spawn_s = time.perf_counter() - t0
+            return msg
+
+    def start(self, spare: Worker | None = None) -> Worker:
+        """Spawn the child (or take over ``spare``'s) and wait until the model is loaded.
+
+        Args:
+            spare: a prepared worker (:meth:`prepare`) with the same :meth:`spare_key`; it is
+                emptied (its process becomes this worker's). A spare that died is stopped,
+                its release verified, and the start is cold; :attr:`warm` says which it was.
+
+        Raises:
+            ValueError: ``spare`` is not a prepared spare with this worker's key.
             ModelLoadError: loading raised in the child (its traceback is the cause).
             WorkerTimeout: loading took longer than ``load_timeout``.
             WorkerCrashed: the child died while loading.
@@ -207,7 +276,9 @@ class Worker:
             if self._proc is not None:
                 raise RuntimeError(f"worker {self.name} is already started")
             t0 = time.perf_counter()
-            self._spawn()
+            self.warm = spare is not None and self._adopt(spare)
+            if not self.warm:
+                self._spawn()
             assert self._conn is not None
             init = proto.Init(self.spec.kind, self.spec.params, self.threads)
             self._conn.send_bytes(proto.encode(init, self._channel))
@@ -222,8 +293,33 @@ class Worker:
             self.load_s = msg.load_s
             self.memory = msg.memory
             self.spawn_s = time.perf_counter() - t0
-            logger.debug("worker %s ready (pid %d, %.3f s)", self.name, msg.pid, self.spawn_s)
+            logger.debug(
+                "worker %s ready (pid %d, %.3f s, %s)",
+                self.name,
+                msg.pid,
+                self.spawn_s,
+                "warm" if self.warm else "cold",
+            )
             return self
+
+    def _adopt(self, spare: Worker) -> bool:
+        """Take over the process of a prepared spare; False (the spare stopped) if it died."""
+        if spare.prepared is None:
+            raise ValueError(f"{spare!r} is not a prepared spare: call its prepare() first")
+        if spare.spare_key() != self.spare_key():
+            raise ValueError(
+                f"spare {spare.spare_key()} cannot serve worker {self.spare_key()}: the adapter "
+                "kind, threads and env must match"
+            )
+        with spare._lock:
+            if not spare.alive or spare._conn is None or spare._conn.poll():  # died, or EOF
+                report = spare.stop()
+                logger.warning("spare %s had died (%s): cold start", spare.name, report.stage)
+                return False
+            self._proc, self._conn, self._pidfd = spare._proc, spare._conn, spare._pidfd
+            spare._proc, spare._conn, spare._pidfd, spare.prepared = None, None, None, None
+            spare._channel.close()
+        return True
 
     def _spawn(self) -> None:
         parent_end, child_end = socket.socketpair()
@@ -346,7 +442,7 @@ class Worker:
             except OSError:
                 proto.discard(frame)
                 self._fail_dead("receiving a streamed call")
-            ended = False
+            ended = interrupted = False
             try:
                 while True:
                     reply = self._receive(timeout, "a streamed call", deadline)
@@ -356,9 +452,15 @@ class Worker:
                         self._end_call(reply)
                         return
                     yield reply.value
+            except (KeyboardInterrupt, SystemExit):
+                interrupted = True
+                raise
             finally:
                 if not ended and self.alive:  # the caller stopped early (a crash reaped it)
-                    self._cancel(call_id, deadline)
+                    if interrupted:  # Ctrl-C while waiting: do not wait for the child to wind down
+                        self.kill()
+                    else:
+                        self._cancel(call_id, deadline)
 
     def _cancel(self, call_id: int, deadline: float | None) -> None:
         """Ask the child to stop stream ``call_id`` and drain it; kill it if it does not stop."""
@@ -500,7 +602,7 @@ class Worker:
             self._conn.close()
         if self._pidfd is not None:
             os.close(self._pidfd)
-        self._proc, self._conn, self._pidfd = None, None, None
+        self._proc, self._conn, self._pidfd, self.prepared = None, None, None, None
         self._channel.close()
         for path in glob.glob(os.path.join(proto.SHM_DIR, proto.shm_prefix(pid) + "*")):
             with contextlib.suppress(FileNotFoundError):

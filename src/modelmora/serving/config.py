@@ -6,7 +6,7 @@ optional)::
     memory_budget_mb: 4096        # or "4GB"; default: 80% of the RAM available at start
     models:
       - name: whisper-1
-        adapter: whisper          # whisper, diarizer, llm, embedding, toy, toy-cuda
+        adapter: whisper          # a kind `modelmora adapters` lists, or package.module:Class
         source: /models/tiny.en   # package default when left out; a path or a model name
         keep_alive_s: 600         # null: never unloaded for idleness
       - name: minilm
@@ -17,24 +17,37 @@ optional)::
         pinned: true              # loaded at start, never evicted
 
 :func:`load_config` validates it with pydantic and reports every error with the file, the line
-and the field (``config.yaml:12: models[1].adapter: Input should be 'whisper', ...``).
+and the field (``config.yaml:12: models[1].adapter: Value error, unknown adapter kind ...``).
+
+What an adapter takes (a ``source``, a ``device``) is what its class declares
+(:class:`~modelmora.models.Capabilities`); reading it imports the adapter's module only.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelmora.errors import ModelMoraError
-from modelmora.models import ModelSpec
+from modelmora.models import Capabilities, ModelSpec, adapter_capabilities, adapter_path
 from modelmora.paths import default_cache_dir
 from modelmora.units import Device, check_model_name, parse_size_mb
 
 __all__ = [
+    "KEEP_SPARES",
     "PRIORITIES",
     "RANK",
     "ConfigError",
@@ -53,11 +66,20 @@ Priority = Literal["critical", "high", "normal", "low"]
 PRIORITIES: tuple[str, ...] = get_args(Priority)
 #: Priority class → rank (0 is the most urgent).
 RANK: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
-AdapterKind = Literal["whisper", "diarizer", "llm", "embedding", "toy", "toy-cuda"]
+#: Default ``keep_spares``: one spare per adapter kind. A kind's spare is prepared only once a
+#: model of that kind has been unloaded (a reload is then likely), and only when it fits the
+#: budget; measured costs and savings are in docs/warm-starts.md.
+KEEP_SPARES: dict[str, int] = {"embedding": 1, "diarizer": 1, "whisper": 1, "llm": 1}
 
-# Adapters whose constructor takes ``model`` (what ``source`` maps to) and ``device``.
-_TAKES_MODEL = {"whisper", "llm", "embedding"}
-_TAKES_DEVICE = {"whisper", "embedding", "diarizer", "toy-cuda"}
+
+def _known_kind(kind: str) -> str:
+    adapter_path(kind)  # a ValueError naming the registered kinds
+    return kind
+
+
+#: An adapter kind: a built-in, one published in the ``modelmora.adapters`` entry points, or
+#: ``package.module:Class``.
+AdapterKind = Annotated[str, AfterValidator(_known_kind)]
 
 
 class ConfigError(ModelMoraError):
@@ -75,7 +97,10 @@ class ModelConfig(BaseModel):
     Attributes:
         name: what clients ask for (``model`` in OpenAI requests).
         adapter: the adapter kind.
-        source: model name or local path; ``None`` for the adapter's packaged default.
+        source: model name or local path; ``None`` for the adapter's packaged default. A hub
+            id (``org/name``) is fetched into ``cache_dir/hub`` before the worker starts.
+        revision: the hub branch, tag or commit of such a source (default: the one in the
+            lock file, else the default branch).
         params: extra keyword arguments for the adapter's constructor.
         device: ``auto``, ``cpu`` or ``cuda``.
         footprint_mb: RAM the model takes once loaded (skips learning it).
@@ -92,6 +117,10 @@ class ModelConfig(BaseModel):
             right after loading.
         threads: numeric thread pools' size in the worker.
         load_timeout_s: seconds a load may take.
+        diarizer: the model (of this registry, a diarization adapter) that labels speakers
+            for ``response_format=diarized_json`` of this transcription model.
+        warmup: an input run once after every load (default: the adapter's declared one);
+            a model that fails it is unhealthy and gets no traffic.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,6 +128,7 @@ class ModelConfig(BaseModel):
     name: str
     adapter: AdapterKind
     source: str | None = None
+    revision: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     device: Device = "auto"
     footprint_mb: float | None = Field(default=None, gt=0)
@@ -114,6 +144,9 @@ class ModelConfig(BaseModel):
     max_rss_growth_mb: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, ge=1)
     load_timeout_s: float = Field(default=300.0, gt=0)
+    diarizer: str | None = None
+    warmup: Any = None
+    _capabilities: Capabilities = PrivateAttr(default_factory=Capabilities)
 
     @field_validator("footprint_mb", "vram_footprint_mb", "memory_limit_mb", mode="before")
     @classmethod
@@ -127,22 +160,28 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _source_fits(self) -> ModelConfig:
-        if self.source is not None and self.adapter not in _TAKES_MODEL:
+        self._capabilities = adapter_capabilities(self.adapter, self.params)
+        if self.source is not None and not self._capabilities.takes_source:
             raise ValueError(
-                f"adapter {self.adapter!r} takes no source: only "
-                f"{', '.join(sorted(_TAKES_MODEL))} do (use params for its settings)"
+                f"adapter {self.adapter!r} takes no source (its class does not declare "
+                "takes_source): use params for its settings"
             )
         clash = {"model", "device"} & set(self.params)
         if clash:
             raise ValueError(f"set {' and '.join(sorted(clash))} with source/device, not params")
         return self
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the model's adapter takes and serves, built with these params."""
+        return self._capabilities
+
     def to_spec(self) -> ModelSpec:
         """The :class:`ModelSpec` a worker loads: ``source`` becomes the adapter's ``model``."""
         params = dict(self.params)
         if self.source is not None:
             params["model"] = self.source
-        if self.adapter in _TAKES_DEVICE and self.device != "auto":
+        if self._capabilities.takes_device and self.device != "auto":
             params["device"] = self.device
         return ModelSpec(kind=self.adapter, params=params)
 
@@ -162,8 +201,22 @@ class ServerConfig(BaseModel):
         max_request_mb: largest request body accepted.
         queue_limit: most requests waiting at once; past it requests are refused (503).
         request_timeout_s: longest a call into a worker may take before it is killed.
-        retry_crashed: run a batch once more when its worker crashed during it.
-        unhealthy_cooldown_s: how long a model whose load failed is refused.
+        retry_crashed: run a batch once more when its worker was lost during it (crashed,
+            killed at its timeout or memory cap).
+        unhealthy_cooldown_s: how long a model whose load failed is refused; doubled after
+            each failure in a row (a pinned model is retried when it ends).
+        unhealthy_cooldown_max_s: the cap of that backoff.
+        lock_file: the source, revision and sha256 of every file of each model, written on
+            its first load and checked on every load (default: ``modelmora.lock`` beside the
+            config file, or in ``cache_dir`` without one).
+        registry_file: where models registered, changed or removed through the API are kept
+            (default: ``NAME.runtime.yaml`` beside the config file ``NAME.yaml``, or
+            ``cache_dir/registry.yaml`` without one); applied over ``models`` at start.
+        keep_spares: spare workers to keep ready per adapter kind (``{"embedding": 1}``): a
+            process that has imported the adapter's framework and holds no model, so that
+            the next load of that kind skips the import. A kind gets its spares once one of
+            its models was unloaded; they count against the budget and are the first to go
+            when a model needs the room. Default: :data:`KEEP_SPARES`; ``{}`` for none.
         models: the registry.
     """
 
@@ -181,6 +234,10 @@ class ServerConfig(BaseModel):
     request_timeout_s: float = Field(default=600.0, gt=0)
     retry_crashed: bool = True
     unhealthy_cooldown_s: float = Field(default=30.0, ge=0)
+    keep_spares: dict[str, int] = Field(default_factory=lambda: dict(KEEP_SPARES))
+    unhealthy_cooldown_max_s: float = Field(default=600.0, ge=0)
+    registry_file: Path | None = None
+    lock_file: Path | None = None
     models: list[ModelConfig] = Field(default_factory=list)
 
     @field_validator("memory_budget_mb", "vram_budget_mb", "max_request_mb", mode="before")
@@ -193,13 +250,27 @@ class ServerConfig(BaseModel):
         self.cache_dir = self.cache_dir.expanduser()
         if self.jobs_db is None:
             self.jobs_db = self.cache_dir / "jobs.sqlite"
+        if self.registry_file is None:
+            self.registry_file = self.cache_dir / "registry.yaml"
+        if self.lock_file is None:
+            self.lock_file = self.cache_dir / "modelmora.lock"
         if self.api_key is None:
             self.api_key = os.environ.get("MODELMORA_API_KEY") or None
+        for kind, count in self.keep_spares.items():
+            try:
+                adapter_path(kind)
+            except ValueError as exc:
+                raise ValueError(f"keep_spares: {exc}") from None
+            if count < 0:
+                raise ValueError(f"keep_spares[{kind!r}] must be 0 or more, got {count}")
         seen: set[str] = set()
         for model in self.models:
             if model.name in seen:
                 raise ValueError(f"model name {model.name!r} is used twice: names must be unique")
             seen.add(model.name)
+        for model in self.models:
+            if model.diarizer is not None:
+                _check_diarizer(self, model)
         return self
 
     def model(self, name: str) -> ModelConfig:
@@ -214,6 +285,20 @@ class ServerConfig(BaseModel):
         raise KeyError(name)
 
 
+def _check_diarizer(config: ServerConfig, model: ModelConfig) -> None:
+    try:
+        other = config.model(str(model.diarizer))
+    except KeyError:
+        raise ValueError(
+            f"model {model.name!r}: its diarizer {model.diarizer!r} is not a model of this config"
+        ) from None
+    if other.capabilities.task != "diarization":
+        raise ValueError(
+            f"model {model.name!r}: its diarizer {other.name!r} is a {other.capabilities.task} "
+            "model, not a diarization one (adapter: diarizer)"
+        )
+
+
 def default_config(**overrides: Any) -> ServerConfig:
     """The packaged offline defaults: tiny.en as ``whisper-1``, MiniLM embeddings, Gemma 3 270M.
 
@@ -224,9 +309,9 @@ def default_config(**overrides: Any) -> ServerConfig:
         A validated :class:`ServerConfig`.
     """
     models = [
-        ModelConfig(name="whisper-1", adapter="whisper"),
+        ModelConfig(name="whisper-1", adapter="whisper", source="tiny.en"),
         ModelConfig(name="all-minilm-l6-v2", adapter="embedding", max_batch_size=32, max_wait_ms=5),
-        ModelConfig(name="gemma-3-270m", adapter="llm"),
+        ModelConfig(name="gemma-3-270m", adapter="llm", source="gemma3-270m"),
     ]
     return ServerConfig.model_validate({"models": models, **overrides})
 
@@ -262,6 +347,8 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path.name}:1: the config must be a mapping (host, port, models, ...)")
+    data.setdefault("registry_file", str(path.with_name(f"{path.stem}.runtime.yaml")))
+    data.setdefault("lock_file", str(path.with_name("modelmora.lock")))
     _resolve_paths(data, path.parent)
     try:
         return ServerConfig.model_validate(data)
@@ -271,7 +358,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    for key in ("cache_dir", "jobs_db"):
+    for key in ("cache_dir", "jobs_db", "registry_file", "lock_file"):
         if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
             data[key] = str(base / data[key])
     models = data.get("models")

@@ -319,7 +319,9 @@ class JobRunner:
         max_in_flight: jobs handed to the scheduler and not finished yet, at most.
         poll_interval: seconds between looks at the table when idle (a submission and a
             finished job wake the runner at once; the look is a safety net).
-        max_attempts: a job whose worker crashed is retried until it has run this many times.
+        max_attempts: a job whose worker was lost (:class:`~modelmora.errors.WorkerLost`:
+            crashed, killed at its timeout or memory cap, stopped) is retried until it has
+            run this many times; any other failure is final.
 
     Raises:
         ValueError: ``max_in_flight`` or ``max_attempts`` below 1.

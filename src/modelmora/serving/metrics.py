@@ -69,6 +69,21 @@ class Metrics:
             registry=r,
         )
         self.loads = Counter("modelmora_loads", "Worker loads, per model.", ["model"], registry=r)
+        self.starts = Counter(
+            "modelmora_worker_starts",
+            "Worker loads per model and start: warm (from a spare) or cold (a new process).",
+            ["model", "start"],
+            registry=r,
+        )
+        self.spares = Gauge(
+            "modelmora_spares",
+            "Spare workers ready (framework imported, no model), per adapter kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.spare_rss_bytes = Gauge(
+            "modelmora_spare_rss_bytes", "RSS of the ready spare workers.", registry=r
+        )
         self.unloads = Counter(
             "modelmora_unloads", "Worker stops (any reason), per model.", ["model"], registry=r
         )
@@ -103,9 +118,16 @@ class Metrics:
         self.rss_bytes.labels(model=model).set(rss_mb * _MB)
         self.vram_bytes.labels(model=model).set((vram_mb or 0.0) * _MB)
 
-    def inc_load(self, model: str) -> None:
-        """Count one worker load."""
+    def inc_load(self, model: str, warm: bool = False) -> None:
+        """Count one worker load, warm (started from a spare) or cold."""
         self.loads.labels(model=model).inc()
+        self.starts.labels(model=model, start="warm" if warm else "cold").inc()
+
+    def set_spares(self, counts: dict[str, int], rss_mb: float) -> None:
+        """Set how many spares are ready per adapter kind, and their RSS together."""
+        for kind, count in counts.items():
+            self.spares.labels(kind=kind).set(count)
+        self.spare_rss_bytes.set(rss_mb * _MB)
 
     def inc_unload(self, model: str) -> None:
         """Count one worker stop."""

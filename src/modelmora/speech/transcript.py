@@ -127,12 +127,15 @@ class Transcript:
         duration: the audio's duration in seconds.
         turns: speaker turns from diarization (finer than segments: they follow the voice,
             not the text); empty until diarized. The RTTM output uses them when present.
+        language_probability: how sure the language detection was (0-1), or None when the
+            language was given rather than detected.
     """
 
     segments: list[Segment] = field(default_factory=list)
     language: str | None = None
     duration: float = 0.0
     turns: list[Turn] = field(default_factory=list)
+    language_probability: float | None = None
 
     @property
     def text(self) -> str:
@@ -157,6 +160,8 @@ class Transcript:
             "language": self.language,
             "duration": round(self.duration, 3),
         }
+        if self.language_probability is not None:
+            data["language_probability"] = round(self.language_probability, 4)
         if self.turns:
             data["turns"] = [
                 [round(turn.start, 3), round(turn.end, 3), turn.speaker] for turn in self.turns
@@ -175,7 +180,14 @@ class Transcript:
         segments = [Segment.from_dict(seg, index) for index, seg in enumerate(data["segments"])]
         duration = float(data.get("duration") or (segments[-1].end if segments else 0.0))
         turns = [Turn(float(s), float(e), str(spk)) for s, e, spk in data.get("turns") or []]
-        return cls(segments, data.get("language"), duration, turns)
+        probability = data.get("language_probability")
+        return cls(
+            segments,
+            data.get("language"),
+            duration,
+            turns,
+            None if probability is None else float(probability),
+        )
 
 
 def format_timestamp(seconds: float, decimal: str = ".", always_hours: bool = True) -> str:

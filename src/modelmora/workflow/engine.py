@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 #: The batch report's file name (inside the output folder).
 REPORT_NAME = "modelmora-report.json"
+_UNSURE_LANGUAGE = 0.5  # below this detection probability the report says to check it
 
 #: The stage runners, by the ``backend`` option value that selects each.
 RUNNERS: dict[str, type[StageRunner]] = {r.name: r for r in (LocalRunner, RayRunner)}
@@ -119,6 +120,9 @@ def _whisper_stage(run: Run) -> Stage:
         "language": opts.language,
         "vad_filter": opts.vad_filter,
         "beam_size": opts.beam_size,
+        "batch_size": opts.batch_size,
+        "initial_prompt": opts.initial_prompt,
+        "hotwords": opts.hotwords,
     }
     spec = ModelSpec("whisper", params)
 
@@ -127,8 +131,14 @@ def _whisper_stage(run: Run) -> Stage:
         job.transcript = transcript.to_dict()
         job.result.duration_s = round(transcript.duration, 3)
         job.result.language = transcript.language
+        job.result.language_probability = transcript.language_probability
         if not transcript.segments:
             job.result.note = "no speech detected"
+        elif (transcript.language_probability or 1.0) < _UNSURE_LANGUAGE:
+            job.result.note = (
+                f"language detection unsure ({transcript.language}, probability "
+                f"{transcript.language_probability:.2f}): pass --language if it is wrong"
+            )
         if not opts.diarize:
             run.write_transcript(job)
 
@@ -139,6 +149,7 @@ def _whisper_stage(run: Run) -> Stage:
         upstream=None,
         item=lambda job: {"audio": str(job.path), "language": opts.language},
         accept=accept,
+        streams=True,
     )
 
 
@@ -185,7 +196,13 @@ def _summarize_stage(run: Run) -> Stage:
 
     def accept(job: Job, output: Any) -> None:
         _write_summary(run, job, str(output["summary"]).strip(), params)
-        job.result.summary = {"status": "ok", "reason": None}
+        facts = output.get("facts") or {}
+        job.result.summary = {
+            "status": "ok",
+            "reason": None,
+            "items": facts.get("items"),
+            "unsupported": facts.get("unsupported"),
+        }
         with_summary = [name for name in run.formats if name in ("html", "docx")]
         if with_summary and job.written:
             run.write_transcript(job, with_summary)
@@ -203,7 +220,7 @@ def _summarize_stage(run: Run) -> Stage:
 
 
 def _write_summary(run: Run, job: Job, text: str, params: dict[str, Any]) -> None:
-    llm = params["model"] or "the bundled gemma-3 270M base model (a smoke model)"
+    llm = params["model"] or "SmolLM2-135M-Instruct (the packaged default)"
     body = text or "_The model returned an empty summary._"
     path = run.out_dir / f"{job.result.stem}.summary.md"
     write_atomic(path, [f"# Summary of {job.path.name}\n\n{body}\n\n---\n_Written by {llm}._\n"])

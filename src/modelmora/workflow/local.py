@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from modelmora.errors import WorkerCrashed
 from modelmora.runtime.worker import Worker
@@ -55,17 +56,41 @@ class LocalRunner(StageRunner):
         """Run one file; return the worker, or None when it died and was stopped."""
         started = time.perf_counter()
         try:
-            (output,) = worker.call([book.stage.item(job)], timeout=self.options.file_timeout)
+            output = self._call(book, worker, job)
         except Exception as exc:
+            book.file_ended()
             _note_memory(worker, book)
             book.failed(job, failure_reason(exc, job.path))
             if not worker.alive:  # crashed, hung or over budget: it was killed
                 _stop(worker, book)
                 return None
             return worker
+        book.file_ended()
         _note_memory(worker, book)
         book.done(job, output, time.perf_counter() - started)
         return worker
+
+    def _call(self, book: StageBook, worker: Worker, job: Job) -> Any:
+        """One file through the worker; a streaming stage's progress moves the bar inside it."""
+        timeout = self.options.file_timeout
+        if not book.stage.streams:
+            (whole,) = worker.call([book.stage.item(job)], timeout=timeout)
+            return whole
+        output: Any = None
+        stream = worker.stream(book.stage.item(job), timeout=timeout)
+        try:
+            for value in stream:
+                if isinstance(value, dict) and "progress_s" in value:
+                    book.progress_within(value["progress_s"], value["duration_s"])
+                else:
+                    output = value
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # Ctrl-C: kill first, or closing the stream
+                worker.kill()  # would ask the child to cancel and wait for the file in flight
+            raise
+        finally:
+            stream.close()
+        return output
 
     def _start(self, book: StageBook) -> Worker:
         stage = book.stage

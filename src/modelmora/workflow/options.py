@@ -7,8 +7,10 @@ them; flags given on the command line override it::
     # modelmora.yaml
     output_dir: transcripts
     formats: [srt, json]
-    model: small
+    model: base
     language: en
+    initial_prompt: "Attendees: Siobhan, Aoife. Project Kestrel."
+    hotwords: Kestrel
     diarize: true
     max_speakers: 4
     summarize: true
@@ -53,20 +55,26 @@ class TranscribeOptions:
     Attributes:
         output_dir: where outputs, the report, the log and the resume state go.
         formats: output formats: ``all`` or some of ``txt srt vtt json tsv rttm``.
-        model: a Whisper size name (``small``; downloaded by faster-whisper) or a local
-            CTranslate2 folder; None for the bundled tiny.en (offline).
-        language: a language code, or None to detect it per file.
+        model: a Whisper size name (``base``, ``tiny.en``: the packaged copy when installed,
+            else downloaded by faster-whisper; ``small``, ``large-v3``...) or a local
+            CTranslate2 folder; None for the default (``base``, packaged: offline).
+        language: a language code, or None to detect it per file (the report gives the
+            language found and its probability).
         device: ``auto``, ``cpu`` or ``cuda`` (Whisper and the speaker encoder).
         compute_type: CTranslate2 compute type (``default``, ``int8``, ``float16``...).
         beam_size: Whisper's beam width.
+        batch_size: 1 decodes each file sequentially; more decodes that many 30 s chunks at
+            once (faster-whisper's batched pipeline: faster on a GPU).
+        initial_prompt: text Whisper sees as said before the audio (names, spellings, topic).
+        hotwords: words Whisper is nudged towards throughout (names, jargon).
         vad_filter: skip non-speech with Silero VAD before Whisper.
         diarize: label speakers (Resemblyzer embeddings + clustering).
         num_speakers: the exact speaker count, or None to find it.
         min_speakers: the fewest speakers to consider when counting.
         max_speakers: the most speakers to consider when counting.
         summarize: write ``<stem>.summary.md`` with an LLM summary.
-        llm: a GGUF file, an ``http(s)://`` OpenAI-compatible server URL, or None for the
-            bundled gemma-3 270M (a smoke model: it proves the plumbing, it summarizes poorly).
+        llm: a GGUF file, an ``http(s)://`` OpenAI-compatible server URL, a packaged name
+            (``smollm2``, ``gemma3-270m``), or None for the packaged SmolLM2-135M-Instruct.
         llm_remote_model: the model name sent to a server (Ollama needs a real one).
         llm_n_ctx: the LLM's context in tokens (long transcripts are chunked to fit).
         llm_max_tokens: the longest summary (per chunk), in tokens.
@@ -92,6 +100,9 @@ class TranscribeOptions:
     device: str = "auto"
     compute_type: str = "default"
     beam_size: int = 5
+    batch_size: int = 1
+    initial_prompt: str | None = None
+    hotwords: str | None = None
     vad_filter: bool = True
     diarize: bool = False
     num_speakers: int | None = None
@@ -131,8 +142,9 @@ class TranscribeOptions:
         parse_formats(self.formats)
         self.render_options()
         check_device(self.device)
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        for name in ("beam_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("num_speakers", "min_speakers", "max_speakers"):
             value = getattr(self, name)
             if value is not None and value < 1:

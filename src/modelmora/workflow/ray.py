@@ -170,7 +170,7 @@ def _request(opts: TranscribeOptions, stage: Stage, cluster_gpus: float) -> _Req
     known = _footprints().get(stage.spec.label())
     footprint = known["peak_rss_mb"] if known else DEFAULT_FOOTPRINT_MB
     on_gpu = opts.device == "cuda" or (opts.device == "auto" and cluster_gpus > 0)
-    uses_gpu = on_gpu and stage.name in ("transcribe", "diarize")
+    uses_gpu = on_gpu and stage.spec.capabilities().takes_device
     return _Request(
         cpus=float(opts.threads or 1),
         gpus=1.0 if uses_gpu else 0.0,

@@ -67,9 +67,12 @@ class FileResult:
         error: the one-line reason when failed.
         stages: per stage: ``status`` (done, cached, failed, skipped) and ``wall_s``.
         outputs: the files written for it.
-        summary: ``status`` (ok, cached, failed, skipped, disabled) and ``reason`` if missing.
+        summary: ``status`` (ok, cached, failed, skipped, disabled), ``reason`` if missing,
+            and once written ``items`` (kept) and ``unsupported`` (items left out because
+            they named facts the transcript does not contain).
         duration_s: the audio's duration, once transcribed.
         language: the language Whisper used.
+        language_probability: how sure its detection was (None when the language was given).
         speakers: speaker labels found, once diarized.
         note: something worth knowing that is not an error (e.g. no speech detected).
     """
@@ -83,6 +86,7 @@ class FileResult:
     summary: dict[str, Any] = field(default_factory=lambda: {"status": "disabled"})
     duration_s: float | None = None
     language: str | None = None
+    language_probability: float | None = None
     speakers: list[str] = field(default_factory=list)
     note: str | None = None
 

@@ -79,6 +79,8 @@ class Stage:
         item: the worker input for a job.
         accept: takes the worker output into the job (and writes what is then final).
         fatal: a failure fails the file (False: only the summary is missing).
+        streams: the worker streams progress records (``{"progress_s", "duration_s"}``)
+            before the output, so the progress bar moves inside a long file.
         wants: whether a job needs this stage at all.
     """
 
@@ -89,6 +91,7 @@ class Stage:
     item: Callable[[Job], dict[str, Any]]
     accept: Callable[[Job, Any], None]
     fatal: bool = True
+    streams: bool = False
     wants: Callable[[Job], bool] = _ok
 
 
@@ -223,6 +226,7 @@ class StageBook:
     stage: Stage
     stats: StageStats
     task: Any = None  # the stage's progress bar task
+    _file_base: float | None = field(default=None, init=False, repr=False)  # bar before the file
 
     def cached(self, job: Job, saved: dict[str, Any]) -> None:
         """The job's result of this stage was saved by an earlier run."""
@@ -279,6 +283,25 @@ class StageBook:
     def _advance(self) -> None:
         if self.run.progress is not None and self.task is not None:
             self.run.progress.advance(self.task)
+
+    def progress_within(self, done_s: float, total_s: float) -> None:
+        """How far the file in flight is (seconds of audio done out of ``total_s``)."""
+        progress, task = self.run.progress, self.task
+        if progress is None or task is None or total_s <= 0:
+            return
+        if self._file_base is None:
+            self._file_base = next(t.completed for t in progress.tasks if t.id == task)
+        fraction = min(done_s / total_s, 1.0)
+        text = f"{self.stage.name} {done_s:.0f}/{total_s:.0f}s"
+        progress.update(task, completed=self._file_base + fraction, description=text)
+
+    def file_ended(self) -> None:
+        """The file in flight ended: the bar goes back to whole files (then advances)."""
+        if self._file_base is not None and self.run.progress is not None:
+            self.run.progress.update(
+                self.task, completed=self._file_base, description=self.stage.name
+            )
+        self._file_base = None
 
 
 class StageRunner(abc.ABC):

@@ -6,10 +6,11 @@ with ``{"embedding": [...]}``. LitServe spawns its inference worker, so the API 
 module level (it is pickled) and carries the model folder as an attribute.
 """
 
-import argparse
 from typing import Any
 
 import litserve as ls
+
+from modelmora.bench.peers import server_arguments
 
 
 class EmbeddingAPI(ls.LitAPI):
@@ -35,12 +36,7 @@ class EmbeddingAPI(ls.LitAPI):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-timeout-ms", type=float, default=5.0)
-    args = parser.parse_args()
+    args = server_arguments(__doc__)
     api = EmbeddingAPI(args.model, args.max_batch_size, args.batch_timeout_ms / 1000)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
     server.run(port=args.port, host="127.0.0.1", generate_client_file=False)

@@ -7,19 +7,15 @@ Usage: ``python -m modelmora.bench.peers.rayserve_app --port P --model DIR
 
 from __future__ import annotations
 
-import argparse
 import signal
 import threading
 from typing import Any
 
+from modelmora.bench.peers import server_arguments
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-timeout-ms", type=float, default=5.0)
-    args = parser.parse_args()
+    args = server_arguments(__doc__)
 
     import ray
     from ray import serve

@@ -6,6 +6,8 @@ Routes (OpenAPI at ``/docs``)::
     GET  /v1/models/{name}               POST /v1/audio/transcriptions   (multipart)
                                          POST /v1/chat/completions       (stream=true: SSE)
     GET  /api/v1/models                  POST /api/v1/models/{name}/load | unload | predict
+    POST /api/v1/models (register)       GET|PATCH|DELETE /api/v1/models/{name}
+                                         POST /v1/rerank
                                                                          (stream=true: SSE)
     GET  /api/v1/status                  POST /api/v1/jobs   GET|DELETE /api/v1/jobs/{id}
                                          GET  /api/v1/jobs/{id}/result
@@ -42,10 +44,13 @@ from starlette.exceptions import HTTPException
 
 from modelmora.serving.config import ServerConfig
 from modelmora.serving.http.errors import ApiError, add_error_handlers
+from modelmora.serving.http.manage import add_registry_routes
+from modelmora.serving.http.rerank import add_rerank_routes
 from modelmora.serving.http.routes import add_job_routes, add_native_routes, add_openai_routes
 from modelmora.serving.http.state import AppState
 from modelmora.serving.jobs import JobRunner, JobStore
 from modelmora.serving.metrics import Metrics
+from modelmora.serving.registry import RuntimeRegistry
 from modelmora.serving.scheduler.core import Scheduler
 
 __all__ = ["ApiError", "create_app", "serve"]
@@ -188,9 +193,15 @@ def create_app(config: ServerConfig, *, metrics: Metrics | None = None) -> FastA
     jobs_db = Path(config.jobs_db or Path(config.cache_dir) / "jobs.sqlite")
     uploads = jobs_db.parent / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
+    registry = RuntimeRegistry(
+        config.registry_file or Path(config.cache_dir) / "registry.yaml",
+        {m.name for m in config.models},
+    )
+    config = registry.apply(config)  # the models registered, changed, removed through the API
     scheduler = Scheduler(config, metrics=metrics)
     store = JobStore(jobs_db)
-    state = AppState(config, metrics, scheduler, store, JobRunner(store, scheduler), uploads)
+    runner = JobRunner(store, scheduler)
+    state = AppState(config, metrics, scheduler, store, runner, uploads, registry=registry)
     app = FastAPI(
         title="ModelMora",
         summary="Models in isolated worker processes under a memory budget.",
@@ -200,7 +211,9 @@ def create_app(config: ServerConfig, *, metrics: Metrics | None = None) -> FastA
     app.add_middleware(_Guard, api_key=config.api_key, max_bytes=max_bytes, metrics=metrics)
     add_error_handlers(app)
     add_openai_routes(app)
+    add_rerank_routes(app)
     add_native_routes(app)
+    add_registry_routes(app)
     add_job_routes(app)
     return app
 

@@ -16,11 +16,13 @@ from modelmora.units import check_model_name
 __all__ = [
     "ChatMessage",
     "ChatRequest",
+    "EmbeddingInput",
     "EmbeddingRequest",
     "JobRequest",
     "ModelName",
     "PredictRequest",
     "Priority",
+    "RerankRequest",
     "check_name",
 ]
 
@@ -35,11 +37,28 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class EmbeddingInput(BaseModel):
+    """One input of ``/v1/embeddings`` as an object (Jina's shape): a text or an image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    image: str | None = Field(default=None, description="base64 or a data:image/...;base64 URL")
+
+    def item(self) -> str | dict[str, str]:
+        """What the worker gets: the text itself, or ``{"image": ...}``."""
+        if (self.text is None) == (self.image is None):
+            raise ValueError("an input object has exactly one of 'text' and 'image'")
+        return self.text if self.text is not None else {"image": str(self.image)}
+
+
 class EmbeddingRequest(_Body):
     """``POST /v1/embeddings``."""
 
     model: ModelName
-    input: str | list[str] = Field(description="a text or a list of texts")
+    input: str | list[str | EmbeddingInput] = Field(
+        description="a text, or a list of texts and {'text'} / {'image'} objects"
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
@@ -75,6 +94,26 @@ class PredictRequest(_Body):
         default=False,
         description="answer server-sent events, one {'output': chunk} per chunk, then [DONE]",
     )
+
+
+class RerankDocument(BaseModel):
+    """A document given as an object (Cohere's and Jina's shape)."""
+
+    text: str
+
+
+class RerankRequest(_Body):
+    """``POST /v1/rerank`` (the Cohere / Jina / TEI shape)."""
+
+    model: ModelName
+    query: str = Field(min_length=1)
+    documents: list[str | RerankDocument] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+
+    def texts(self) -> list[str]:
+        """The documents' texts, in order."""
+        return [d if isinstance(d, str) else d.text for d in self.documents]
 
 
 class JobRequest(_Body):

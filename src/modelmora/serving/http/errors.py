@@ -9,6 +9,7 @@ own errors (validation, 404, 405, 413) answer in the same shape.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from typing import Any
 
@@ -70,6 +71,10 @@ class ApiError(Exception):
         return JSONResponse({"error": self.body()}, status_code=self.status, headers=self.headers)
 
 
+# before Python 3.11, asyncio's and concurrent.futures' TimeoutError are not the builtin one
+_TIMEOUTS = (WorkerTimeout, TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
+
+
 def _retry_after(exc: Exception) -> dict[str, str]:
     seconds = getattr(exc, "retry_after_s", None) or 1.0
     return {"Retry-After": str(max(1, round(float(seconds))))}
@@ -103,7 +108,7 @@ def map_exception(exc: BaseException) -> ApiError:
         return ApiError(507, msg, "server_error", "memory_budget_exceeded")
     if isinstance(exc, ModelLoadError):
         return ApiError(503, msg, "server_error", "model_load_failed", headers=_retry_after(exc))
-    if isinstance(exc, WorkerTimeout | TimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, _TIMEOUTS):
         return ApiError(504, msg or "the request timed out", "server_error", "timeout")
     if isinstance(exc, MemoryLimitExceeded):
         return ApiError(502, msg, "server_error", "worker_memory_limit")

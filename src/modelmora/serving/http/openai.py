@@ -25,6 +25,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from modelmora.errors import InvalidInput
+from modelmora.models.llm import estimate_tokens
 from modelmora.serving.config import ModelConfig
 from modelmora.speech.formats import render
 from modelmora.speech.transcript import Transcript
@@ -65,12 +66,6 @@ def model_list(models: Iterable[ModelConfig]) -> dict[str, Any]:
     return {"object": "list", "data": [model_entry(m) for m in models]}
 
 
-def _approx_tokens(text: str) -> int:
-    # The parent never loads a tokenizer (no ML framework here): words and punctuation marks
-    # are close to what sub-word tokenizers count for English.
-    return len(re.findall(r"\w+|[^\w\s]", text))
-
-
 def embeddings(
     model: str, texts: list[str], vectors: list[list[float]], encoding: str
 ) -> dict[str, Any]:
@@ -78,7 +73,7 @@ def embeddings(
 
     Args:
         model: the model name.
-        texts: the inputs (for the usage count).
+        texts: the text inputs (for the usage count; images are not counted).
         vectors: one vector per input.
         encoding: ``float`` (lists of numbers) or ``base64`` (little-endian float32 bytes).
     """
@@ -88,7 +83,7 @@ def embeddings(
         if encoding == "base64":
             value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
         data.append({"object": "embedding", "index": index, "embedding": value})
-    tokens = sum(_approx_tokens(t) for t in texts)
+    tokens = sum(estimate_tokens(t) for t in texts)
     return {
         "object": "list",
         "data": data,

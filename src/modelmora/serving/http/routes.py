@@ -25,6 +25,7 @@ import pydantic_core
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+import modelmora.serving.http.diarized as diarized
 import modelmora.serving.http.openai as fmt
 from modelmora.serving.http.bodies import ChatRequest, EmbeddingRequest, JobRequest, PredictRequest
 from modelmora.serving.http.errors import ApiError, map_exception, starting_error
@@ -105,13 +106,18 @@ def add_openai_routes(app: FastAPI) -> None:
     @app.post("/v1/embeddings", tags=["openai"], response_class=FastJSONResponse)
     async def embeddings(request: Request, body: EmbeddingRequest) -> FastJSONResponse:
         state = _state(request)
-        state.adapter(body.model, ("embedding",))
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts:
+        state.adapter(body.model, "/v1/embeddings")
+        given = [body.input] if isinstance(body.input, str) else body.input
+        if not given:
             raise ApiError(400, "input must not be an empty list", param="input")
         if body.dimensions is not None:
             raise ApiError(400, "dimensions is not supported by this server", param="dimensions")
-        vectors = await state.run(body.model, texts)
+        try:
+            items = [v if isinstance(v, str) else v.item() for v in given]
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="input") from None
+        vectors = await state.run(body.model, items)
+        texts = [v for v in items if isinstance(v, str)]
         return FastJSONResponse(fmt.embeddings(body.model, texts, vectors, body.encoding_format))
 
     @app.post("/v1/audio/transcriptions", tags=["openai"], response_model=None)
@@ -124,16 +130,28 @@ def add_openai_routes(app: FastAPI) -> None:
         response_format: Annotated[str, Form()] = "json",
         granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
         temperature: Annotated[float, Form(ge=0, le=1)] = 0.0,
+        speaker_names: Annotated[list[str] | None, Form(alias="known_speaker_names[]")] = None,
+        speaker_refs: Annotated[list[str] | None, Form(alias="known_speaker_references[]")] = None,
+        chunking_strategy: Annotated[str | None, Form()] = None,  # accepted; not needed here
     ) -> Response:
         state = _state(request)
-        state.adapter(model, ("whisper",))
-        fmt.check_transcription_options(response_format, granularities or [], language)
+        state.adapter(model, "/v1/audio/transcriptions")
+        diarize = response_format == diarized.DIARIZED
+        fmt.check_transcription_options(
+            "json" if diarize else response_format, granularities or [], language
+        )
+        diarizer = _diarizer_of(state, model) if diarize else None
+        known = diarized.known_speakers(speaker_names or [], speaker_refs or [])
         path = await _save_upload(file, state.uploads)
         try:
             item = {"audio": str(path), "language": language}
             if prompt:  # OpenAI's prompt is Whisper's initial prompt
                 item["initial_prompt"] = prompt
             (result,) = await state.run(model, [item])
+            if diarizer is not None:
+                labelled = diarized.diarizer_input(str(path), result, known)
+                (speakers,) = await state.run(diarizer, [labelled])
+                return JSONResponse(diarized.diarized_json(result, speakers, known))
         finally:
             path.unlink(missing_ok=True)
         return fmt.transcription(result, response_format, granularities or ["segment"], temperature)
@@ -141,7 +159,7 @@ def add_openai_routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None, responses=_SSE)
     async def chat(request: Request, body: ChatRequest) -> Response:
         state = _state(request)
-        state.adapter(body.model, ("llm",))
+        state.adapter(body.model, "/v1/chat/completions")
         item = {
             "task": "chat",
             "messages": [fmt.flatten_message(m.role, m.content) for m in body.messages],
@@ -155,6 +173,20 @@ def add_openai_routes(app: FastAPI) -> None:
             return await _event_stream(state.stream(body.model, item), events)
         (result,) = await state.run(body.model, [item])
         return JSONResponse(fmt.chat_completion(body.model, result))
+
+
+def _diarizer_of(state: AppState, model: str) -> str:
+    """The diarizer model configured for transcription model ``model`` (400 if none)."""
+    name = state.config.model(model).diarizer
+    if name is None:
+        raise ApiError(
+            400,
+            f"model {model!r} has no diarizer: add 'diarizer: NAME' (a model with adapter "
+            "diarizer) to its config entry to use response_format=diarized_json",
+            param="response_format",
+        )
+    state.adapter(name)
+    return name
 
 
 async def _save_upload(upload: UploadFile, folder: Path) -> Path:
@@ -186,7 +218,9 @@ def add_native_routes(app: FastAPI) -> None:
 
     @app.get("/api/v1/models", tags=["native"])
     async def models(request: Request) -> dict[str, Any]:
-        return {"models": await blocking(request, _state(request).scheduler.models)}
+        state = _state(request)
+        entries = await blocking(request, state.scheduler.models)
+        return {"models": [{**e, "origin": state.origin(e["name"])} for e in entries]}
 
     @app.post("/api/v1/models/{name}/load", tags=["native"])
     async def load(request: Request, name: str) -> dict[str, Any]:
@@ -220,7 +254,14 @@ def add_native_routes(app: FastAPI) -> None:
         state = _state(request)
         data = dict(await blocking(request, state.scheduler.status))
         data["jobs"] = await asyncio.to_thread(state.store.counts)
+        if state.registry is not None:
+            data["runtime_changes"] = state.registry.changes()
         return data
+
+    @app.get("/api/v1/releases", tags=["native"])
+    async def releases(request: Request) -> dict[str, Any]:
+        """The most recent worker exits (up to 100): model, reason, and what was released."""
+        return {"releases": await blocking(request, _state(request).scheduler.releases)}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
@@ -230,6 +271,16 @@ def add_native_routes(app: FastAPI) -> None:
     @app.get("/health/live", tags=["ops"])
     async def live() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/health/models", tags=["ops"])
+    async def health_models(request: Request) -> dict[str, Any]:
+        """Each model's state and health: unhealthy ones get no traffic until ``retry_after_s``."""
+        entries = await blocking(request, _state(request).scheduler.models)
+        keys = ("name", "state", "error", "retry_after_s", "load_failures", "last_used")
+        models = [
+            {k: e.get(k) for k in keys} | {"healthy": e["state"] != "unhealthy"} for e in entries
+        ]
+        return {"models": models}
 
     @app.get("/health/ready", tags=["ops"])
     async def ready(request: Request) -> Response:

@@ -22,9 +22,18 @@ from modelmora.serving.http.bodies import check_name
 from modelmora.serving.http.errors import ApiError, map_exception, starting_error
 from modelmora.serving.jobs import JobRunner, JobStore
 from modelmora.serving.metrics import Metrics
+from modelmora.serving.registry import RuntimeRegistry
 from modelmora.serving.scheduler.core import Scheduler
 
-__all__ = ["AppState"]
+__all__ = ["ROUTE_TASKS", "AppState"]
+
+#: The task each task-specific route serves (what a refusal tells the client).
+ROUTE_TASKS = {
+    "/v1/embeddings": "embedding",
+    "/v1/audio/transcriptions": "transcription",
+    "/v1/chat/completions": "chat",
+    "/v1/rerank": "rerank",
+}
 
 
 @dataclass
@@ -39,26 +48,46 @@ class AppState:
     uploads: Path
     started: threading.Event = field(default_factory=threading.Event)
     start_error: BaseException | None = None
+    #: the run-time changes of the registry (``None``: changes are not kept)
+    registry: RuntimeRegistry | None = None
+    #: held while the registry changes (one change at a time)
+    changing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def adapter(self, name: str, allowed: tuple[str, ...] = ()) -> str:
-        """The adapter kind of model ``name``, checked against the kinds a route serves."""
+    def origin(self, name: str) -> str:
+        """Where model ``name`` comes from: ``config``, ``runtime`` or ``config+runtime``."""
+        return self.registry.origin(name) if self.registry is not None else "config"
+
+    def adapter(self, name: str, route: str = "") -> str:
+        """The adapter kind of model ``name``, checked against the routes its adapter answers.
+
+        Args:
+            name: the model.
+            route: the route asking (``/v1/embeddings``...); ``""``: any model will do.
+
+        Raises:
+            ApiError: 404 for an unknown model; 400 naming the model's task when its adapter
+                does not declare ``route``.
+        """
         check_name(name)
         try:
-            kind = str(self.config.model(name).adapter)
+            cfg = self.config.model(name)
         except KeyError:
             names = ", ".join(m.name for m in self.config.models) or "none"
             raise ApiError(
                 404, f"model {name!r} does not exist (served: {names})", code="model_not_found"
             ) from None
-        if allowed and kind not in allowed:
+        caps = cfg.capabilities
+        if route and route not in caps.routes:
+            answers = ", ".join(caps.routes) or "none but predict"
             raise ApiError(
                 400,
-                f"model {name!r} is a {kind} model; this route serves "
-                f"{' or '.join(allowed)} models",
+                f"model {name!r} is a {caps.task} model (adapter {cfg.adapter}): {route} serves "
+                f"{ROUTE_TASKS.get(route, 'other')} models. Routes it answers: {answers} "
+                f"(and POST /api/v1/models/{name}/predict)",
                 code="wrong_model_kind",
                 param="model",
             )
-        return kind
+        return cfg.adapter
 
     async def run(self, model: str, items: list[Any], priority: str = "normal") -> list[Any]:
         """Submit each item, await them all (within ``request_timeout_s``); outputs in order."""

@@ -54,12 +54,13 @@ from typing import Any
 
 from modelmora.errors import MemoryBudgetExceeded, WorkerStopped
 from modelmora.runtime.memory import ReleaseReport
-from modelmora.serving.config import PRIORITIES, RANK, ServerConfig
+from modelmora.runtime.spares import SparePool
+from modelmora.serving.config import PRIORITIES, RANK, ModelConfig, ServerConfig
 from modelmora.serving.metrics import Metrics
 from modelmora.serving.scheduler.dispatch import Dispatcher, Janitor
 from modelmora.serving.scheduler.errors import ModelUnhealthy, QueueFull, UnknownModel
 from modelmora.serving.scheduler.pool import WorkerPool
-from modelmora.serving.scheduler.residency import Request, Residency
+from modelmora.serving.scheduler.residency import ModelState, Request, Residency, initial_footprint
 
 __all__ = [
     "MemoryBudgetExceeded",
@@ -86,7 +87,8 @@ class Scheduler:
         self.config = config
         self.metrics = metrics
         self._cond = threading.Condition()
-        self._books = Residency(config, metrics)
+        self._spares = SparePool(config.keep_spares, fits=self._spare_fits)
+        self._books = Residency(config, metrics, self._spares)
         self._pool = WorkerPool(self._books, self._cond)
         self._dispatcher = Dispatcher(self._books, self._pool, self._cond)
         self._janitor = Janitor(self._books, self._pool, self._cond)
@@ -152,6 +154,7 @@ class Scheduler:
                 fut.result(max(deadline - time.monotonic(), 1.0))
             except Exception as exc:  # a stop that fails must not stop the others
                 logger.error("a worker did not stop cleanly: %s", exc)
+        self._spares.close()
         with self._cond:
             books.closed = True
             self._cond.notify_all()
@@ -270,26 +273,105 @@ class Scheduler:
             replicas = list(m.replicas)
             for rep in replicas:
                 self._pool.stop(m, rep, "unload")
-        if not replicas:
-            return ReleaseReport(released=True, release_s=0.0, stage="not loaded").to_dict()
-        reports = [rep.stopped.result(timeout) for rep in replicas]
-        merged = reports[0].to_dict()
-        merged["released"] = all(r.released for r in reports)
-        merged["release_s"] = max(r.release_s for r in reports)
-        merged["pids"] = sorted({p for r in reports for p in r.pids})
-        merged["remaining_pids"] = sorted({p for r in reports for p in r.remaining_pids})
-        return merged
+        return _merged_release([rep.stopped.result(timeout) for rep in replicas])
 
     def models(self) -> list[dict[str, Any]]:
         """Every configured model: state, footprint (and its source), measured memory, use."""
         with self._cond:
             now = time.monotonic()
-            return [m.info(now) for m in self._books.models.values()]
+            return [m.info(now) for m in self._books.models.values() if not m.removed]
+
+    # --- the registry at run time -----------------------------------------------------------
+
+    def add_model(self, cfg: ModelConfig) -> dict[str, Any]:
+        """Register a model while running (loaded when first needed, or now if pinned).
+
+        Raises:
+            ValueError: a model of that name exists (or is still being removed).
+        """
+        footprint = initial_footprint(cfg, self._books.footprints)  # file I/O: not under the lock
+        with self._cond:
+            if cfg.name in self._books.models:
+                raise ValueError(f"model {cfg.name!r} already exists: PATCH it to change it")
+            m = self._books.models[cfg.name] = ModelState(cfg, footprint)
+            self._cond.notify_all()
+            logger.info("model %s registered (adapter %s)", cfg.name, cfg.adapter)
+            return m.info(time.monotonic())
+
+    def update_model(self, cfg: ModelConfig) -> dict[str, Any]:
+        """Replace model ``cfg.name``'s config; a resident worker is replaced, dropping nothing.
+
+        The old workers keep serving (marked retiring) until a worker of the new config is
+        loaded, when that fits beside them in the budget; otherwise they stop after their
+        batch in flight and the queued requests wait for the new worker. A new config that
+        fails to load leaves the model unhealthy, with the load error reported.
+
+        Raises:
+            UnknownModel: no model has that name.
+        """
+        footprint = initial_footprint(cfg, self._books.footprints)
+        with self._cond:
+            m = self._books.get(cfg.name)
+            m.cfg, m.spec = cfg, cfg.to_spec()
+            m.footprint_mb, m.vram_footprint_mb, m.footprint_source = footprint
+            m.unhealthy_until = m.backoff_until = 0.0
+            m.error = None
+            old = [r for r in m.replicas if r.state != "stopping"]
+            for rep in old:
+                rep.retiring = True
+            live = any(r.state in ("ready", "busy") for r in old)
+            if live and self._books.can_add(m) and not self._books.closing:
+                self._pool.load(m, m.footprint_mb, m.vram_footprint_mb, [])  # then old ones stop
+            else:
+                for rep in old:
+                    self._pool.stop(m, rep, "replaced")
+            self._cond.notify_all()
+            logger.info("model %s updated: %d worker(s) to replace", cfg.name, len(old))
+            return m.info(time.monotonic())
+
+    def remove_model(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        """Unregister ``name``: queued requests fail, workers stop after their batch in flight.
+
+        Returns:
+            The release report of its workers (as :meth:`unload`).
+
+        Raises:
+            UnknownModel: no model has that name.
+        """
+        with self._cond:
+            m = self._books.get(name)
+            m.removed = True
+            gone = WorkerStopped(f"model {name!r} was removed")
+            self._books.fail_queued(m, gone)
+            for fut in m.load_waiters:
+                fut.set_exception(gone)
+            m.load_waiters.clear()
+            replicas = list(m.replicas)
+            for rep in replicas:
+                self._pool.stop(m, rep, "removed")
+        try:
+            return _merged_release([rep.stopped.result(timeout) for rep in replicas])
+        finally:
+            with self._cond:
+                if not m.replicas:
+                    del self._books.models[name]
+                self._cond.notify_all()
+            logger.info("model %s removed", name)
 
     def status(self) -> dict[str, Any]:
-        """Budget, memory in use, resident models and queue depths."""
+        """Budget, memory in use (spares included), resident models, queues and spares."""
+        spares = self._spares.info()  # outside the lock: it reads the spares' /proc
         with self._cond:
-            return self._books.status()
+            return {**self._books.status(), "spares": spares}
+
+    @property
+    def spares(self) -> SparePool:
+        """The spare workers (framework imported, no model) kept for warm reloads."""
+        return self._spares
+
+    def _spare_fits(self, mb: float) -> bool:
+        with self._cond:
+            return self._books.spare_fits()
 
     def is_ready(self) -> bool:
         """True when the scheduler runs and every pinned model is resident."""
@@ -306,3 +388,15 @@ class Scheduler:
         """
         with self._cond:
             return list(self._books.releases)
+
+
+def _merged_release(reports: list[ReleaseReport]) -> dict[str, Any]:
+    """One release report for all the workers of a model (``not loaded`` for none)."""
+    if not reports:
+        return ReleaseReport(released=True, release_s=0.0, stage="not loaded").to_dict()
+    merged = reports[0].to_dict()
+    merged["released"] = all(r.released for r in reports)
+    merged["release_s"] = max(r.release_s for r in reports)
+    merged["pids"] = sorted({p for r in reports for p in r.pids})
+    merged["remaining_pids"] = sorted({p for r in reports for p in r.remaining_pids})
+    return merged

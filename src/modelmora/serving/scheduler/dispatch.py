@@ -14,9 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
+from typing import Any
 
 from modelmora.errors import MemoryBudgetExceeded
 from modelmora.runtime.memory import tree_rss_mb
+from modelmora.runtime.worker import spare_key
 from modelmora.serving.config import PRIORITIES, RANK
 from modelmora.serving.scheduler.pool import WorkerPool
 from modelmora.serving.scheduler.residency import (
@@ -75,7 +78,10 @@ class Dispatcher:
                 if rep is None or not self.batch_due(m, now, wakes):
                     break
                 self.start_batch(m, rep)
-            if not m.needs_replica() or m.unhealthy_until > now or books.closed:
+            if not m.needs_replica() or books.closed:
+                continue
+            if m.unhealthy_until > now:  # a pinned model is retried when its backoff ends
+                wakes.append(m.unhealthy_until - now)
                 continue
             if books.closing and not m.queued():
                 continue
@@ -130,7 +136,12 @@ class Dispatcher:
         vram = m.vram_footprint_mb if books.vram_budget_mb is not None else 0.0
         # workers already stopping count as free: the load waits for their exit
         stopping = [r for r in books.replicas() if r.state == "stopping"]
-        short_ram, short_vram = books.shortfall(ram, vram)
+        key = spare_key(m.spec.kind, m.cfg.threads)
+        short_ram, short_vram = books.shortfall(ram, vram, key)
+        shed: list[Future[Any]] = []
+        if short_ram > 0 and books.spares.reserved_mb() > books.spares.peek_mb(key):
+            shed = list(books.spares.shed(short_ram, keep_key=key))  # spares before models
+            short_ram, short_vram = books.shortfall(ram, vram, key)
         victims: list[tuple[ModelState, Replica]] = []
         if short_ram > 0 or short_vram > 0:
             found = pick_victims(list(books.models.values()), m, short_ram, short_vram)
@@ -146,7 +157,7 @@ class Dispatcher:
             victims = found
         for vm, rep in victims:
             self.pool.evict(vm, rep, f"to make room for {m.cfg.name}")
-        after = [r.stopped for r in stopping] + [rep.stopped for _, rep in victims]
+        after = [r.stopped for r in stopping] + [rep.stopped for _, rep in victims] + shed
         self.pool.load(m, ram, vram, after)
         return True
 
@@ -199,6 +210,11 @@ class Janitor:
             if metrics:  # outside the lock: psutil walks /proc for the process trees
                 for name, pids, vram in live:
                     metrics.set_memory(name, sum(tree_rss_mb(p) for p in pids), vram)
+                spares = self.books.spares.spares()
+                counts = dict.fromkeys(self.books.spares.keep, 0)
+                for spare in spares:
+                    counts[spare.spec.kind] = counts.get(spare.spec.kind, 0) + 1
+                metrics.set_spares(counts, sum(w.rss_mb() for w in spares))
 
     def stop(self) -> None:
         """End :meth:`run` at its next tick."""
@@ -220,4 +236,5 @@ class Janitor:
                 pids = [r.worker.pid for r in live if r.worker.pid]
                 live_pids.append((m.cfg.name, pids, m.vram_mb))
         self.books.gauge_resident()
+        self.books.ensure_spares()  # replaces spares that died, and those that fit again
         return live_pids

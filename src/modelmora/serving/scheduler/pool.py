@@ -3,7 +3,9 @@
 :class:`WorkerPool` runs four tasks in its thread pool; each ends with its bookkeeping in the
 :class:`~modelmora.serving.scheduler.residency.Residency`::
 
-    load task   ─▶ Worker.start()  ─▶ ready: footprint measured, waiters woken, budget enforced
+    load task   ─▶ Worker.start(spare=a spare of its kind, if one is ready or being prepared)
+                                   ─▶ ready: footprint measured, waiters woken, budget enforced,
+                                             the next spare prepared if it fits
                                    └▶ failed: model unhealthy for a cooldown, its queue failed
     batch task  ─▶ Worker.call(batch), or Worker.stream for a streamed request
                                    ─▶ done: recycled (max_tasks, RSS growth), or idle others
@@ -20,12 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from modelmora.errors import WorkerError, WorkerLost, WorkerStopped
+from modelmora.errors import ModelLoadError, WorkerError, WorkerLost, WorkerStopped
+from modelmora.models import ModelSpec
+from modelmora.models.sources import LOCK_NAME, LockFile, is_hub_id, prepare
 from modelmora.runtime.memory import ReleaseReport
 from modelmora.runtime.worker import Worker
 from modelmora.serving.scheduler.errors import ModelUnhealthy
@@ -62,7 +68,10 @@ class WorkerPool:
         self.config = books.config
         self.metrics = books.metrics
         slots = sum(m.cfg.max_concurrency for m in books.models.values())
-        self._executor = ThreadPoolExecutor(2 * slots + 8, thread_name_prefix="modelmora-sched")
+        # threads start only when needed: room for the models registered at run time too
+        threads = max(2 * slots + 8, 64)
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="modelmora-sched")
+        self.lock = LockFile(self.config.lock_file or Path(self.config.cache_dir) / LOCK_NAME)
 
     def shutdown(self) -> None:
         """Wait for the tasks still running, then end the threads (the lock must be free)."""
@@ -82,7 +91,9 @@ class WorkerPool:
         )
         rep = Replica(worker, mem_mb=ram, vram_mb=vram)
         m.replicas.append(rep)
-        self._executor.submit(self._load_task, m, rep, after)
+        # taken now, under the lock: the admission counted its memory as the model's
+        spare = self.books.spares.take(worker.spare_key())
+        self._executor.submit(self._load_task, m, rep, after, spare)
 
     def run(self, m: ModelState, rep: Replica, batch: list[Request]) -> None:
         """Run ``batch`` (or one streamed request) on the ready worker ``rep``."""
@@ -115,6 +126,11 @@ class WorkerPool:
         over_vram = 0.0
         if self.books.vram_budget_mb is not None:
             over_vram = sum(r.vram_mb for r in reps) - self.books.vram_budget_mb
+        spares = self.books.spares
+        if over > 0 and spares.reserved_mb() > 0:  # spares go first: they hold no model
+            before = spares.reserved_mb()
+            spares.shed(over)
+            over -= before - spares.reserved_mb()
         if over <= 0 and over_vram <= 0:
             return
         models = list(self.books.models.values())
@@ -125,12 +141,26 @@ class WorkerPool:
 
     # --- load -------------------------------------------------------------------------------
 
-    def _load_task(self, m: ModelState, rep: Replica, after: list[Future[Any]]) -> None:
+    def _load_task(
+        self, m: ModelState, rep: Replica, after: list[Future[Any]], spare: Worker | None
+    ) -> None:
         for fut in after:  # evicted workers are gone before the new one allocates
             fut.exception()
+        spares = self.books.spares
+        handed = False  # whether the spare now belongs to the worker (it stops it then)
         try:
-            rep.worker.start()
+            self._prepare_source(m, rep)  # before a spare is taken: a failed fetch wastes none
+            if spare is None:  # one being prepared is ahead of a cold start: wait for it
+                spare = spares.take(rep.worker.spare_key(), wait=m.cfg.load_timeout_s)
+            handed = True
+            try:
+                rep.worker.start(spare=spare)
+            finally:
+                spares.record(rep.worker, spare)
+            self._warm_up(m, rep)
         except Exception as exc:
+            if spare is not None and not handed:
+                spare.stop()
             report = rep.worker.stop()
             with self.cond:
                 self._load_failed(m, rep, exc)
@@ -141,10 +171,38 @@ class WorkerPool:
             self._load_done(m, rep)
         self._persist(m, rep)
 
+    def _prepare_source(self, m: ModelState, rep: Replica) -> None:
+        """Fetch a hub source into the cache and check the files against the lock file."""
+        cfg = m.cfg
+        source, caps = cfg.source, cfg.capabilities
+        if source is None or not caps.takes_source or source in caps.bundled_sources:
+            return
+        if not (is_hub_id(source) or os.path.exists(source)):
+            return  # a name the adapter resolves itself (a server URL, a faster-whisper size)
+        hub = Path(self.config.cache_dir) / "hub"
+        prepared = prepare(cfg.name, source, cfg.revision, hub, self.lock)
+        if prepared.path != source:
+            rep.worker.spec = ModelSpec(m.spec.kind, {**m.spec.params, "model": prepared.path})
+
+    def _warm_up(self, m: ModelState, rep: Replica) -> None:
+        """Run the model's (else its adapter's) warm-up input once; if it fails, the load fails."""
+        warmup = m.cfg.warmup if m.cfg.warmup is not None else m.cfg.capabilities.warmup
+        if warmup is None:
+            return
+        try:
+            rep.worker.call([warmup], timeout=m.cfg.load_timeout_s)
+        except Exception as exc:
+            raise ModelLoadError(f"the warm-up input failed: {type(exc).__name__}: {exc}") from exc
+
     def _load_failed(self, m: ModelState, rep: Replica, exc: Exception) -> None:
         m.replicas.remove(rep)
         m.error = f"{type(exc).__name__}: {exc}"
-        cooldown = self.config.unhealthy_cooldown_s
+        # exponential backoff between retries of a model that keeps failing, up to a cap
+        m.load_failures += 1
+        cooldown = min(
+            self.config.unhealthy_cooldown_s * 2.0 ** (m.load_failures - 1),
+            max(self.config.unhealthy_cooldown_max_s, self.config.unhealthy_cooldown_s),
+        )
         m.unhealthy_until = time.monotonic() + cooldown
         logger.error(
             "model %s failed to load (unhealthy for %.0f s): %s", m.cfg.name, cooldown, exc
@@ -167,17 +225,21 @@ class WorkerPool:
             rep.vram_mb = max(mem.vram_mb, m.cfg.vram_footprint_mb or 0.0)
         self.books.observe_memory(m, rep)
         m.counts["loads"] += 1
+        m.counts["warm_loads"] += worker.warm
         m.error, m.unhealthy_until, m.load_s = None, 0.0, worker.spawn_s
+        m.load_failures = 0
         m.drain_seq = next(self.books.seq)
         logger.info(
-            "loaded %s (pid %s) in %.2f s: %.0f MB",
+            "loaded %s (pid %s, %s) in %.2f s: %.0f MB",
             m.cfg.name,
             worker.pid,
+            "warm" if worker.warm else "cold",
             worker.spawn_s,
             measured,
         )
         if self.metrics:
-            self.metrics.inc_load(m.cfg.name)
+            self.metrics.inc_load(m.cfg.name, warm=worker.warm)
+        self.books.spares.ensure(worker.spare_key())  # the next one, if the budget allows
         self.books.gauge_resident()
         for fut in m.load_waiters:
             fut.set_result(None)
@@ -354,4 +416,7 @@ class WorkerPool:
             if not m.live():
                 self.metrics.set_memory(m.cfg.name, 0.0, None)
         rep.stopped.set_result(report)
+        if reason not in ("close", "crashed", "load failed"):  # its kind may be back
+            self.books.spares_wanted.add(rep.worker.spare_key())
+        self.books.ensure_spares()  # memory was freed: a spare may fit again
         self.cond.notify_all()

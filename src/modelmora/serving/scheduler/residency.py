@@ -29,7 +29,8 @@ from typing import Any
 from modelmora.errors import MemoryBudgetExceeded
 from modelmora.runtime.footprints import FootprintStore
 from modelmora.runtime.memory import ReleaseReport, available_mb, nvml_available
-from modelmora.runtime.worker import Worker
+from modelmora.runtime.spares import SparePool
+from modelmora.runtime.worker import SpareKey, Worker
 from modelmora.serving.config import PRIORITIES, RANK, ModelConfig, ServerConfig
 from modelmora.serving.metrics import Metrics
 from modelmora.serving.scheduler.errors import UnknownModel
@@ -96,12 +97,21 @@ class ModelState:
         self.backoff_until = 0.0
         self.drain_seq = -1  # requests up to this seq are served before the model is evicted
         self.held_off = False  # unloaded on request: a pinned model is not reloaded on its own
+        self.removed = False  # deleted from the registry: its workers are stopping
+        self.load_failures = 0  # failed loads in a row: the backoff's exponent
         self.last_used: float | None = None
         self.rss_mb = self.peak_rss_mb = 0.0
         self.vram_mb: float | None = None
         self.last_release: dict[str, Any] | None = None
         self.load_s: float | None = None  # the last load's duration: what a swap costs
-        self.counts = {"loads": 0, "unloads": 0, "evictions": 0, "crashes": 0, "recycles": 0}
+        self.counts = {
+            "loads": 0,
+            "warm_loads": 0,  # of the loads, those started from a spare
+            "unloads": 0,
+            "evictions": 0,
+            "crashes": 0,
+            "recycles": 0,
+        }
 
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -158,6 +168,7 @@ class ModelState:
         return {
             "name": self.cfg.name,
             "adapter": self.cfg.adapter,
+            "task": self.cfg.capabilities.task,
             "state": self.state(now),
             "footprint_mb": round(self.footprint_mb, 1),
             "footprint_source": self.footprint_source,
@@ -176,19 +187,23 @@ class ModelState:
             "error": self.error,
             "last_release": self.last_release,
             "retry_after_s": round(max(self.unhealthy_until - now, 0.0), 1) or None,
+            "load_failures": self.load_failures,
             **self.counts,
         }
 
 
 def estimate_footprint(cfg: ModelConfig) -> tuple[float, float]:
-    """First-run guess of (RAM, VRAM) in MB, before anything was measured."""
-    params = cfg.params
-    if cfg.adapter == "toy":
-        return float(params.get("alloc_mb", 0)) + 60.0, 0.0
-    if cfg.adapter == "toy-cuda":
-        return 600.0, float(params.get("alloc_mb", 2048)) + 500.0
+    """First-run guess of (RAM, VRAM) in MB, before anything was measured.
+
+    The adapter's footprint hints first (:class:`~modelmora.models.Capabilities`), else 1.5×
+    the size of a local source plus an interpreter, else 500 MB; on a GPU the VRAM guess is
+    the RAM guess unless the adapter declares its own.
+    """
+    caps = cfg.capabilities
     ram = 500.0
-    if cfg.source and os.path.exists(cfg.source):
+    if caps.footprint_mb is not None:
+        ram = caps.footprint_mb
+    elif cfg.source and os.path.exists(cfg.source):
         paths = (
             [cfg.source]
             if os.path.isfile(cfg.source)
@@ -196,7 +211,9 @@ def estimate_footprint(cfg: ModelConfig) -> tuple[float, float]:
         )
         ram = sum(os.path.getsize(p) for p in paths) / 2**20 * 1.5 + 300.0
     on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and nvml_available())
-    return ram, (ram if on_gpu and cfg.adapter != "diarizer" else 0.0)
+    if caps.vram_footprint_mb is not None:
+        return ram, caps.vram_footprint_mb
+    return ram, (ram if on_gpu else 0.0)
 
 
 def initial_footprint(cfg: ModelConfig, store: FootprintStore) -> tuple[float, float, str]:
@@ -261,9 +278,14 @@ class Residency:
     Every method expects the scheduler's lock to be held by its caller.
     """
 
-    def __init__(self, config: ServerConfig, metrics: Metrics | None) -> None:
+    def __init__(
+        self, config: ServerConfig, metrics: Metrics | None, spares: SparePool | None = None
+    ) -> None:
         self.config = config
         self.metrics = metrics
+        # spares hold memory too: counted in the budget, given up before any model
+        self.spares = spares if spares is not None else SparePool()
+        self.spares_wanted: set[SpareKey] = set()  # kinds that were unloaded: reloads ahead
         self.budget_mb = config.memory_budget_mb or 0.8 * available_mb()
         self.vram_budget_mb = config.vram_budget_mb
         self.footprints = FootprintStore(Path(config.cache_dir) / "footprints.json")
@@ -280,8 +302,8 @@ class Residency:
     def get(self, name: str) -> ModelState:
         """The model called ``name``; :class:`UnknownModel` names the known ones."""
         m = self.models.get(name)
-        if m is None:
-            raise UnknownModel(name, self.models)
+        if m is None or m.removed:
+            raise UnknownModel(name, [n for n, x in self.models.items() if not x.removed])
         return m
 
     def replicas(self) -> list[Replica]:
@@ -345,10 +367,16 @@ class Residency:
                 f"but the VRAM budget is {vb:.0f} MB: it can never be loaded"
             )
 
-    def shortfall(self, ram: float, vram: float) -> tuple[float, float]:
-        """(RAM, VRAM) MB missing to load ``ram``/``vram`` now; workers stopping count as free."""
+    def shortfall(
+        self, ram: float, vram: float, key: SpareKey | None = None
+    ) -> tuple[float, float]:
+        """(RAM, VRAM) MB missing to load ``ram``/``vram`` now; workers stopping count as free.
+
+        Spares count as held, but for the one of ``key`` the load will take (``ram`` has it).
+        """
         held = [r for r in self.replicas() if r.state != "stopping"]
-        short_ram = ram - (self.budget_mb - sum(r.mem_mb for r in held))
+        spare_mb = self.spares.reserved_mb() - (self.spares.peek_mb(key) if key else 0.0)
+        short_ram = ram - (self.budget_mb - sum(r.mem_mb for r in held) - spare_mb)
         short_vram = 0.0
         if self.vram_budget_mb is not None:
             short_vram = vram - (self.vram_budget_mb - sum(r.vram_mb for r in held))
@@ -372,6 +400,19 @@ class Residency:
             self.vram_budget_mb - sum(r.vram_mb for r in reps) >= m.vram_footprint_mb
         )
         return free >= m.footprint_mb and vram_ok
+
+    def spare_fits(self) -> bool:
+        """May the spare being reserved be prepared? (The pool's reservation counts it.)"""
+        held = sum(r.mem_mb for r in self.replicas() if r.state != "stopping")
+        waiting = any(x.queued() and not x.live() for x in self.models.values())
+        fits = held + self.spares.reserved_mb() <= self.budget_mb
+        return fits and not waiting and not self.closing
+
+    def ensure_spares(self) -> None:
+        """Prepare the missing spares of the kinds that were unloaded, in the background."""
+        if not self.closing:
+            for key in self.spares_wanted:
+                self.spares.ensure(key)  # keep_spares says how many (none for some kinds)
 
     def observe_memory(self, m: ModelState, rep: Replica) -> None:
         """Take ``rep``'s latest measurement: what it holds, and ``m``'s measured footprint.
@@ -416,10 +457,11 @@ class Residency:
     def status(self) -> dict[str, Any]:
         """Budget, memory in use, resident models and queue depths."""
         reps = self.replicas()
+        models = self.models.values()
         return {
             "budget_mb": round(self.budget_mb, 1),
             "vram_budget_mb": self.vram_budget_mb,
-            "used_mb": round(sum(r.mem_mb for r in reps), 1),
+            "used_mb": round(sum(r.mem_mb for r in reps) + self.spares.reserved_mb(), 1),
             "vram_used_mb": round(sum(r.vram_mb for r in reps), 1),
             "resident": [m.cfg.name for m in self.models.values() if m.live()],
             "loading": [
@@ -431,4 +473,6 @@ class Residency:
             "queued": sum(self.depth.values()),
             "model_queue_depths": {n: m.queued() for n, m in self.models.items()},
             "ready": self.ready(),
+            "warm_loads": sum(m.counts["warm_loads"] for m in models),
+            "cold_loads": sum(m.counts["loads"] - m.counts["warm_loads"] for m in models),
         }

@@ -1,0 +1,179 @@
+"""The packaged Whisper models, languages, prompts, batched decoding and in-file progress."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelmora.errors import ModelLoadError
+from modelmora.models import packaged
+from modelmora.models.packaged import PackagedWhisper, packaged_whisper
+from modelmora.testing.conversation import espeak_available
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _fake_packages(root: Path, blobs: list[bytes]) -> None:
+    for i, blob in enumerate(blobs, 1):
+        data = root / f"fake_whisper_part{i}" / "data"
+        data.mkdir(parents=True)
+        (data.parent / "__init__.py").write_text("")
+        (data / f"model.bin.part{i}").write_bytes(blob)
+        if i == 1:
+            (data / "config.json").write_text("{}")
+
+
+def test_split_model_is_joined_once_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = [b"a" * 5000, b"b" * 3000]
+    _fake_packages(tmp_path / "site", blobs)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    whole = b"".join(blobs)
+    entry = PackagedWhisper(
+        "fake",
+        ("fake_whisper_part1", "fake_whisper_part2"),
+        "data",
+        parts=("model.bin.part1", "model.bin.part2"),
+        sha256=hashlib.sha256(whole).hexdigest(),
+        size=len(whole),
+    )
+    monkeypatch.setitem(packaged.PACKAGED_WHISPER, "fake", entry)
+    folder = packaged_whisper("fake", cache_dir=tmp_path / "cache")
+    assert folder is not None and (folder / "model.bin").read_bytes() == whole
+    assert (folder / "config.json").is_file()
+    first = (folder / "model.bin").stat()
+    assert packaged_whisper("fake", cache_dir=tmp_path / "cache") == folder
+    assert (folder / "model.bin").stat().st_mtime_ns == first.st_mtime_ns  # not joined again
+    assert packaged_whisper("not-packaged") is None
+
+    bad = PackagedWhisper(**{**entry.__dict__, "name": "bad", "sha256": "0" * 64})
+    monkeypatch.setitem(packaged.PACKAGED_WHISPER, "bad", bad)
+    with pytest.raises(ModelLoadError, match=r"SHA-256.*reinstall"):
+        packaged_whisper("bad", cache_dir=tmp_path / "cache2")
+    assert not list((tmp_path / "cache2").rglob("model.bin*"))  # nothing half-written left
+
+
+def test_size_names_resolve_to_packaged_copies() -> None:
+    from modelmora.models.whisper import DEFAULT_WHISPER_MODEL, resolve_whisper_model
+
+    if packaged_whisper(DEFAULT_WHISPER_MODEL) is None:
+        pytest.skip("the packaged Whisper base is not installed")
+    folder = Path(resolve_whisper_model(None))
+    assert (folder / "model.bin").stat().st_size == packaged.PACKAGED_WHISPER["base"].size
+    assert Path(resolve_whisper_model("tiny.en")).is_dir()
+    assert resolve_whisper_model("large-v3") == "large-v3"  # faster-whisper fetches it
+    assert resolve_whisper_model(str(folder)) == str(folder)
+
+
+# --- with the model ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Any]:
+    from modelmora.models.whisper import WhisperAdapter
+
+    if packaged_whisper("base") is None:
+        pytest.skip("the packaged Whisper base is not installed")
+    adapter = WhisperAdapter("base", cpu_threads=2)
+    adapter.load()
+    yield adapter
+    adapter.close()
+
+
+def _speak(tmp_path: Path, name: str, voice: str, text: str) -> Path:
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    wav = tmp_path / f"{name}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text], check=True)
+    return wav
+
+
+_SPEECH = {
+    "de": "Guten Morgen. Wir besprechen heute den Plan für die neue Version der Anwendung.",
+    "fr": "Bonjour à tous. Aujourd'hui nous parlons du budget de l'année prochaine.",
+    "es": "Buenos días. Hoy vamos a hablar del presupuesto para el próximo año.",
+}
+
+
+@pytest.mark.slow
+def test_language_is_detected_per_file(base: Any, tmp_path: Path) -> None:
+    for code, text in _SPEECH.items():
+        (result,) = base.predict([{"audio": str(_speak(tmp_path, code, code, text))}])
+        assert result["language"] == code, result
+        assert 0.5 < result["language_probability"] <= 1.0
+        assert result["segments"] and result["segments"][0]["words"]
+    (given,) = base.predict([{"audio": str(tmp_path / "de.wav"), "language": "de"}])
+    assert given["language"] == "de" and "language_probability" not in given
+
+
+@pytest.mark.slow
+def test_a_language_the_model_does_not_know_is_a_clear_error(base: Any, tmp_path: Path) -> None:
+    from modelmora.models.whisper import WhisperAdapter
+
+    with pytest.raises(ValueError, match="not one Whisper base knows"):
+        base.predict([{"audio": str(_speak(tmp_path, "x", "en", "hello")), "language": "xx"}])
+    english_only = WhisperAdapter("tiny.en", cpu_threads=2, language="de")
+    with pytest.raises(ValueError, match="English only: use a multilingual model"):
+        english_only.load()
+
+
+@pytest.mark.slow
+def test_a_rare_name_is_recognised_with_the_hint_only(base: Any, tmp_path: Path) -> None:
+    wav = str(_speak(tmp_path, "name", "en-us", "The new project is called Zorvex."))
+    (plain,) = base.predict([{"audio": wav}])
+    (prompted,) = base.predict([{"audio": wav, "initial_prompt": "Project names: Zorvex."}])
+    (hot,) = base.predict([{"audio": wav, "hotwords": "Zorvex"}])
+    texts = [" ".join(s["text"] for s in r["segments"]) for r in (plain, prompted, hot)]
+    assert "Zorvex" not in texts[0], texts
+    assert "Zorvex" in texts[1] and "Zorvex" in texts[2], texts
+
+
+@pytest.mark.slow
+def test_batched_decoding_matches_sequential(base: Any, meeting: Any) -> None:
+    import jiwer
+
+    from modelmora.bench.quality import wer
+    from modelmora.models.whisper import WhisperAdapter
+
+    batched = WhisperAdapter("base", cpu_threads=2, batch_size=4)
+    batched.load()
+    try:
+        fast = batched.transcribe(meeting.wav)
+    finally:
+        batched.close()
+    slow = base.transcribe(meeting.wav)
+    assert wer(meeting.text, fast.text) <= wer(meeting.text, slow.text) + 0.01
+    assert jiwer.wer(slow.text.lower(), fast.text.lower()) < 0.2
+    words = [w for s in fast.segments for w in s.words]
+    assert len(words) > 50 and all(0 <= w.start <= w.end <= fast.duration + 0.5 for w in words)
+
+
+@pytest.mark.slow
+def test_progress_streams_inside_a_file(base: Any, meeting: Any) -> None:
+    values = list(base.predict_stream({"audio": str(meeting.wav)}))
+    *progress, transcript = values
+    assert transcript["segments"] and len(progress) >= 3
+    done = [p["progress_s"] for p in progress]
+    assert done == sorted(done) and done[-1] <= progress[-1]["duration_s"]
+    assert progress[-1]["duration_s"] == pytest.approx(meeting.duration, abs=0.1)
+
+
+def test_prompt_and_batch_options_from_yaml_and_flags(tmp_path: Path) -> None:
+    from modelmora.workflow.options import load_options
+
+    config = tmp_path / "modelmora.yaml"
+    config.write_text("initial_prompt: 'Attendees: Siobhan.'\nhotwords: Kestrel\nbatch_size: 4\n")
+    options = load_options(config, hotwords="Zorvex")
+    assert (options.initial_prompt, options.hotwords, options.batch_size) == (
+        "Attendees: Siobhan.",
+        "Zorvex",
+        4,
+    )
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        load_options(batch_size=0)
