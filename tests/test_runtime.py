@@ -172,8 +172,11 @@ def test_thread_caps_reach_the_child():
     with Worker("toy", threads=2) as worker:
         assert worker.call([{"op": "env", "name": "OMP_NUM_THREADS"}]) == ["2"]
         assert worker.call([{"op": "env", "name": "MKL_NUM_THREADS"}]) == ["2"]
-    with Worker("toy", env={"CUDA_VISIBLE_DEVICES": ""}) as worker:
+        # OpenMP threads sleep between parallel regions unless the environment says otherwise
+        assert worker.call([{"op": "env", "name": "OMP_WAIT_POLICY"}]) == ["PASSIVE"]
+    with Worker("toy", env={"CUDA_VISIBLE_DEVICES": "", "OMP_WAIT_POLICY": "ACTIVE"}) as worker:
         assert worker.call([{"op": "env", "name": "CUDA_VISIBLE_DEVICES"}]) == [""]
+        assert worker.call([{"op": "env", "name": "OMP_WAIT_POLICY"}]) == ["ACTIVE"]
 
 
 def test_staged_stop_sigterm_then_sigkill():
