@@ -30,7 +30,7 @@ from modelmora.workflow.options import TranscribeOptions, load_options
 from modelmora.workflow.stages import Run
 
 ML_MODULES = ("torch", "faster_whisper", "ctranslate2", "llama_cpp", "resemblyzer", "onnxruntime")
-TIMING_KEYS = {"wall_s", "load_s", "release_s", "log"}
+TIMING_KEYS = {"wall_s", "load_s", "release_s", "identify_s", "log"}
 # Nodes bind this machine's own address: Ray's driver turns a loopback cluster address into
 # that address when it connects, so a cluster bound to 127.0.0.1 alone cannot be joined.
 NODE_ARGS: dict[str, Any] = {"num_cpus": 1, "object_store_memory": 80 * 2**20}

@@ -604,8 +604,10 @@ def test_openai_chat_streams_tokens_as_they_are_generated(openai_client: Any) ->
     ]
     assert len(pieces) > 5, pieces  # token by token, not one block
     assert "".join(p for p, _ in pieces) == text  # temperature 0: what the model generated
-    # the first token is out long before the last one is generated
-    assert pieces[0][1] < 0.5 * total and total - pieces[0][1] > 0.3, (pieces[0][1], total)
+    # the first token is out long before the last one is generated (relative times: a fast
+    # machine generates the whole reply in a fraction of a second)
+    first, last = pieces[0][1], pieces[-1][1]
+    assert first < 0.5 * last and first < 0.5 * total, (first, last, total)
     usage = arrivals[-1][0].usage
     assert usage.prompt_tokens > 1 and usage.completion_tokens > 1
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens

@@ -43,7 +43,9 @@ def _options(**kw: Any) -> TranscribeOptions:
 @pytest.fixture(scope="module")
 def reference(clips: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The uninterrupted run: its outputs, and how long it took."""
-    out = tmp_path_factory.mktemp("reference")
+    # At the same depth as the tests' ``tmp_path / "out"``: the HTML page refers to its
+    # recording by a path relative to its folder, which must then be the same.
+    out = tmp_path_factory.mktemp("reference") / "out"
     t0 = time.monotonic()
     report = transcribe_files(clips, _options(), out)
     assert report.exit_code == 0, [f.error for f in report.files]
