@@ -7,7 +7,7 @@ import signal
 import pytest
 from pydantic import ValidationError
 
-from modelmora.runtime.worker import describe_exit, exit_signal
+from modelmora.runtime.exits import describe_exit, exit_signal
 from modelmora.serving.config import ModelConfig, ServerConfig
 from modelmora.units import DEVICES, MB, check_device, check_model_name, parse_size_mb
 from modelmora.workflow.options import TranscribeOptions

@@ -50,6 +50,7 @@ from modelmora.errors import (
     WorkerTimeout,
 )
 from modelmora.models import ModelSpec
+from modelmora.runtime.exits import crash_phrase
 from modelmora.runtime.memory import (
     MemoryInfo,
     ReleaseReport,
@@ -63,8 +64,6 @@ __all__ = [
     "THREAD_ENV_VARS",
     "SpareKey",
     "Worker",
-    "describe_exit",
-    "exit_signal",
     "spare_key",
 ]
 
@@ -99,54 +98,6 @@ _ids = itertools.count(1)
 # PR_SET_PDEATHSIG fires when the *thread* that spawned the child ends, so children are
 # spawned from a thread that lives as long as the process (or from the main thread).
 _spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelmora-spawn")
-
-
-#: What a signal that killed a worker usually means.
-_SIGNAL_HINTS = {
-    "SIGKILL": "killed: the kernel's OOM killer or another process",
-    "SIGSEGV": "segmentation fault in native code",
-    "SIGABRT": "aborted by native code",
-}
-
-
-def exit_signal(code: int | None) -> str | None:
-    """The name of the signal that ended a process (``SIGSEGV``), from its exit code.
-
-    Args:
-        code: the exit code as :mod:`subprocess` reports it (negative: killed by a signal).
-
-    Returns:
-        The signal's name (``"signal 99"`` for a number Python does not name), or None when
-        the process exited by itself or its status is unknown.
-    """
-    if code is None or code >= 0:
-        return None
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
-def describe_exit(code: int | None) -> str:
-    """How a process ended, in a few words: ``signal SIGSEGV``, ``exit code 3`` or
-    ``exit status unknown``.
-
-    Args:
-        code: the exit code as :mod:`subprocess` reports it, or None when unknown.
-    """
-    name = exit_signal(code)
-    if name is not None:
-        return name if name.startswith("signal ") else f"signal {name}"
-    return "exit status unknown" if code is None else f"exit code {code}"
-
-
-def _crash_phrase(code: int | None) -> str:
-    """The verb phrase of a :class:`WorkerCrashed` message (``was killed by SIGSEGV (...)``)."""
-    name = exit_signal(code)
-    if name is not None:
-        hint = _SIGNAL_HINTS.get(name)
-        return f"was killed by {name}" + (f" ({hint})" if hint else "")
-    return "is gone (exit status unknown)" if code is None else f"exited with code {code}"
 
 
 class Worker:
@@ -615,7 +566,7 @@ class Worker:
         except subprocess.TimeoutExpired:
             code = None
         self._reap()
-        raise WorkerCrashed(f"worker {self.name} {_crash_phrase(code)} while {during}", code)
+        raise WorkerCrashed(f"worker {self.name} {crash_phrase(code)} while {during}", code)
 
     def _receive(self, timeout: float | None, during: str, deadline: float | None = None) -> Any:
         """Wait for one message, watching the child's death, its timeout and its memory.

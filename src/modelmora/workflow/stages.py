@@ -27,7 +27,7 @@ from rich.progress import Progress
 
 from modelmora.errors import MemoryLimitExceeded, WorkerCrashed, WorkerError, WorkerTimeout
 from modelmora.models import ModelSpec
-from modelmora.runtime.worker import describe_exit
+from modelmora.runtime.exits import describe_exit
 from modelmora.speech.audio import AudioError
 from modelmora.speech.formats import parse_formats, write_outputs
 from modelmora.speech.transcript import Transcript, write_atomic
