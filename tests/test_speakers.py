@@ -341,3 +341,26 @@ def test_server_enrolls_lists_and_forgets_speakers(people: dict[str, Path], tmp_
         assert http.get("/api/v1/speakers/Ana").json()["speech_s"] >= 3
         assert http.delete("/api/v1/speakers/Ana").json() == {"name": "Ana", "deleted": True}
         assert http.get("/api/v1/speakers/Ana").status_code == 404
+
+
+def test_the_assignment_is_one_to_one_and_optimal_when_one_pairing_clearly_wins() -> None:
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment as optimal
+
+    from modelmora.speech.speakers import linear_sum_assignment
+
+    rng = np.random.default_rng(7)
+    for shape in [(1, 1), (2, 3), (3, 2), (4, 4), (5, 7)]:
+        noise = rng.uniform(0.0, 0.3, size=shape)
+        truth = rng.permutation(max(shape))[: min(shape)]
+        cost = -noise
+        rows = range(min(shape)) if shape[0] <= shape[1] else truth
+        cols = truth if shape[0] <= shape[1] else range(min(shape))
+        for r, c in zip(rows, cols, strict=True):
+            cost[r, c] -= 1.0  # the clear winner of its row and column
+        got_rows, got_cols = linear_sum_assignment(cost)
+        want_rows, want_cols = optimal(cost)
+        assert got_rows.tolist() == want_rows.tolist() and got_cols.tolist() == want_cols.tolist()
+        assert len(set(got_cols.tolist())) == len(got_cols) == min(shape)
+    empty_rows, empty_cols = linear_sum_assignment(np.zeros((0, 3)))
+    assert empty_rows.size == empty_cols.size == 0

@@ -19,7 +19,7 @@ Linking (:func:`link_speakers`) gives the same unknown person the same label in 
 batch: each file's speakers are assigned one-to-one to the people seen so far (the same
 threshold test against the running centroid of each person), or start a new person.
 
-Pure numpy and scipy: no ML framework is imported here.
+Pure numpy: no ML framework (and no scipy: this runs in the orchestrator) is imported here.
 """
 
 from __future__ import annotations
@@ -354,6 +354,27 @@ class SpeakerMatch:
         }
 
 
+def linear_sum_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one (row, column) pairs of lowest total ``cost``, best pair first (greedy).
+
+    The orchestrator links and names speakers, and scipy's solver would cost it 40 MB of
+    imports. For the handful of speakers in a recording the greedy choice is the optimal one
+    whenever one pairing clearly wins, which is what the naming margin asks for anyway.
+
+    Returns:
+        The rows (ascending) and their columns, as scipy's function of that name does.
+    """
+    left = np.array(cost, dtype=float, copy=True)
+    pairs: list[tuple[int, int]] = []
+    for _ in range(min(left.shape) if left.ndim == 2 else 0):
+        row, col = np.unravel_index(int(np.argmin(left)), left.shape)
+        pairs.append((int(row), int(col)))
+        left[row, :] = np.inf
+        left[:, col] = np.inf
+    pairs.sort()
+    return np.array([r for r, _ in pairs], dtype=int), np.array([c for _, c in pairs], dtype=int)
+
+
 def match_speakers(
     speakers: Mapping[K, Any],
     enrolled: Mapping[str, Voiceprint | Any],
@@ -370,8 +391,6 @@ def match_speakers(
     Returns:
         label → :class:`SpeakerMatch` for every label.
     """
-    from scipy.optimize import linear_sum_assignment
-
     labels, names = list(speakers), list(enrolled)
     if not labels or not names:
         return {label: SpeakerMatch(None, None) for label in labels}
@@ -423,8 +442,6 @@ def link_speakers(
         Per file, label → person number (0, 1... by first appearance), and each person's
         centroid.
     """
-    from scipy.optimize import linear_sum_assignment
-
     sums: list[np.ndarray] = []
     links: list[dict[str, int]] = []
     for index, speakers in enumerate(files):
