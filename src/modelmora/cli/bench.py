@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from modelmora.cli.common import bench_app, console, print_json
+from modelmora.cli.common import bench_app, fail, print_json, show
 
 
 @bench_app.command("overhead")
@@ -22,10 +22,7 @@ def bench_overhead(
     from modelmora.bench.overhead import format_table, run_overhead
 
     result = run_overhead(spawn_runs=spawn_runs, calls=calls, array_runs=array_runs)
-    if as_json:
-        print_json(result)
-    else:
-        Console().print(format_table(result))
+    show(result, format_table, as_json)
 
 
 # Commands of the other workflows are added below this line.
@@ -52,11 +49,9 @@ def bench_isolation(
         options = IsolationOptions(model=model, iterations=iterations, device=device)
         result = run_isolation(options)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
     except ModelMoraError as exc:  # the model failed to load or its worker died
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise fail(exc, 1) from None
     if plot:
         plot_timelines(result, plot)
     if as_json:
@@ -80,12 +75,8 @@ def bench_startup(
     try:
         result = run_startup(models or None, runs=runs, warm=warm)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    if as_json:
-        print_json(result)
-    else:
-        Console().print(format_table(result))
+        raise fail(exc, 2) from None
+    show(result, format_table, as_json)
 
 
 @bench_app.command("diarization")
@@ -107,12 +98,8 @@ def bench_diarization(
             folder, engines or ["default", "resemblyzer"], device, threads=threads
         )
     except ValueError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
-    if as_json:
-        print_json(result)
-    else:
-        Console().print(format_table(result))
+        raise fail(exc, 2) from None
+    show(result, format_table, as_json)
 
 
 @bench_app.command("reload")
@@ -127,13 +114,9 @@ def bench_reload(
     try:
         options = ReloadBenchOptions(cycles=cycles, threads=threads)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
     result = run_reload_bench(options)
-    if as_json:
-        print_json(result)
-    else:
-        Console().print(format_table(result))
+    show(result, format_table, as_json)
 
 
 @bench_app.command("server")
@@ -166,8 +149,7 @@ def bench_server(
             embedding_model=embedding_model,
         )
     except ValueError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
     result = {} if only_models else run_server_bench(options)
     if models or only_models:
         with tempfile.TemporaryDirectory(prefix="modelmora-bench-models-") as folder:
@@ -211,13 +193,9 @@ def bench_peers(
             use_wrk=not no_wrk,
         )
     except ValueError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
     result = run_peers_bench(options)
-    if as_json:
-        print_json(result)
-    else:
-        Console().print(format_table(result))
+    show(result, format_table, as_json)
 
 
 @bench_app.command("pipeline")
@@ -260,12 +238,8 @@ def bench_pipeline(
             backend=backend,
         )
     except ValueError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
-    if as_json:
-        print_json(result)
-    else:
-        Console().print(format_table(result))
+        raise fail(exc, 2) from None
+    show(result, format_table, as_json)
 
 
 def _bench_quality(
@@ -280,10 +254,7 @@ def _bench_quality(
     recordings = [p for p in (example, jfk) if p is not None and p.is_file()]
     recordings += [*generated["two"], *generated["three"]]
     result = run_quality_bench(folder, recordings, long_audio, batch_size=batch)
-    if as_json:
-        print_json(result)
-    else:
-        Console().print(format_quality(result))
+    show(result, format_quality, as_json)
 
 
 @bench_app.command("speakers")
@@ -302,7 +273,4 @@ def bench_speakers(
 
     parts = [name for name, wanted in (("ami", ami), ("generated", generated)) if wanted]
     result = run_speakers_bench(ami_dir=ami_dir, audio_dir=audio_dir, engine=engine, parts=parts)
-    if as_json:
-        print_json(result)
-    else:
-        Console().print(format_table(result))
+    show(result, format_table, as_json)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -52,6 +54,14 @@ def _root(
 
 def print_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def show(result: Any, table: Callable[[Any], Any], as_json: bool) -> None:
+    """Print a benchmark's or command's result: one JSON object, or its rich table."""
+    if as_json:
+        print_json(result)
+    else:
+        Console().print(table(result))
 
 
 def fail(message: object, code: int) -> typer.Exit:

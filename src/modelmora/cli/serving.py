@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from modelmora.cli.common import app, console, print_json
+from modelmora.cli.common import app, console, fail, print_json
 
 
 @app.command("serve")
@@ -30,8 +30,7 @@ def serve(
         overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
         settings = settings.model_copy(update=overrides)
     except ConfigError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
     levels = ("critical", "error", "warning", "info", "debug", "trace")
     if log_level.lower() not in levels:
         console.print(f"error: --log-level must be one of {', '.join(levels)}", style="red")
@@ -39,8 +38,7 @@ def serve(
     try:
         run_server(settings, log_level=log_level.lower(), access_log=access_log)
     except ConfigError as exc:  # the run-time changes file no longer validates
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
 
 
 @app.command("adapters")
@@ -100,8 +98,7 @@ def pull(
         settings = RuntimeRegistry(registry_file, names).apply(settings)
         model = settings.model(name)
     except ConfigError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
     except KeyError:
         known = ", ".join(m.name for m in settings.models)
         console.print(f"error: no model {name!r} in the config (it has {known})", style="red")
@@ -114,8 +111,7 @@ def pull(
     try:
         ready = prepare(name, source, model.revision, settings.cache_dir / "hub", lock)
     except ModelMoraError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(exc, 1) from None
     verb = "locked in" if ready.locked_now else "matches"
     print_json({"model": name, "path": ready.path, "revision": ready.revision,
                  "lock_file": str(lock.path), "lock": verb})  # fmt: skip

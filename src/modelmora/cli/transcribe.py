@@ -127,8 +127,7 @@ def transcribe(
             embed_audio=embed_audio,
         )
     except ValueError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
     try:
         report = transcribe_files(audio, options, console=console)
     except OSError as exc:  # the output folder cannot be written (full disk, permissions)

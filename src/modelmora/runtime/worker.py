@@ -168,8 +168,17 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        """True while the child runs."""
-        return self._proc is not None and self._proc.poll() is None
+        """True while the child runs.
+
+        A killed child whose threads are still exiting is not reaped yet (``poll()`` is None)
+        and its socket is still open, but its main thread is already a zombie: that is dead.
+        """
+        if self._proc is None or self._proc.poll() is not None:
+            return False
+        try:
+            return psutil.Process(self._proc.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
 
     def spare_key(self) -> SpareKey:
         """What a spare must share with this worker to serve it: adapter kind, threads, env."""
