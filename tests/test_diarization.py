@@ -17,6 +17,8 @@ from modelmora.models.diarization import (
     check_engine,
 )
 from modelmora.models.diarization.clustering import spectral_clusters
+from modelmora.models.diarization.default import speech_runs
+from modelmora.models.diarization.segmentation import FRAME_STEP_S
 from modelmora.speech.transcript import Segment, Transcript, Turn, Word
 from modelmora.testing.conversation import (
     MEETING_SCRIPT,
@@ -56,6 +58,28 @@ def _blobs(counts: list[int], seed: int = 0) -> np.ndarray:
     points = [c + 0.25 * rng.normal(size=(n, 64)) for c, n in zip(centres, counts, strict=True)]
     stacked = np.concatenate(points)
     return stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
+
+
+def test_speech_runs_embeds_long_runs_apart() -> None:
+    frames = round(1.0 / FRAME_STEP_S)  # one second of frames
+    column = np.zeros(11 * frames, dtype=bool)
+    column[0 : 3 * frames] = True  # 3 s
+    column[3 * frames + 5 : 6 * frames] = True  # after a 0.08 s pause: the same run
+    column[7 * frames : 7 * frames + frames // 2] = True  # 0.5 s
+    column[8 * frames : 11 * frames] = True  # 3 s
+    parts = speech_runs(column, own_run=2.0)
+    assert parts == [
+        [(0, 6 * frames)],
+        [(8 * frames, 11 * frames)],
+        [(7 * frames, 7 * frames + frames // 2)],
+    ]
+    assert speech_runs(column, own_run=0.0) == [
+        [(0, 6 * frames), (7 * frames, 7 * frames + frames // 2), (8 * frames, 11 * frames)]
+    ]
+    one_long = column.copy()
+    one_long[8 * frames :] = False
+    assert len(speech_runs(one_long, own_run=2.0)) == 1  # one long run: one embedding
+    assert speech_runs(np.zeros(50, dtype=bool), own_run=2.0) == []
 
 
 @pytest.mark.parametrize("counts", [[30], [20, 12], [15, 10, 8]])
@@ -182,11 +206,14 @@ def test_default_engine_two_and_three_speakers(
     engine: DiarizerAdapter, meeting: Any, standup: Any
 ) -> None:
     # Synthetic voices are closer to one another for CAM++ than real ones (their centroids
-    # reach cosine 0.7, near the merge threshold): boundaries are less sharp than on real
-    # speech, and the two-voice count can tip either way.
+    # reach cosine 0.7): the segmentation network sometimes keeps two of them under one local
+    # label, which the per-run embeddings (speech_runs) undo.
     result = engine.diarize(standup.wav)
     assert len(result.speakers) == 3
-    assert diarization_error_rate(standup.turns, result.turns) <= 0.25
+    assert diarization_error_rate(standup.turns, result.turns) <= 0.12
+    result = engine.diarize(meeting.wav)
+    assert len(result.speakers) == 2  # counted, not given
+    assert diarization_error_rate(meeting.turns, result.turns) <= 0.10
     two = DiarizerAdapter(num_speakers=2)
     result = two.diarize(meeting.wav)
     assert len(result.speakers) == 2

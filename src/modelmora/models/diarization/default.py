@@ -5,7 +5,9 @@ Data flow for one recording::
     audio ──► 10 s chunks every ``step`` s ──► segmentation-3.0: per chunk, up to 3 local
               speakers per 16.875 ms frame (silence is nobody; overlap is two at once)
           ──► per (chunk, local speaker): CAM++ embedding of the frames where that speaker
-              talks alone (all its frames if it never does)
+              talks alone (all its frames if it never does); a local speaker with two or
+              more runs of ``own_run`` s or longer gets one embedding per long run instead
+              (the network sometimes keeps two similar voices under one local label)
           ──► NME-SC over the embeddings of local speakers who talk long enough, clusters as
               alike as one voice merged: the speaker count and a centroid per speaker (a
               bounded sample on long recordings)
@@ -46,7 +48,7 @@ from modelmora.models.diarization.segmentation import (
 )
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
 
-__all__ = ["DefaultEngine", "quiet_frames"]
+__all__ = ["DefaultEngine", "quiet_frames", "speech_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +75,51 @@ def quiet_frames(wav: np.ndarray, count: int, below_peak_db: float = 70.0) -> np
     return np.asarray(level < max(float(np.percentile(level, 95)) - below_peak_db, -80.0))
 
 
+def speech_runs(
+    column: np.ndarray, own_run: float, bridge: float = 0.3
+) -> list[list[tuple[int, int]]]:
+    """Split one local speaker's activity into the parts embedded apart.
+
+    Args:
+        column: booleans, one per segmentation frame of a chunk.
+        own_run: runs this long (seconds) or longer get an embedding of their own when there
+            are two or more of them; shorter runs share one (CAM++ is unreliable under ~2 s).
+        bridge: pauses shorter than this (seconds) do not end a run.
+
+    Returns:
+        Lists of ``[begin, end)`` frame ranges, one list per embedding; ``[]`` when silent.
+    """
+    padded = np.concatenate(([0], column.astype(np.int8), [0]))
+    edges = np.flatnonzero(np.diff(padded))
+    runs: list[tuple[int, int]] = []
+    for begin, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+        if runs and (begin - runs[-1][1]) * FRAME_STEP_S < bridge:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((begin, end))
+    long = [r for r in runs if (r[1] - r[0]) * FRAME_STEP_S >= own_run]
+    if own_run <= 0 or len(long) < 2:
+        return [runs] if runs else []
+    rest = [r for r in runs if r not in long]
+    return [[r] for r in long] + ([rest] if rest else [])
+
+
 @dataclass
 class _Local:
-    """One local speaker of one chunk."""
+    """One local speaker of one chunk, or the part of it in ``runs`` (see speech_runs)."""
 
     chunk: int
     index: int
     speech_s: float
     embedding: np.ndarray
+    runs: list[tuple[int, int]]
+
+    def column(self, active: np.ndarray) -> np.ndarray:
+        """This unit's frames of the chunk's ``(frames, 3)`` activity."""
+        frames = np.zeros(len(active), dtype=bool)
+        for begin, end in self.runs:
+            frames[begin:end] = active[begin:end, self.index]
+        return frames
 
 
 class DefaultEngine:
@@ -98,6 +137,8 @@ class DefaultEngine:
             long recording); all are then assigned to the centroids.
         min_gap: pauses shorter than this (seconds) inside one speaker's talk stay in the turn.
         same_voice: clusters whose centroids are more alike than this (cosine) are one speaker.
+        own_run: a local speaker's runs of at least this many seconds are embedded apart
+            when it has two or more (0: one embedding per local speaker).
     """
 
     def __init__(
@@ -111,6 +152,7 @@ class DefaultEngine:
         max_cluster_points: int = 1200,
         min_gap: float = 0.5,
         same_voice: float = 0.75,
+        own_run: float = 2.0,
     ) -> None:
         check_counts(num_speakers, min_speakers, max_speakers)
         self.num_speakers = num_speakers
@@ -120,6 +162,7 @@ class DefaultEngine:
         self.max_cluster_points = max_cluster_points
         self.min_gap = min_gap
         self.same_voice = same_voice
+        self.own_run = own_run
         self.segmenter = Segmenter(step=step, device=device)
         self.embedder = SpeakerEmbedder(device=device)
 
@@ -174,14 +217,17 @@ class DefaultEngine:
             to_frame = np.clip(centre.astype(int), 0, FRAMES_PER_CHUNK - 1)
             alone = active.sum(axis=1) == 1
             for index in range(active.shape[1]):
-                mask = active[to_frame, index]
-                if mask.sum() < 10:  # under 0.1 s: nothing to embed
-                    continue
-                clean = mask & alone[to_frame]
-                use = clean if clean.sum() >= 50 else mask
-                embedding = self.embedder.embed_features(feats[use])
-                speech_s = float(active[:, index].sum() * FRAME_STEP_S)
-                locals_.append(_Local(number, index, speech_s, embedding))
+                for runs in speech_runs(active[:, index], self.own_run):
+                    unit = _Local(number, index, 0.0, np.zeros(0, dtype=np.float32), runs)
+                    frames = unit.column(active)
+                    mask = frames[to_frame]
+                    if mask.sum() < 10:  # under 0.1 s: nothing to embed
+                        continue
+                    clean = mask & alone[to_frame]
+                    use = clean if clean.sum() >= 50 else mask
+                    unit.embedding = self.embedder.embed_features(feats[use])
+                    unit.speech_s = float(frames.sum() * FRAME_STEP_S)
+                    locals_.append(unit)
         return activities, locals_
 
     def _cluster(self, locals_: list[_Local]) -> np.ndarray:
@@ -206,7 +252,18 @@ class DefaultEngine:
         for position, lo in enumerate(locals_):
             by_chunk.setdefault(lo.chunk, []).append(position)
         for members in by_chunk.values():
-            labels[members] = assign_to_centroids(embeddings[members], centroids)
+            # Two local speakers of one chunk are two voices (Hungarian, on each one's
+            # longest part); its other parts, embedded apart, take their nearest centroid.
+            heads: dict[int, int] = {}
+            for position in members:
+                head = heads.get(locals_[position].index)
+                if head is None or locals_[position].speech_s > locals_[head].speech_s:
+                    heads[locals_[position].index] = position
+            first = list(heads.values())
+            labels[first] = assign_to_centroids(embeddings[first], centroids)
+            rest = [m for m in members if m not in heads.values()]
+            if rest:
+                labels[rest] = np.argmax(embeddings[rest] @ centroids.T, axis=1)
         # Centroids no local speaker was finally assigned to are dropped: relabel densely.
         _, dense = np.unique(labels, return_inverse=True)
         return np.asarray(dense, dtype=int)
@@ -224,9 +281,9 @@ class DefaultEngine:
         score = np.zeros((total, speakers), dtype=np.float32)
         voices = np.zeros(total, dtype=np.float32)
         cover = np.zeros(total, dtype=np.float32)
-        mapping: dict[tuple[int, int], int] = {
-            (lo.chunk, lo.index): int(k) for lo, k in zip(locals_, labels, strict=True)
-        }
+        units: dict[int, list[tuple[_Local, int]]] = {}
+        for lo, k in zip(locals_, labels, strict=True):
+            units.setdefault(lo.chunk, []).append((lo, int(k)))
         for number, (start, packed) in enumerate(activities):
             active = np.unpackbits(packed, axis=0, count=FRAMES_PER_CHUNK).astype(bool)
             offset = round(start / FRAME_STEP_S)
@@ -234,10 +291,8 @@ class DefaultEngine:
             span = end - offset
             voices[offset:end] += active[:span].sum(axis=1)
             cover[offset:end] += 1
-            for index in range(active.shape[1]):
-                k = mapping.get((number, index))
-                if k is not None:
-                    score[offset:end, k] += active[:span, index]
+            for lo, k in units.get(number, []):
+                score[offset:end, k] += lo.column(active)[:span]
         count = np.rint(voices / np.maximum(cover, 1)).astype(int)
         count = np.minimum(count, min(2, speakers))
         order = np.argsort(-score, axis=1)
