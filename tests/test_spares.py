@@ -16,7 +16,7 @@ import pytest
 from modelmora import ModelLoadError, ModelSpec, Worker
 from modelmora.runtime.protocol import SHM_DIR, shm_prefix
 from modelmora.runtime.spares import SparePool
-from modelmora.runtime.worker import spare_key
+from modelmora.runtime.spawn import spare_key
 
 PRELOAD = "modelmora.models.toy:ToyPreloadModel"
 
@@ -149,7 +149,7 @@ def test_no_spare_or_worker_outlives_a_kill9ed_parent(tmp_path):
             import threading, time
             from modelmora import Worker
             from modelmora.runtime.spares import SparePool
-            from modelmora.runtime.worker import spare_key
+            from modelmora.runtime.spawn import spare_key
             pool = SparePool({"toy": 1})
             pool.prepare(spare_key("toy"))
             box = {}

@@ -12,7 +12,8 @@ Two tests, each in processes of their own, on the same model and the same input:
    ``gc.collect()`` (+ ``torch.cuda.empty_cache()`` on CUDA). Its RSS (and VRAM) is reported
    after each step. The two tests never share an interpreter or an allocator.
 
-The verdict compares what each approach left behind (see :func:`decide_verdict`).
+The verdict compares what each approach left behind (see :func:`decide_verdict`). The memory
+over time of both tests is sampled and drawn by :mod:`modelmora.bench.timeline`.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.table import Table
 
 from modelmora.bench.inprocess import sample_input
+from modelmora.bench.timeline import Timeline, draw_panel
 from modelmora.models import ModelSpec
 from modelmora.runtime.memory import (
     available_mb,
@@ -172,55 +172,6 @@ class IsolationResult:
         return data
 
 
-class _Timeline:
-    """Samples named memory series in a background thread and keeps labelled events."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.t0 = time.monotonic()
-        self.series: dict[str, list[tuple[float, float]]] = {}
-        self.events: list[tuple[float, str]] = []
-        self._probes: dict[str, Callable[[], float | None]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="modelmora-bench", daemon=True)
-
-    def watch(self, name: str, probe: Callable[[], float | None]) -> None:
-        with self._lock:
-            self._probes[name] = probe
-            self.series.setdefault(name, [])
-
-    def mark(self, label: str) -> None:
-        self.sample()
-        self.events.append((time.monotonic() - self.t0, label))
-
-    def sample(self) -> None:
-        with self._lock:
-            now = time.monotonic() - self.t0
-            for name, probe in self._probes.items():
-                value = probe()
-                if value is not None:
-                    self.series[name].append((now, value))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def __enter__(self) -> _Timeline:
-        self.t0 = time.monotonic()
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"series": self.series, "events": self.events}
-
-
 def _resolve(options: IsolationOptions) -> tuple[ModelSpec, str, str | None, list[str]]:
     """The spec to run, the device, the fallback note, and notes for the output."""
     notes: list[str] = []
@@ -262,7 +213,7 @@ def _machine() -> dict[str, float | None]:
 
 
 def _run_subprocess(
-    spec: ModelSpec, options: IsolationOptions, timeline: _Timeline
+    spec: ModelSpec, options: IsolationOptions, timeline: Timeline
 ) -> dict[str, Any]:
     """Test 1: the benchmark process starts a worker, uses it, stops it; memory on all sides."""
     sample = sample_input(spec.kind)
@@ -336,7 +287,7 @@ def _vram(pid: int | None) -> float | None:
 
 
 def _run_inprocess(
-    spec: ModelSpec, options: IsolationOptions, timeline: _Timeline
+    spec: ModelSpec, options: IsolationOptions, timeline: Timeline
 ) -> dict[str, Any]:
     """Test 2: load, use, del + gc in a fresh helper process of its own; its memory per step."""
     probe_spec = ModelSpec(_PROBE, {"kind": spec.kind, "params": dict(spec.params)})
@@ -429,9 +380,9 @@ def run_isolation(options: IsolationOptions | None = None) -> IsolationResult:
     spec, device, fallback, notes = _resolve(options)
     if fallback:
         logger.warning("%s", fallback)
-    with _Timeline(options.interval) as t1:
+    with Timeline(options.interval) as t1:
         sub = _run_subprocess(spec, options, t1)
-    with _Timeline(options.interval) as t2:
+    with Timeline(options.interval) as t2:
         inproc = _run_inprocess(spec, options, t2)
     verdict, reason = decide_verdict(sub["delta_mb"], inproc["delta_mb"], options.noise_mb)
     notes.append(
@@ -562,7 +513,7 @@ def plot_timelines(result: IsolationResult, path: str) -> None:
         ),
     )
     for ax, (key, title, summary, note) in zip(axes, panels, strict=True):
-        _draw_panel(ax, result.timelines[key], summary, note)
+        draw_panel(ax, result.timelines[key], summary["baseline_mb"], note)
         ax.set_title(title, loc="left", fontsize=11)
         ax.set_ylabel("MB (RSS; VRAM dashed)")
         ax.grid(alpha=0.3)
@@ -582,60 +533,3 @@ def plot_timelines(result: IsolationResult, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _draw_panel(ax: Any, timeline: dict[str, Any], summary: dict[str, Any], note: str) -> None:
-    for name, points in timeline["series"].items():
-        if points:
-            xs, ys = zip(*points, strict=True)
-            vram = "VRAM" in name
-            colour = "tab:green" if vram else "tab:blue" if "benchmark" in name else "tab:orange"
-            ax.plot(
-                xs,
-                ys,
-                label=name,
-                color=colour,
-                linestyle="--" if vram else "-",
-                linewidth=1.8,
-                drawstyle="steps-post",
-            )
-    baseline = summary["baseline_mb"]
-    ax.axhline(baseline, color="grey", linestyle=":", linewidth=1)
-    ax.annotate(
-        f"baseline {baseline:.0f} MB",
-        (0.005, baseline),
-        xycoords=("axes fraction", "data"),
-        fontsize=8,
-        color="grey",
-        xytext=(0, 3),
-        textcoords="offset points",
-    )
-    events = timeline["events"]
-    span = max((t for t, _ in events), default=1.0) or 1.0
-    level, last = 0, None
-    for t, label in events:
-        # Labels of events closer than 6% of the run are stacked down so they stay legible.
-        level = level + 1 if last is not None and t - last < 0.06 * span else 0
-        last = t
-        ax.axvline(t, color="black", alpha=0.25, linewidth=0.8)
-        ax.annotate(
-            label,
-            (t, 1.0 - 0.2 * (level % 4)),
-            xycoords=("data", "axes fraction"),
-            fontsize=8,
-            va="top",
-            ha="left",
-            xytext=(2, -2),
-            textcoords="offset points",
-            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-        )
-    ax.text(
-        0.99,
-        0.04,
-        note,
-        transform=ax.transAxes,
-        ha="right",
-        va="bottom",
-        fontsize=9,
-        bbox={"boxstyle": "round", "fc": "#f4f4f4", "ec": "#999999"},
-    )

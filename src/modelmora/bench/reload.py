@@ -234,7 +234,8 @@ def run_reload_bench(options: ReloadBenchOptions | None = None) -> dict[str, Any
 def _measure_sizes(models: list[ModelConfig]) -> tuple[dict[str, float], float]:
     """Each model's peak RSS (one load each) and a spare's RSS."""
     from modelmora.runtime.spares import SparePool
-    from modelmora.runtime.worker import Worker, spare_key
+    from modelmora.runtime.spawn import spare_key
+    from modelmora.runtime.worker import Worker
 
     sizes = {}
     for cfg in models:

@@ -64,6 +64,7 @@ ADAPTERS: dict[str, str] = {
     "cross-encoder": "modelmora.models.hf:CrossEncoderAdapter",
     "transformers": "modelmora.models.hf:PipelineAdapter",
     "voiceprint": "modelmora.models.voiceprint:VoiceprintAdapter",
+    "speakers": "modelmora.models.voiceprint:SpeakersAdapter",
 }
 
 #: The entry-point group where other packages publish adapters (``kind = "pkg.mod:Class"``).

@@ -14,24 +14,37 @@ add``, ``POST /api/v1/speakers``)::
 :func:`speaker_centroids` gives each diarized speaker's embedding, which the diarizer's result
 carries so speakers can be named and linked after clustering, for engines that do not make
 their own (``resemblyzer``, ``pyannote``, engines of your own).
+
+:class:`SpeakersAdapter` (kind ``speakers``) loads no model: it links and names the speakers of
+a whole batch from those embeddings (:func:`modelmora.speech.identify.identify`), in the short
+worker the batch engine starts at the end of its diarize stage, so the orchestrator never
+imports numpy::
+
+    {"transcripts": [...], "link": True, "speakers": True, "library": folder | None}
+        ──►  {"transcripts": [...], "people": 3, "named": 1, "model": "...", "warnings": [...],
+              "log": [[logger, level, message], ...]}
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from modelmora.models import Adapter, check_device
+from modelmora.models import Adapter, Capabilities, check_device
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
-from modelmora.speech.transcript import Turn
+from modelmora.speech.identify import identify
+from modelmora.speech.speakers import SpeakerLibrary
+from modelmora.speech.transcript import Transcript, Turn
 
 __all__ = [
     "CENTROID_MAX_S",
     "SpeakerEmbedder",
+    "SpeakersAdapter",
     "VoiceprintAdapter",
     "model_key",
     "name_result",
@@ -125,8 +138,7 @@ def name_result(
     Returns:
         The result relabelled, with ``speaker_identities`` holding each naming's similarity.
     """
-    from modelmora.speech.speakers import SpeakerLibrary, match_speakers, thresholds_for
-    from modelmora.speech.transcript import Transcript
+    from modelmora.speech.speakers import match_speakers, thresholds_for
 
     transcript = Transcript.from_dict({"segments": [], **result})
     enrolled = SpeakerLibrary(library).voiceprints(model)
@@ -205,3 +217,79 @@ class VoiceprintAdapter(Adapter):
     def close(self) -> None:
         """Drop the model."""
         self._embedder = None
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[list[Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append([record.name, record.levelno, record.getMessage()])
+
+
+@contextlib.contextmanager
+def _package_records() -> Iterator[list[list[Any]]]:
+    """The package's log records of the block (``[logger name, level, message]``), kept for
+    the parent to log as its own instead of going to this worker's stderr."""
+    collect, package = _Collect(), logging.getLogger("modelmora")
+    level, propagate = package.level, package.propagate
+    package.setLevel(logging.DEBUG)  # the parent's loggers filter when they log them
+    package.propagate = False
+    package.addHandler(collect)
+    try:
+        yield collect.records
+    finally:
+        package.removeHandler(collect)
+        package.setLevel(level)
+        package.propagate = propagate
+
+
+class SpeakersAdapter(Adapter):
+    """Link and name a batch's speakers from the embeddings their transcripts carry (no model).
+
+    The batch engine's worker for :func:`modelmora.speech.identify.identify`: the comparisons
+    need numpy, and the orchestrator must not import it (its memory would stay there for the
+    rest of the batch).
+    """
+
+    capabilities = Capabilities(
+        task="speakers", frameworks=("numpy",), footprint_mb=80.0, vram_footprint_mb=0.0
+    )
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        """Identify the speakers of each item's transcripts, together.
+
+        Args:
+            batch: items ``{"transcripts": [transcript dicts], "link": bool, "speakers":
+                bool, "library": folder or None}``: link the same voice across the
+                transcripts (``link``), name enrolled voices (``speakers``; ``library``
+                None is the default library).
+
+        Returns:
+            Per item: ``{"transcripts": [dicts, same order], "people", "named", "model",
+            "warnings", "log"}``: ``log`` holds the package's log records of the call
+            (``[logger name, level, message]``), for the caller to log as its own.
+
+        Raises:
+            ValueError: an item without a ``transcripts`` list.
+        """
+        results = []
+        for item in batch:
+            if not isinstance(item, dict) or not isinstance(item.get("transcripts"), list):
+                raise ValueError("each speakers input must be a dict with a 'transcripts' list")
+            with _package_records() as records:
+                library = SpeakerLibrary(item.get("library")) if item.get("speakers") else None
+                transcripts = [Transcript.from_dict(t) for t in item["transcripts"]]
+                found = identify(transcripts, library, bool(item.get("link", True)))
+            results.append(
+                {
+                    "transcripts": [t.to_dict() for t in found.transcripts],
+                    "people": found.people,
+                    "named": found.named,
+                    "model": found.model,
+                    "warnings": list(found.warnings),
+                    "log": records,
+                }
+            )
+        return results

@@ -2,7 +2,7 @@
 
 Most of a cold start is the framework's import (torch and sentence-transformers take seconds),
 not the model's weights. A :class:`SparePool` keeps ``keep[kind]`` spares per
-:data:`~modelmora.runtime.worker.SpareKey` (adapter kind, threads, env): each a worker child,
+:data:`~modelmora.runtime.spawn.SpareKey` (adapter kind, threads, env): each a worker child,
 spawned exactly like any other (exec of a fresh interpreter, own session, PDEATHSIG and the
 watchdog), that answered ``Prepare`` by importing its adapter's frameworks::
 
@@ -35,7 +35,8 @@ import psutil
 from modelmora.errors import WorkerError
 from modelmora.models import ModelSpec
 from modelmora.runtime.memory import ReleaseReport
-from modelmora.runtime.worker import SpareKey, Worker
+from modelmora.runtime.spawn import SpareKey
+from modelmora.runtime.worker import Worker
 
 __all__ = ["DEFAULT_SPARE_MB", "SpareInfo", "SparePool"]
 

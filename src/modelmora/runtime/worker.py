@@ -10,6 +10,10 @@ Stopping is staged (stop message → join → SIGTERM → SIGKILL of the whole p
 ends with :func:`~modelmora.runtime.memory.verify_release`: the processes are gone and no GPU lists
 them. The data flow is drawn at the top of :mod:`modelmora.runtime._child`.
 
+How the child is spawned (its command, its environment, its thread caps) is
+:mod:`modelmora.runtime.spawn`; ``THREAD_ENV_VARS``, ``OMP_WAIT_POLICY``, ``SpareKey`` and
+``spare_key`` live there and stay importable from here.
+
 A worker can also start *warm*: :meth:`Worker.prepare` spawns the child and has it import the
 framework its adapter declares (its capabilities' ``frameworks``) without loading
 anything (a spare), and
@@ -20,16 +24,13 @@ Every guarantee above is the spare's too: it is the same kind of child, spawned 
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import glob
 import itertools
 import logging
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Generator
@@ -51,12 +52,13 @@ from modelmora.errors import (
 )
 from modelmora.models import ModelSpec
 from modelmora.runtime.exits import crash_phrase
-from modelmora.runtime.memory import (
-    MemoryInfo,
-    ReleaseReport,
-    nvml_available,
-    tree_rss_mb,
-    verify_release,
+from modelmora.runtime.memory import MemoryInfo, ReleaseReport, tree_rss_mb, verify_release
+from modelmora.runtime.spawn import (
+    OMP_WAIT_POLICY,
+    THREAD_ENV_VARS,
+    SpareKey,
+    spare_key,
+    spawn_child,
 )
 
 __all__ = [
@@ -69,35 +71,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Environment variables that cap the thread pools of the usual numeric libraries.
-THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "MODELMORA_THREADS",
-)
-
-#: OpenMP's idle policy in the worker unless the server's environment sets one. By default
-#: OpenMP threads spin at every barrier; torch's intra-op threads then take the cores the
-#: server's event loop needs (one MiniLM sentence on a busy 2-core machine: 208 ms of CPU
-#: spinning instead of 16 ms). Passive threads sleep between parallel regions.
-OMP_WAIT_POLICY = "PASSIVE"
-
-#: What a spare shares with the workers it can become: adapter kind, threads, extra env.
-SpareKey = tuple[str, int | None, tuple[tuple[str, str], ...]]
-
-
-def spare_key(kind: str, threads: int | None = None, env: dict[str, str] | None = None) -> SpareKey:
-    """The :data:`SpareKey` of workers of adapter ``kind`` with these threads and env."""
-    return (kind, threads, tuple(sorted((env or {}).items())))
-
-
 _ids = itertools.count(1)
-# PR_SET_PDEATHSIG fires when the *thread* that spawned the child ends, so children are
-# spawned from a thread that lives as long as the process (or from the main thread).
-_spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelmora-spawn")
 
 
 class Worker:
@@ -282,45 +256,7 @@ class Worker:
         return True
 
     def _spawn(self) -> None:
-        parent_end, child_end = socket.socketpair()
-        env = dict(os.environ)
-        env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-        if self.threads:
-            env.update({var: str(self.threads) for var in THREAD_ENV_VARS})
-        if nvml_available():
-            env["MODELMORA_NVML"] = "1"
-        env.update(self.env)
-        argv = [
-            sys.executable,
-            "-m",
-            "modelmora.runtime._child",
-            str(child_end.fileno()),
-            str(os.getpid()),
-        ]
-
-        def popen() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                argv,
-                pass_fds=(child_end.fileno(),),
-                start_new_session=True,  # own process group: killpg reaches its descendants
-                stdin=subprocess.DEVNULL,
-                stderr=self.stderr,
-                env=env,
-            )
-
-        try:
-            if threading.current_thread() is threading.main_thread():
-                self._proc = popen()
-            else:
-                self._proc = _spawner.submit(popen).result()
-        finally:
-            child_end.close()
-        self._conn = Connection(os.dup(parent_end.fileno()))
-        parent_end.close()
-        try:
-            self._pidfd = os.pidfd_open(self._proc.pid)
-        except (AttributeError, OSError):  # old kernel: the socket's EOF is the sentinel
-            self._pidfd = None
+        self._proc, self._conn, self._pidfd = spawn_child(self.threads, self.env, self.stderr)
 
     def call(self, inputs: list[Any], timeout: float | None = None) -> list[Any]:
         """Run the model on a batch of inputs in the child.

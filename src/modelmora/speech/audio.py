@@ -24,7 +24,9 @@ pure silence                    **not an error**: the samples are returned; tran
                                 loader's, and "no one spoke" is a valid result.
 ==============================  =====================================================
 
-Only numpy is imported at module level; PyAV and faster-whisper load on first use.
+Nothing heavy is imported at module level (the batch orchestrator checks files with
+:func:`check_audio_file` and must not import numpy); numpy, PyAV and faster-whisper load on first
+use.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from modelmora.errors import ModelMoraError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["SAMPLE_RATE", "AudioError", "audio_duration", "check_audio_file", "load_audio"]
 
@@ -201,6 +204,8 @@ def load_audio(
         AudioError: the file is missing, unreadable, empty, not audio, truncated, holds no
             samples, or takes longer than ``timeout`` to decode.
     """
+    import numpy as np
+
     if sr <= 0:
         raise ValueError(f"sample rate must be positive, got {sr}")
     file = check_audio_file(path)

@@ -8,6 +8,9 @@ model of one stage of :func:`~modelmora.workflow.engine.transcribe_files` for th
 
     with crash_on("*crash*"):              # the transcribe worker segfaults on b_crash.wav
         report = transcribe_files(paths, options, out)
+
+:func:`canned_stages` makes every stage's worker a toy that answers each file with a given
+output (Whisper's, the diarizer's...), for tests of what the engine does around the models.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import dataclasses
 import fnmatch
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from modelmora.models import Adapter, ModelSpec, resolve_adapter
 from modelmora.workflow import engine
 
-__all__ = ["FAULTS", "FaultOnMatch", "crash_on", "stage_model"]
+__all__ = ["FAULTS", "FaultOnMatch", "canned_stages", "crash_on", "stage_model"]
 
 #: What :class:`FaultOnMatch` can do to a matching input.
 FAULTS = ("segfault", "hang", "exit")
@@ -94,6 +97,34 @@ def stage_model(stage: str, replace: Callable[[ModelSpec], ModelSpec]) -> Iterat
             dataclasses.replace(s, spec=replace(s.spec)) if s.name == stage else s
             for s in build(run)
         ]
+
+    engine.build_stages = patched
+    try:
+        yield
+    finally:
+        engine.build_stages = build
+
+
+@contextlib.contextmanager
+def canned_stages(outputs: Mapping[str, Mapping[str, Any]]) -> Iterator[None]:
+    """For the ``with`` block: each stage's worker is a toy answering with canned outputs.
+
+    Args:
+        outputs: stage name → input file name → what that stage's model returns for it
+            (a stage missing here runs its usual model).
+    """
+    build = engine.build_stages
+
+    def toy(stage: Any) -> Any:
+        given = outputs[stage.name]
+
+        def item(job: Any) -> dict[str, Any]:
+            return {"op": "echo", "value": given[job.path.name]}
+
+        return dataclasses.replace(stage, spec=ModelSpec("toy"), item=item)
+
+    def patched(run: Any) -> list[Any]:
+        return [toy(s) if s.name in outputs else s for s in build(run)]
 
     engine.build_stages = patched
     try:

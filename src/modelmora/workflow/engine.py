@@ -6,7 +6,7 @@ stopped and the release verified before the next stage's model loads)::
     files ─► check (missing, empty, folder: failed here, no worker)
           ─► [transcribe worker: Whisper]  each file ─► align ─► .modelmora/<stem>.transcribe.json
           ─► [diarize worker: chosen engine] each file ─► .modelmora/<stem>.diarize.json
-          │     speakers linked across files and named from the library (parent, no model)
+          │     [speakers worker: no model] speakers linked across files, named from the library
           │     outputs: <stem>.txt .srt .vtt .json .tsv .rttm
           ─► [summarize worker: LLM]       each file ─► .modelmora/<stem>.summarize.json
           │     <stem>.summary.md
@@ -24,7 +24,8 @@ Who runs a stage's model over its files is a *stage runner*, chosen by ``options
 every file through one :class:`~modelmora.workflow.stages.StageBook`; everything else (the
 stages, resume, outputs, report) is here and the same for both.
 
-This module never imports an ML framework: the models live in the workers only.
+This module never imports an ML framework, nor numpy: the models, and the numeric work of
+linking speakers, live in the workers only.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from modelmora.errors import WorkerError
 from modelmora.models import ModelSpec
 from modelmora.runtime.memory import TreeSampler, gpu_used_mb, process_rss_mb
+from modelmora.runtime.worker import Worker
 from modelmora.speech.audio import AudioError, check_audio_file
 from modelmora.speech.transcript import Transcript, write_atomic
 from modelmora.workflow.inprocess import align
@@ -194,30 +197,74 @@ _DIARIZED = ("segments", "turns", "speaker_embeddings", "embedding_model")
 
 
 def _identify(run: Run, jobs: list[Job], stats: StageStats) -> None:
-    """Link and name the batch's speakers (end of the diarize stage), then write outputs."""
-    from modelmora.speech.speakers import SpeakerLibrary
-    from modelmora.workflow.speakers import identify
+    """Link and name the batch's speakers (end of the diarize stage), then write outputs.
 
-    opts = run.options
+    The comparisons need numpy, which this process must not import (it would keep its memory
+    for the rest of the batch), so they run in a short worker of the ``speakers`` adapter: no
+    model, only the embeddings the diarizer's results carry. Not in the diarizer's own worker:
+    a resumed stage or a crashed worker leaves none to ask, and on Ray it runs on nodes that
+    may not see the speaker library. If this worker dies, the files keep their own labels.
+    """
     t0 = time.perf_counter()
     done = [j for j in jobs if j.result.ok and j.transcript is not None and not j.written]
-    library = SpeakerLibrary(opts.library) if opts.speakers else None
-    result = identify([Transcript.from_dict(j.transcript or {}) for j in done], library, opts.link)
-    for job, transcript in zip(done, result.transcripts, strict=True):
-        job.transcript = transcript.to_dict()
-    for warning in result.warnings:
+    found = _identified(run, [j.transcript or {} for j in done], stats)
+    for job, transcript in zip(done, found["transcripts"], strict=True):
+        job.transcript = transcript
+    for name, level, message in found["log"]:  # the worker's records, as if logged here
+        logging.getLogger(name).log(level, "%s", message)
+    for warning in found["warnings"]:
         run.say(f"warning: {warning}", style="yellow")
         logger.warning("%s", warning)
     stats.identify_s = time.perf_counter() - t0
     logger.info(
         "speakers: %d people across %d file(s), %d named, in %.3f s",
-        result.people,
+        found["people"],
         len(done),
-        result.named,
+        found["named"],
         stats.identify_s,
     )
     for job in done:
         run.write_transcript(job)
+
+
+def _identified(run: Run, transcripts: list[dict[str, Any]], stats: StageStats) -> dict[str, Any]:
+    """The ``speakers`` adapter's output for these transcripts (see :func:`_identify`)."""
+    opts = run.options
+    unchanged: dict[str, Any] = {
+        "transcripts": [Transcript.from_dict(t).to_dict() for t in transcripts],
+        "people": 0,
+        "named": 0,
+        "model": None,
+        "warnings": [],
+        "log": [],
+    }
+    if not any(t.get("speaker_embeddings") for t in transcripts):
+        return unchanged  # nothing to compare: no worker
+    item = {
+        "transcripts": transcripts,
+        "link": opts.link,
+        "speakers": opts.speakers,
+        "library": opts.library,
+    }
+    worker = Worker(
+        ModelSpec("speakers"),
+        name="speakers",
+        memory_limit_mb=opts.memory_budget_mb(),
+        threads=opts.threads,
+        stderr=run.log_file,
+    )
+    try:
+        worker.start()
+        (found,) = worker.call([item], timeout=opts.file_timeout)
+    except WorkerError as exc:  # it crashed, hung or went over the budget
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {**unchanged, "warnings": [f"speakers not linked or named: {reason}"]}
+    except BaseException:  # Ctrl-C (or a bug): no graceful stop to wait for
+        worker.kill()
+        raise
+    finally:
+        stats.released = worker.stop().released and stats.released
+    return dict(found)
 
 
 def _summarize_stage(run: Run) -> Stage:

@@ -21,17 +21,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from modelmora.speech.transcript import Transcript, Word
+
+if TYPE_CHECKING:  # the engine imports align() from here, and it must not import numpy
+    import numpy as np
 
 __all__ = ["align", "clear_models", "diarize", "summarize", "transcribe"]
 
 logger = logging.getLogger(__name__)
 
-AudioInput = str | os.PathLike[str] | np.ndarray
+AudioInput: TypeAlias = "str | os.PathLike[str] | np.ndarray"
 
 # Loaded adapters, keyed by kind and parameters, so a debugging session loads each model once.
 _MODELS: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}

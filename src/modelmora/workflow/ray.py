@@ -34,7 +34,8 @@ from typing import Any
 
 from modelmora.models import ModelSpec
 from modelmora.runtime.memory import TreeSampler
-from modelmora.runtime.worker import THREAD_ENV_VARS, Worker
+from modelmora.runtime.spawn import THREAD_ENV_VARS
+from modelmora.runtime.worker import Worker
 from modelmora.units import MB
 from modelmora.workflow.options import INSTALL_HINT, TranscribeOptions
 from modelmora.workflow.stages import Job, Stage, StageBook, StageRunner, failure_reason

@@ -37,7 +37,8 @@ class StageStats:
         restarts: fresh workers started after one crashed, hung or hit the memory budget.
         gpu_before_mb: device memory in use (NVML, machine-wide) before the stage started.
         gpu_after_mb: the same after the stage's worker was released.
-        identify_s: seconds spent linking and naming speakers after the diarize stage.
+        identify_s: seconds spent linking and naming speakers after the diarize stage (their
+            worker's start and stop included).
     """
 
     name: str

@@ -19,7 +19,7 @@ from typing import Any
 
 from modelmora.errors import MemoryBudgetExceeded
 from modelmora.runtime.memory import tree_rss_mb
-from modelmora.runtime.worker import spare_key
+from modelmora.runtime.spawn import spare_key
 from modelmora.serving.config import PRIORITIES, RANK
 from modelmora.serving.scheduler.pool import WorkerPool
 from modelmora.serving.scheduler.residency import (

@@ -30,7 +30,8 @@ from modelmora.errors import MemoryBudgetExceeded
 from modelmora.runtime.footprints import FootprintStore
 from modelmora.runtime.memory import ReleaseReport, available_mb, nvml_available
 from modelmora.runtime.spares import SparePool
-from modelmora.runtime.worker import SpareKey, Worker
+from modelmora.runtime.spawn import SpareKey
+from modelmora.runtime.worker import Worker
 from modelmora.serving.config import PRIORITIES, RANK, ModelConfig, ServerConfig
 from modelmora.serving.metrics import Metrics
 from modelmora.serving.scheduler.errors import UnknownModel
