@@ -16,7 +16,7 @@ from modelmora.models.diarization import (
     SpeakerEmbedder,
     check_engine,
 )
-from modelmora.models.diarization.clustering import spectral_clusters
+from modelmora.models.diarization.clustering import voice_clusters
 from modelmora.models.diarization.default import speech_runs
 from modelmora.models.diarization.segmentation import FRAME_STEP_S
 from modelmora.speech.transcript import Segment, Transcript, Turn, Word
@@ -82,19 +82,40 @@ def test_speech_runs_embeds_long_runs_apart() -> None:
     assert speech_runs(np.zeros(50, dtype=bool), own_run=2.0) == []
 
 
-@pytest.mark.parametrize("counts", [[30], [20, 12], [15, 10, 8]])
-def test_spectral_clusters_counts_speakers(counts: list[int]) -> None:
-    labels = spectral_clusters(_blobs(counts))
+@pytest.mark.parametrize("counts", [[30], [20, 12], [15, 10, 8], [6] * 12])
+def test_voice_clusters_counts_speakers(counts: list[int]) -> None:
+    labels = voice_clusters(_blobs(counts), max_speakers=len(counts) + 4)
     assert len(set(labels.tolist())) == len(counts)
     truth = np.repeat(np.arange(len(counts)), counts)
     for k in range(len(counts)):  # each found cluster is one true speaker
         assert len(set(truth[labels == k].tolist())) == 1
+    assert labels[0] == 0  # numbered by first appearance
+    if len(counts) > 1:
+        assert labels[counts[0]] == 1
 
 
-def test_spectral_clusters_respects_bounds() -> None:
+def _two_voices(cosine: float, seed: int = 0) -> np.ndarray:
+    """Two tight groups of unit vectors whose centres have the given cosine similarity."""
+    rng = np.random.default_rng(seed)
+    a = np.eye(64)[0]
+    b = cosine * a + np.sqrt(1 - cosine**2) * np.eye(64)[1]
+    points = [c + 0.02 * rng.normal(size=(10, 64)) for c in (a, b)]
+    stacked = np.concatenate(points)
+    return stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
+
+
+def test_voice_clusters_merges_what_is_as_alike_as_one_voice() -> None:
+    assert len(set(voice_clusters(_two_voices(0.8), same_voice=0.7).tolist())) == 1
+    assert len(set(voice_clusters(_two_voices(0.6), same_voice=0.7).tolist())) == 2
+
+
+def test_voice_clusters_respects_bounds() -> None:
     embeddings = _blobs([15, 10, 8])
-    assert len(set(spectral_clusters(embeddings, num_speakers=2).tolist())) == 2
-    assert len(set(spectral_clusters(embeddings, max_speakers=1).tolist())) == 1
+    assert len(set(voice_clusters(embeddings, num_speakers=2).tolist())) == 2
+    assert len(set(voice_clusters(embeddings, max_speakers=1).tolist())) == 1
+    assert len(set(voice_clusters(_two_voices(0.8), min_speakers=2).tolist())) == 2
+    assert voice_clusters(embeddings[:1]).tolist() == [0]
+    assert voice_clusters(embeddings[:0]).size == 0
 
 
 def test_engines_by_name() -> None:

@@ -80,8 +80,8 @@ class TranscribeOptions:
         hotwords: words Whisper is nudged towards throughout (names, jargon).
         vad_filter: skip non-speech with Silero VAD before Whisper.
         diarize: label speakers.
-        diarizer: the diarization engine: ``default`` (segmentation-3.0 + CAM++ + spectral
-            clustering), ``resemblyzer``, ``pyannote`` (a pyannote.audio pipeline) or
+        diarizer: the diarization engine: ``default`` (segmentation-3.0 + CAM++ +
+            agglomerative clustering), ``resemblyzer``, ``pyannote`` (a pyannote.audio pipeline) or
             ``package.module:Class``.
         diarizer_model: the ``pyannote`` engine's pipeline: a Hugging Face id or a local
             folder (default ``pyannote/speaker-diarization-3.1``).

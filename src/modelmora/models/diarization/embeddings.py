@@ -75,6 +75,11 @@ class SpeakerEmbedder:
         """
         if self._model is not None:
             return
+        # oneDNN keeps a compiled kernel per input shape (1024 by default), and nearly every
+        # embedding has a length of its own: the cache grew with the recording (+190 MB over
+        # 200 s of audio). A small one keeps the shapes that recur (whole chunks) at the same
+        # speed. Read at oneDNN's first use, so this must come before any forward pass.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
         import torch
 
         from modelmora.models.diarization.networks import CamPlusPlus

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from modelmora.paths import write_atomic
 from modelmora.speech.formats.common import RenderOptions, speaker_turns
-from modelmora.speech.formats.docx import render_docx
+from modelmora.speech.formats.docx import prepare_docx, render_docx
 from modelmora.speech.formats.html import render_html
 from modelmora.speech.formats.subtitles import render_srt, render_vtt
 from modelmora.speech.formats.text import render_json, render_rttm, render_tsv, render_txt
@@ -35,6 +35,7 @@ __all__ = [
     "RENDERERS",
     "RenderOptions",
     "parse_formats",
+    "prepare_writers",
     "render",
     "speaker_turns",
     "write_outputs",
@@ -59,6 +60,12 @@ RENDERERS: dict[str, Renderer] = {
 
 #: Output formats :func:`write_outputs` knows, in the order ``all`` writes them.
 FORMATS: tuple[str, ...] = tuple(RENDERERS)
+
+
+def prepare_writers(formats: Iterable[str]) -> None:
+    """Load what the renderers of ``formats`` import on first use (python-docx for docx)."""
+    if "docx" in formats:
+        prepare_docx()
 
 
 def parse_formats(formats: str | Iterable[str]) -> list[str]:

@@ -65,6 +65,20 @@ def _turn(document: Any, turn: SpeakerTurn, colours: dict[str, str], low: float)
                 run.font.color.rgb = RGBColor(0x99, 0x66, 0x00)
 
 
+def prepare_docx() -> None:
+    """Import python-docx and parse its template once (about 20 MB with lxml, kept).
+
+    A batch calls this before its first file, so what the writer costs is paid at the start,
+    and the orchestrator's memory over the batch shows only what the files themselves add.
+    Does nothing when python-docx is not installed (rendering then says how to install it).
+    """
+    try:
+        import docx
+    except ImportError:
+        return
+    docx.Document()
+
+
 def render_docx(transcript: Transcript, options: RenderOptions, stem: str = "") -> bytes:
     """The document as bytes (see the module's docstring).
 
