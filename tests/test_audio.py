@@ -37,6 +37,20 @@ def test_load_flac(tmp_path: Path) -> None:
     assert audio_duration(path) == pytest.approx(1.0, abs=0.01)
 
 
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_mono_wav_at_the_rate_reads_as_ffmpeg_decodes_it(tmp_path: Path, subtype: str) -> None:
+    import soundfile
+    from faster_whisper import decode_audio
+
+    path = tmp_path / "mono.wav"
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)
+    soundfile.write(path, tone, SAMPLE_RATE, subtype=subtype)
+    direct = load_audio(path)  # read straight into its array, not through FFmpeg
+    ffmpeg = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+    assert direct.dtype == np.float32 and direct.shape == ffmpeg.shape
+    assert np.abs(direct - ffmpeg).max() <= 1 / 32768  # FFmpeg's path rounds to 16 bits
+
+
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [

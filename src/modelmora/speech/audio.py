@@ -176,6 +176,28 @@ def _run_bounded(func: Any, timeout: float, what: str) -> Any:
     return box["value"]
 
 
+def _read_direct(file: Path, sr: int) -> Any:
+    """Mono WAV/FLAC already at ``sr`` Hz, read straight into one float32 array; else None.
+
+    FFmpeg's path (faster-whisper's ``decode_audio``) buffers 16-bit samples, then converts
+    them twice: about 2.8 times the audio's float32 size at its peak (610 MB for an hour).
+    This reads the file once into its final array: the same values for 16-bit PCM (divided
+    by 32768), full precision for float files. Anything else, or any error, goes to FFmpeg.
+    """
+    if file.suffix.lower() not in (".wav", ".flac"):
+        return None
+    try:
+        import soundfile
+
+        info = soundfile.info(str(file))
+        if info.samplerate != sr or info.channels != 1 or info.frames <= 0:
+            return None
+        samples, _ = soundfile.read(str(file), dtype="float32", always_2d=False)
+    except Exception:  # not for this reader: FFmpeg decides
+        return None
+    return samples if samples.ndim == 1 and samples.size else None
+
+
 def load_audio(
     path: str | os.PathLike[str],
     sr: int = SAMPLE_RATE,
@@ -218,10 +240,12 @@ def load_audio(
 
         declared = _probe(file)
         header = _wav_declared_duration(file)
-        try:
-            samples = decode_audio(str(file), sampling_rate=sr)
-        except Exception as exc:
-            raise AudioError(f"{file}: cannot decode ({exc})") from None
+        samples = _read_direct(file, sr)
+        if samples is None:
+            try:
+                samples = decode_audio(str(file), sampling_rate=sr)
+            except Exception as exc:
+                raise AudioError(f"{file}: cannot decode ({exc})") from None
         return np.asarray(samples, dtype=np.float32), header if header is not None else declared
 
     samples, declared = _run_bounded(decode, timeout, str(file))
