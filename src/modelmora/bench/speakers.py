@@ -42,7 +42,7 @@ __all__ = ["AMI_PAIRS", "DEFAULT_AMI_DIR", "format_table", "run_speakers_bench"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_AMI_DIR = Path(os.environ.get("MODELMORA_AMI_DIR", "../shared/audio/ami"))
+DEFAULT_AMI_DIR = Path(os.environ.get("MODELMORA_AMI_DIR", "ami"))
 #: Excerpt pairs that share speakers.
 AMI_PAIRS: tuple[tuple[str, str], ...] = (
     ("trn07", "trn08"),
@@ -382,7 +382,7 @@ def run_speakers_bench(
 
     Args:
         ami_dir: folder of ``trn01.wav``... and ``ami.rttm`` (default ``$MODELMORA_AMI_DIR`` or
-            ``../shared/audio/ami``).
+            ``./ami``).
         audio_dir: where generated voices are cached (default: a temporary folder).
         engine: the diarizer engine whose speakers are linked and named.
         parts: which data sets to run (``ami``, ``generated``).
@@ -394,14 +394,7 @@ def run_speakers_bench(
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with Worker(ModelSpec("voiceprint", {"device": "cpu"}), name="voiceprint") as voiceprint:
-            t0 = time.perf_counter()
-            import scipy.optimize  # noqa: F401  (once per batch: timed apart from the work)
-
-            result: dict[str, Any] = {
-                "cpu_count": os.cpu_count(),
-                "engine": engine,
-                "scipy_import_s": round(time.perf_counter() - t0, 3),
-            }
+            result: dict[str, Any] = {"cpu_count": os.cpu_count(), "engine": engine}
             if "ami" not in parts:
                 pass
             elif (folder / "ami.rttm").exists():

@@ -19,7 +19,7 @@ Linking (:func:`link_speakers`) gives the same unknown person the same label in 
 batch: each file's speakers are assigned one-to-one to the people seen so far (the same
 threshold test against the running centroid of each person), or start a new person.
 
-Pure numpy: no ML framework (and no scipy: this runs in the orchestrator) is imported here.
+Pure numpy: no ML framework and no scipy is imported here (it runs in a light worker).
 """
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ class SpeakerMatch:
 def linear_sum_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one (row, column) pairs of lowest total ``cost``, best pair first (greedy).
 
-    The orchestrator links and names speakers, and scipy's solver would cost it 40 MB of
+    Linking and naming run in a light worker where scipy's solver would cost 40 MB of
     imports. For the handful of speakers in a recording the greedy choice is the optimal one
     whenever one pairing clearly wins, which is what the naming margin asks for anyway.
 
