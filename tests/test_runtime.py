@@ -28,6 +28,7 @@ from modelmora import (
 )
 from modelmora.runtime.memory import TreeSampler, process_rss_mb
 from modelmora.runtime.protocol import SHM_DIR, Call, discard, encode
+from modelmora.runtime.spawn import server_env
 
 
 def gone(pid: int) -> bool:
@@ -172,11 +173,17 @@ def test_thread_caps_reach_the_child():
     with Worker("toy", threads=2) as worker:
         assert worker.call([{"op": "env", "name": "OMP_NUM_THREADS"}]) == ["2"]
         assert worker.call([{"op": "env", "name": "MKL_NUM_THREADS"}]) == ["2"]
-        # OpenMP threads sleep between parallel regions unless the environment says otherwise
-        assert worker.call([{"op": "env", "name": "OMP_WAIT_POLICY"}]) == ["PASSIVE"]
-    with Worker("toy", env={"CUDA_VISIBLE_DEVICES": "", "OMP_WAIT_POLICY": "ACTIVE"}) as worker:
+        # a batch's worker keeps OpenMP's own idle policy (passive threads slow Whisper down)
+        assert worker.call([{"op": "env", "name": "OMP_WAIT_POLICY"}]) == [None]
+    with Worker("toy", env={"CUDA_VISIBLE_DEVICES": "", **server_env()}) as worker:
         assert worker.call([{"op": "env", "name": "CUDA_VISIBLE_DEVICES"}]) == [""]
-        assert worker.call([{"op": "env", "name": "OMP_WAIT_POLICY"}]) == ["ACTIVE"]
+        # a server's: its OpenMP threads sleep between parallel regions
+        assert worker.call([{"op": "env", "name": "OMP_WAIT_POLICY"}]) == ["PASSIVE"]
+
+
+def test_a_set_idle_policy_wins_over_the_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert server_env() == {}
 
 
 def test_staged_stop_sigterm_then_sigkill():

@@ -305,7 +305,7 @@ class SparePool:
     def _drop_dead(self, key: SpareKey) -> None:
         """Stop (and verify) spares of ``key`` that died while waiting; the lock is held."""
         ready = self._ready.get(key, [])
-        for spare in [w for w in ready if not w.alive]:
+        for spare in [w for w in ready if w.exiting()]:
             ready.remove(spare)
             self.counts.lost += 1
             logger.warning("spare %s (pid %s) died while waiting: replaced", key[0], spare.pid)

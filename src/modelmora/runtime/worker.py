@@ -142,17 +142,23 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        """True while the child runs.
+        """True while the child runs (not yet reaped: see :meth:`exiting` for a strict check)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def exiting(self) -> bool:
+        """True when the child is gone or its main thread has already exited.
 
         A killed child whose threads are still exiting is not reaped yet (``poll()`` is None)
-        and its socket is still open, but its main thread is already a zombie: that is dead.
+        and its socket is still open, but its main thread is a zombie: it can take no work.
+        One read of ``/proc``: for handing a spare over, not for every call.
         """
-        if self._proc is None or self._proc.poll() is not None:
-            return False
+        if not self.alive:
+            return True
+        assert self._proc is not None
         try:
-            return psutil.Process(self._proc.pid).status() != psutil.STATUS_ZOMBIE
+            return bool(psutil.Process(self._proc.pid).status() == psutil.STATUS_ZOMBIE)
         except psutil.NoSuchProcess:
-            return False
+            return True
 
     def spare_key(self) -> SpareKey:
         """What a spare must share with this worker to serve it: adapter kind, threads, env."""
@@ -246,7 +252,7 @@ class Worker:
                 "kind, threads and env must match"
             )
         with spare._lock:
-            if not spare.alive or spare._conn is None or spare._conn.poll():  # died, or EOF
+            if spare.exiting() or spare._conn is None or spare._conn.poll():  # died, or EOF
                 report = spare.stop()
                 logger.warning("spare %s had died (%s): cold start", spare.name, report.stage)
                 return False

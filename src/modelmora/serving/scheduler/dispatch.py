@@ -19,7 +19,7 @@ from typing import Any
 
 from modelmora.errors import MemoryBudgetExceeded
 from modelmora.runtime.memory import tree_rss_mb
-from modelmora.runtime.spawn import spare_key
+from modelmora.runtime.spawn import server_env, spare_key
 from modelmora.serving.config import PRIORITIES, RANK
 from modelmora.serving.scheduler.pool import WorkerPool
 from modelmora.serving.scheduler.residency import (
@@ -136,7 +136,7 @@ class Dispatcher:
         vram = m.vram_footprint_mb if books.vram_budget_mb is not None else 0.0
         # workers already stopping count as free: the load waits for their exit
         stopping = [r for r in books.replicas() if r.state == "stopping"]
-        key = spare_key(m.spec.kind, m.cfg.threads)
+        key = spare_key(m.spec.kind, m.cfg.threads, server_env())
         short_ram, short_vram = books.shortfall(ram, vram, key)
         shed: list[Future[Any]] = []
         if short_ram > 0 and books.spares.reserved_mb() > books.spares.peek_mb(key):

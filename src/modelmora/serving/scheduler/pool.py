@@ -33,6 +33,7 @@ from modelmora.errors import ModelLoadError, WorkerError, WorkerLost, WorkerStop
 from modelmora.models import ModelSpec
 from modelmora.models.sources import LOCK_NAME, LockFile, is_hub_id, prepare
 from modelmora.runtime.memory import ReleaseReport
+from modelmora.runtime.spawn import server_env
 from modelmora.runtime.worker import Worker
 from modelmora.serving.scheduler.errors import ModelUnhealthy
 from modelmora.serving.scheduler.residency import (
@@ -88,6 +89,7 @@ class WorkerPool:
             load_timeout=cfg.load_timeout_s,
             memory_limit_mb=cfg.memory_limit_mb,
             threads=cfg.threads,
+            env=server_env(),
         )
         rep = Replica(worker, mem_mb=ram, vram_mb=vram)
         m.replicas.append(rep)
