@@ -278,3 +278,17 @@ def test_default_engine_keeps_overlap(tmp_path: Path) -> None:
     )
     labelled = [w for s in out["segments"] for w in s["words"]]
     assert all(w["speaker"] in result.speakers for w in labelled)  # one speaker per word
+    _assert_plain(out)  # unpickling it must not import numpy in the orchestrator
+
+
+def _assert_plain(value: Any) -> None:
+    """Only the types JSON has: no numpy scalar or array anywhere inside."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert isinstance(key, str)
+            _assert_plain(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _assert_plain(item)
+    else:
+        assert value is None or type(value) in (str, int, float, bool), type(value)

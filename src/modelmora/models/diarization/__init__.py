@@ -172,7 +172,7 @@ class DiarizerAdapter(Adapter):
             output: dict[str, Any] = {
                 "segments": [segment.to_dict() for segment in labelled],
                 "speakers": result.speakers,
-                "turns": [[t.start, t.end, t.speaker] for t in result.turns],
+                "turns": [[float(t.start), float(t.end), t.speaker] for t in result.turns],
                 "speaker_embeddings": result.speaker_embeddings,
                 "embedding_model": result.embedding_model,
             }

@@ -331,7 +331,7 @@ class DefaultEngine:
             column = np.concatenate(([0], frames[:, k].astype(np.int8), [0]))
             edges = np.flatnonzero(np.diff(column))
             runs: list[list[float]] = []
-            for begin, end in zip(edges[0::2], edges[1::2], strict=True):
+            for begin, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
                 start = begin * FRAME_STEP_S + half - FRAME_STEP_S / 2
                 stop = (end - 1) * FRAME_STEP_S + half + FRAME_STEP_S / 2
                 if runs and start - runs[-1][1] < self.min_gap:
