@@ -41,6 +41,7 @@ import yaml
 from rich.table import Table
 
 from modelmora.runtime.memory import TreeSampler
+from modelmora.runtime.spawn import server_env
 from modelmora.runtime.worker import Worker
 from modelmora.serving.config import ModelConfig
 
@@ -412,7 +413,8 @@ def run_server_bench(options: ServerBenchOptions | None = None) -> dict[str, Any
                 server.load(model)
             # the direct path: a twin of mini-b1 (same spec, same settings) in this process
             twin_config = ModelConfig.model_validate(config["models"][0])
-            with Worker(twin_config.to_spec(), name="bench-direct") as twin:
+            # the same environment as the served model's worker (its OpenMP idle policy)
+            with Worker(twin_config.to_spec(), name="bench-direct", env=server_env()) as twin:
                 overhead = _overhead(server, twin, options.overhead_calls)
                 gain = _model_gain(twin, 32)
             throughput = _throughput(server, options.clients, options.throughput_requests)

@@ -35,6 +35,7 @@ import httpx
 
 from modelmora.bench.server import KeepAliveClient, ServerProcess, in_threads
 from modelmora.runtime.memory import TreeSampler, process_rss_mb, tree_rss_mb
+from modelmora.runtime.spawn import server_env
 from modelmora.runtime.worker import Worker
 from modelmora.serving.config import ModelConfig
 
@@ -151,13 +152,13 @@ def _adapters(options: ModelsBenchOptions, folder: Path) -> dict[str, Any]:
         query = {"model": "rerank", "query": "river bank", "documents": _DOCUMENTS}
         rerank_rps = _rate(server.port, "/v1/rerank", [query] * options.requests, options.clients)
         spec = ModelConfig.model_validate(models[0]).to_spec()
-        with Worker(spec, name="bench-direct-clip", threads=1) as twin:  # as served
+        with Worker(spec, name="bench-direct-clip", threads=1, env=server_env()) as twin:
             body = {"model": "clip-b1", "input": [images[0]]}
             img = _overhead(
                 server.port, "/v1/embeddings", body, twin, images[0], options.overhead_calls
             )
         spec = ModelConfig.model_validate(models[2]).to_spec()
-        with Worker(spec, name="bench-direct-rerank", threads=1) as twin:
+        with Worker(spec, name="bench-direct-rerank", threads=1, env=server_env()) as twin:
             item = {"query": query["query"], "documents": _DOCUMENTS}
             rr = _overhead(server.port, "/v1/rerank", query, twin, item, options.overhead_calls)
     return {
