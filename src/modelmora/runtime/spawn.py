@@ -52,6 +52,7 @@ def server_env() -> dict[str, str]:
     """Extra environment of a model server's workers (the idle policy above, unless set)."""
     return {} if "OMP_WAIT_POLICY" in os.environ else {"OMP_WAIT_POLICY": OMP_WAIT_POLICY}
 
+
 #: What a spare shares with the workers it can become: adapter kind, threads, extra env.
 SpareKey = tuple[str, int | None, tuple[tuple[str, str], ...]]
 
