@@ -92,6 +92,19 @@ def _prefix_sums_of_squares(wav: np.ndarray, at: np.ndarray, block: int = 1 << 2
     return out
 
 
+def frame_runs(column: np.ndarray, bridge: float) -> list[tuple[int, int]]:
+    """``[begin, end)`` ranges of the True frames of ``column``, pauses under ``bridge`` s kept."""
+    padded = np.concatenate(([0], column.astype(np.int8), [0]))
+    edges = np.flatnonzero(np.diff(padded))
+    runs: list[tuple[int, int]] = []
+    for begin, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+        if runs and (begin - runs[-1][1]) * FRAME_STEP_S < bridge:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((begin, end))
+    return runs
+
+
 def speech_runs(
     column: np.ndarray, own_run: float, bridge: float = 0.3
 ) -> list[list[tuple[int, int]]]:
@@ -106,14 +119,7 @@ def speech_runs(
     Returns:
         Lists of ``[begin, end)`` frame ranges, one list per embedding; ``[]`` when silent.
     """
-    padded = np.concatenate(([0], column.astype(np.int8), [0]))
-    edges = np.flatnonzero(np.diff(padded))
-    runs: list[tuple[int, int]] = []
-    for begin, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-        if runs and (begin - runs[-1][1]) * FRAME_STEP_S < bridge:
-            runs[-1] = (runs[-1][0], end)
-        else:
-            runs.append((begin, end))
+    runs = frame_runs(column, bridge)
     long = [r for r in runs if (r[1] - r[0]) * FRAME_STEP_S >= own_run]
     if own_run <= 0 or len(long) < 2:
         return [runs] if runs else []
@@ -279,7 +285,7 @@ class DefaultEngine:
                     heads[locals_[position].index] = position
             first = list(heads.values())
             labels[first] = assign_to_centroids(embeddings[first], centroids)
-            rest = [m for m in members if m not in heads.values()]
+            rest = [m for m in members if m not in first]
             if rest:
                 labels[rest] = np.argmax(embeddings[rest] @ centroids.T, axis=1)
         # Centroids no local speaker was finally assigned to are dropped: relabel densely.
@@ -328,15 +334,8 @@ class DefaultEngine:
         turns: list[tuple[float, float, int]] = []
         half = FRAME_DURATION_S / 2
         for k in range(frames.shape[1]):
-            column = np.concatenate(([0], frames[:, k].astype(np.int8), [0]))
-            edges = np.flatnonzero(np.diff(column))
-            runs: list[list[float]] = []
-            for begin, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+            for begin, end in frame_runs(frames[:, k], self.min_gap):
                 start = begin * FRAME_STEP_S + half - FRAME_STEP_S / 2
                 stop = (end - 1) * FRAME_STEP_S + half + FRAME_STEP_S / 2
-                if runs and start - runs[-1][1] < self.min_gap:
-                    runs[-1][1] = stop
-                else:
-                    runs.append([start, stop])
-            turns.extend((max(0.0, s), e, k) for s, e in runs)
+                turns.append((max(0.0, start), stop, k))
         return turns
