@@ -42,12 +42,23 @@ def test_spare_imports_its_framework_and_holds_no_model():
     prepared = spare.prepare()
     try:
         assert prepared.pid == spare.pid and spare.alive
-        assert prepared.modules == ["modelmora.models.toy", "numpy"]
+        assert prepared.modules == ["modelmora.models.toy", "numpy", "numpy.linalg"]
         assert prepared.cuda_initialized is False
         assert prepared.error is None
         assert spare.rss_mb() < 150  # an interpreter with numpy, no model
     finally:
         assert spare.stop().released
+
+
+def test_a_failed_prewarm_leaves_a_spare_that_serves():
+    spare = Worker("modelmora.models.toy:ToyBadPrewarmModel")
+    prepared = spare.prepare()
+    assert prepared.error is None and prepared.modules == ["modelmora.models.toy", "numpy"]
+    worker = Worker(ModelSpec("modelmora.models.toy:ToyBadPrewarmModel")).start(spare=spare)
+    try:
+        assert worker.warm and worker.call([3]) == [3]
+    finally:
+        assert worker.stop().released
 
 
 def test_warm_start_returns_everything_and_release_is_verified():
@@ -184,4 +195,20 @@ def test_take_waits_for_the_spare_being_prepared():
         assert spare is not None and spare.prepared is not None
         worker = Worker(ModelSpec(PRELOAD)).start(spare=spare)
         assert worker.warm and worker.call([1]) == [1]
+        assert worker.stop().released
+
+
+@pytest.mark.slow
+def test_an_embedding_spare_is_prewarmed_and_loads_minilm():
+    spare = Worker("embedding")
+    prepared = spare.prepare(timeout=300)
+    assert prepared.error is None and prepared.cuda_initialized is False
+    assert "transformers.conversion_mapping" in prepared.modules  # the table built ahead
+    assert "transformers.models.bert.modeling_bert" in prepared.modules
+    worker = Worker(ModelSpec("embedding", {"device": "cpu"})).start(spare=spare)
+    try:
+        assert worker.warm
+        (vector,) = worker.call(["a request for an evicted model"])
+        assert len(vector) == 384
+    finally:
         assert worker.stop().released

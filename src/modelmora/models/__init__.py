@@ -142,6 +142,19 @@ class Adapter:
         """
         return cls.capabilities
 
+    @classmethod
+    def prewarm(cls) -> list[str]:
+        """Framework set-up a spare worker does after importing ``capabilities.frameworks``.
+
+        Runs in a spare, before it knows which model it will load: it may warm the
+        framework's process-wide caches but must create no model and initialise no GPU.
+        A failure is logged and ignored (the load then does the work itself).
+
+        Returns:
+            What was done, named for the spare's report (default: nothing).
+        """
+        return []
+
     def load(self) -> None:
         """Load the model's weights. Called once, in the worker, before any call."""
 

@@ -49,6 +49,13 @@ class EmbeddingAdapter(Adapter):
         warmup="warm-up",
     )
 
+    @classmethod
+    def prewarm(cls) -> list[str]:
+        """transformers' conversion table and BERT's module (the default model is a BERT)."""
+        from modelmora.models.prewarm import prewarm_transformers
+
+        return prewarm_transformers(("bert",))
+
     def __init__(self, model: str | None = None, device: str = "auto", normalize: bool = True):
         self.model_name = model
         self.device = check_device(device)

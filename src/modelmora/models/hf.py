@@ -119,6 +119,13 @@ class PipelineAdapter(Adapter):
     )
 
     @classmethod
+    def prewarm(cls) -> list[str]:
+        """transformers' conversion table (built on the first load of any model)."""
+        from modelmora.models.prewarm import prewarm_transformers
+
+        return prewarm_transformers()
+
+    @classmethod
     def describe(cls, params: Mapping[str, Any]) -> Capabilities:
         """The task is the pipeline's: ``params.task``."""
         task = params.get("task")
@@ -251,6 +258,13 @@ class CrossEncoderAdapter(Adapter):
         frameworks=("sentence_transformers", "torch"),
         warmup={"query": "warm-up", "documents": ["warm-up"]},
     )
+
+    @classmethod
+    def prewarm(cls) -> list[str]:
+        """transformers' conversion table (built on the first load of any model)."""
+        from modelmora.models.prewarm import prewarm_transformers
+
+        return prewarm_transformers()
 
     def __init__(
         self, model: str | None = None, device: str = "auto", max_length: int | None = None

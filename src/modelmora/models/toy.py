@@ -162,6 +162,22 @@ class ToyPreloadModel(ToyModel):
 
     capabilities = replace(ToyModel.capabilities, frameworks=("numpy",))
 
+    @classmethod
+    def prewarm(cls) -> list[str]:
+        """Imports ``numpy.linalg`` after the frameworks (a framework's one-off set-up)."""
+        import numpy.linalg  # noqa: F401
+
+        return ["numpy.linalg"]
+
+
+class ToyBadPrewarmModel(ToyPreloadModel):
+    """A :class:`ToyPreloadModel` whose ``prewarm`` fails (the spare must still serve)."""
+
+    @classmethod
+    def prewarm(cls) -> list[str]:
+        """Fails, as a framework version without the hook it expects would."""
+        raise AttributeError("this framework version has no such cache")
+
 
 class ToyBadPreloadModel(ToyModel):
     """A :class:`ToyModel` whose spare workers cannot prepare (a framework that is missing)."""

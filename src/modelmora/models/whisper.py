@@ -163,6 +163,13 @@ class WhisperAdapter(Adapter):
         frameworks=("faster_whisper", "ctranslate2"),
     )
 
+    @classmethod
+    def prewarm(cls) -> list[str]:
+        """onnxruntime, which faster-whisper imports on the first call with VAD."""
+        import onnxruntime  # noqa: F401
+
+        return ["onnxruntime"]
+
     def __init__(
         self,
         model: str | None = None,

@@ -145,9 +145,25 @@ def _prepare(msg: Prepare, nvml: bool) -> Prepared:
                 modules.append(name)
     except Exception as exc:  # the spare is useless: the parent discards it
         error = f"{type(exc).__name__}: {exc}"
+    else:
+        modules.extend(_prewarm(cls))
     torch = sys.modules.get("torch")
     cuda = bool(torch is not None and torch.cuda.is_initialized())
     return Prepared(os.getpid(), time.perf_counter() - t0, modules, _memory(nvml), cuda, error)
+
+
+def _prewarm(cls: Any) -> list[str]:
+    """The adapter's optional ``prewarm()``: an optimisation, so a failure only costs it."""
+    hook = getattr(cls, "prewarm", None)
+    if not callable(hook):
+        return []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return [str(item) for item in hook() or ()]
+    except Exception as exc:
+        logger.warning("prewarm of %s failed (the load will do it): %s", cls.__name__, exc)
+        return []
 
 
 def _first_init(conn: Connection, nvml: bool) -> Init | None:

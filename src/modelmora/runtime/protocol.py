@@ -79,7 +79,8 @@ class Prepare:
 class Prepared:
     """Spare worker → parent: the framework is imported; no model is loaded.
 
-    ``modules`` are the modules imported for the adapter; ``cuda_initialized`` is torch's
+    ``modules`` are the modules imported for the adapter, then what its ``prewarm`` did;
+    ``cuda_initialized`` is torch's
     ``torch.cuda.is_initialized()`` (False when torch is not imported): a spare must hold no
     CUDA context. ``error`` is set when an import failed (the spare is then useless and exits).
     """

@@ -236,12 +236,14 @@ def load_audio(
         timeout = _TIMEOUT_FLOOR_S + _TIMEOUT_PER_MB_S * size_mb
 
     def decode() -> tuple[np.ndarray, float | None]:
-        from faster_whisper import decode_audio
-
         declared = _probe(file)
         header = _wav_declared_duration(file)
         samples = _read_direct(file, sr)
         if samples is None:
+            # Imported here: faster-whisper brings CTranslate2 and tokenizers along, which a
+            # worker reading plain WAV/FLAC (the diarizer's, usually) has no use for.
+            from faster_whisper import decode_audio
+
             try:
                 samples = decode_audio(str(file), sampling_rate=sr)
             except Exception as exc:

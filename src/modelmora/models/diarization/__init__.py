@@ -113,6 +113,14 @@ class DiarizerAdapter(Adapter):
         vram_footprint_mb=0.0,
     )
 
+    @classmethod
+    def prewarm(cls) -> list[str]:
+        """What the default engine's first call imports: its clustering and audio readers."""
+        names = ["scipy.cluster.hierarchy", "scipy.optimize", "soundfile", "av"]
+        for name in names:
+            importlib.import_module(name)
+        return names
+
     def __init__(
         self,
         engine: str = "default",
