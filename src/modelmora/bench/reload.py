@@ -136,6 +136,7 @@ def _mode(
     config = ServerConfig(memory_budget_mb=budget, models=models, keep_spares=keep, cache_dir=cache)
     latencies: list[float] = []
     warm: list[bool] = []
+    order: list[str] = []
     rows: list[dict[str, float]] = []
     try:
         with Scheduler(config) as scheduler:
@@ -150,6 +151,7 @@ def _mode(
                     t0 = time.perf_counter()
                     scheduler.submit(name, "a request for an evicted model").result(600)
                     latencies.append(time.perf_counter() - t0)
+                    order.append(name)
                     warm.append(scheduler.status()["warm_loads"] > before["warm_loads"])
                 _idle(scheduler)
                 rows.append(_memory_row(scheduler))
@@ -157,7 +159,7 @@ def _mode(
     finally:
         log.removeHandler(releases)
         shutil.rmtree(cache, ignore_errors=True)
-    return _summary(latencies, warm, rows, status, releases)
+    return _summary(latencies, warm, order, rows, status, releases)
 
 
 def _memory_row(scheduler: Scheduler) -> dict[str, float]:
@@ -173,11 +175,13 @@ def _memory_row(scheduler: Scheduler) -> dict[str, float]:
 def _summary(
     latencies: list[float],
     warm: list[bool],
+    order: list[str],
     rows: list[dict[str, float]],
     status: dict[str, Any],
     rel: _Releases,
 ) -> dict[str, Any]:
     ordered = sorted(latencies)
+    pairs = list(zip(latencies, order, strict=True))
     warm_only = [t for t, w in zip(latencies, warm, strict=True) if w]
 
     def growth(key: str) -> float:
@@ -191,6 +195,10 @@ def _summary(
         "latencies_s": [round(x, 3) for x in latencies],
         "warm": warm,
         "p50_warm_s": round(statistics.median(warm_only), 3) if warm_only else None,
+        "p50_by_model_s": {
+            name: round(statistics.median(t for t, n in pairs if n == name), 3)
+            for name in dict.fromkeys(order)
+        },
         "warm_loads": status["warm_loads"],
         "cold_loads": status["cold_loads"],
         "releases_verified": rel.verified,
@@ -259,6 +267,7 @@ def format_table(result: dict[str, Any]) -> Table:
     for name in (
         "mode",
         "p50",
+        "p50 MiniLM",
         "p90",
         "max",
         "warm/cold loads",
@@ -272,6 +281,7 @@ def format_table(result: dict[str, Any]) -> Table:
         table.add_row(
             mode,
             f"{r['p50_s']:.2f} s",
+            f"{r['p50_by_model_s']['minilm']:.2f} s",
             f"{r['p90_s']:.2f} s",
             f"{r['max_s']:.2f} s",
             f"{r['warm_loads']}/{r['cold_loads']}",
