@@ -1,8 +1,8 @@
 """Cutting a long recording into windows at pauses, so each window is transcribed on its own.
 
 faster-whisper computes the log-mel features of all the audio it is given at once, and the
-short-time Fourier transform behind them takes about 0.6 MB per second of audio (2.2 GB for an
-hour) on top of the samples. Handing Whisper one window of a few minutes at a time bounds that
+short-time Fourier transform behind them peaks at about 0.7 MB per second of audio (2.5 GB for
+an hour) on top of the samples. Handing Whisper one window of a few minutes at a time bounds that
 to the window's share, whatever the recording's length (see docs/models.md, Long recordings).
 
 :func:`speech_windows` places each cut in the longest pause of the window's second half, as
