@@ -251,6 +251,29 @@ def test_long_audio_is_transcribed_in_windows(tiny_en: Any, meeting: Any, batch_
     assert result["language"] == "en"
 
 
+@pytest.mark.slow
+def test_progress_inside_a_file_reaches_the_progress_bar(meeting: Any, tmp_path: Path) -> None:
+    """The transcribe stage's bar shows seconds done out of the file's, while the file runs."""
+    import re
+    from io import StringIO
+
+    from rich.console import Console
+
+    from modelmora.workflow.engine import transcribe_files
+    from modelmora.workflow.options import TranscribeOptions
+
+    if packaged_whisper("tiny.en") is None:
+        pytest.skip("the packaged Whisper tiny.en is not installed")
+    buffer = StringIO()
+    console = Console(file=buffer, width=120, force_terminal=True)
+    options = TranscribeOptions(model="tiny.en", formats="json", threads=1)
+    report = transcribe_files([meeting.wav], options, tmp_path, console=console)
+    assert not report.failed
+    seen = [(int(d), int(t)) for d, t in re.findall(r"transcribe (\d+)/(\d+)s", buffer.getvalue())]
+    assert seen and all(total == round(meeting.duration) for _, total in seen), seen
+    assert any(0 < done < total for done, total in seen), seen  # inside the file, not after it
+
+
 def test_prompt_and_batch_options_from_yaml_and_flags(tmp_path: Path) -> None:
     from modelmora.workflow.options import load_options
 
