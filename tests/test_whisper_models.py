@@ -1,8 +1,10 @@
-"""The packaged Whisper models, languages, prompts, batched decoding and in-file progress."""
+"""The packaged Whisper models, languages, prompts, batched decoding, in-file progress and the
+windows long recordings are transcribed in."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +165,113 @@ def test_progress_streams_inside_a_file(base: Any, meeting: Any) -> None:
     done = [p["progress_s"] for p in progress]
     assert done == sorted(done) and done[-1] <= progress[-1]["duration_s"]
     assert progress[-1]["duration_s"] == pytest.approx(meeting.duration, abs=0.1)
+
+
+# --- long recordings: windows ----------------------------------------------------------------
+
+
+def test_windows_are_cut_where_no_one_speaks(meeting: Any) -> None:
+    from modelmora.speech.audio import SAMPLE_RATE, load_audio
+    from modelmora.speech.windows import speech_windows
+
+    samples = load_audio(meeting.wav)
+    windows = list(speech_windows(samples, 12.0))
+    assert len(windows) >= 3 and windows[0][0] == 0 and windows[-1][1] == samples.size
+    for (_, end), (start, _) in itertools.pairwise(windows):
+        assert end == start  # contiguous: nothing lost, nothing twice
+    assert all(6 * SAMPLE_RATE <= b - a <= 12 * SAMPLE_RATE for a, b in windows[:-1])
+    cuts = [end / SAMPLE_RATE for _, end in windows[:-1]]
+    inside = [(c, t) for c in cuts for t in meeting.turns if t.start < c < t.end]
+    assert not inside, inside  # every cut between two turns (at 12 s; see the reference)
+    assert list(speech_windows(samples, 60.0)) == [(0, samples.size)]
+    with pytest.raises(ValueError, match="window_s must be at least 10 s"):
+        list(speech_windows(samples, 5.0))
+
+
+def test_a_window_is_prompted_with_the_user_prompt_then_the_text_before() -> None:
+    from modelmora.models.whisper import WhisperAdapter
+
+    class Tokenizer:
+        def encode(self, text: str, add_special_tokens: bool) -> Any:
+            return type("Encoding", (), {"ids": [-1] * len(text.split())})()
+
+    adapter = WhisperAdapter("tiny.en")
+    adapter._model = type("Model", (), {"max_length": 448, "hf_tokenizer": Tokenizer()})()
+    carried = list(range(300))
+    assert adapter._prompt(None, carried) == carried[-223:]  # faster-whisper's prompt length
+    assert adapter._prompt("Names: Siobhan, Tomas.", carried) == [-1] * 3 + carried[-220:]
+    assert adapter._prompt("word " * 400, carried)[-111:] == carried[-111:]  # half kept
+    assert adapter._prompt(None, []) is None
+    unconditioned = WhisperAdapter("tiny.en", condition_on_previous_text=False)
+    unconditioned._model = adapter._model
+    assert unconditioned._prompt("Names: Siobhan.", carried) is None  # as faster-whisper
+    with pytest.raises(ValueError, match="window_s must be at least 10 s"):
+        WhisperAdapter("tiny.en", window_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_en() -> Iterator[Any]:
+    from modelmora.models.whisper import WhisperAdapter
+
+    if packaged_whisper("tiny.en") is None:
+        pytest.skip("the packaged Whisper tiny.en is not installed")
+    adapter = WhisperAdapter("tiny.en", cpu_threads=1)
+    adapter.load()
+    yield adapter
+    adapter.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [1, 4], ids=["sequential", "batched"])
+def test_long_audio_is_transcribed_in_windows(tiny_en: Any, meeting: Any, batch_size: int) -> None:
+    """A 35 s recording in 12 s windows: the segments are the file's, in order, on its clock."""
+    from modelmora.bench.quality import wer
+    from modelmora.models.whisper import WhisperAdapter
+
+    windowed = WhisperAdapter("tiny.en", cpu_threads=1, batch_size=batch_size, window_s=12.0)
+    windowed._model = tiny_en._model  # the same weights, loaded once
+    if batch_size > 1:
+        from faster_whisper import BatchedInferencePipeline
+
+        windowed._batched = BatchedInferencePipeline(tiny_en._model)
+    *progress, result = windowed.predict_stream({"audio": str(meeting.wav)})
+    segments = result["segments"]
+    done = [p["progress_s"] for p in progress]
+    assert done == sorted(done) and done[-1] == pytest.approx(meeting.duration, abs=0.1)
+    assert [s["id"] for s in segments] == list(range(len(segments)))
+    starts = [s["start"] for s in segments]
+    assert starts == sorted(starts) and starts[-1] > 25.0  # offset: the last window is at 25 s
+    for segment in segments:
+        words = segment["words"]
+        assert words and segment["start"] <= words[0]["start"] <= words[-1]["end"]
+        assert words[-1]["end"] <= segment["end"] + 0.01 <= meeting.duration + 0.5
+    text = " ".join(s["text"] for s in segments)
+    whole = tiny_en.transcribe(meeting.wav)  # one window: the path short files always took
+    assert wer(meeting.text, text) <= wer(meeting.text, whole.text) + 0.1, (text, whole.text)
+    assert result["language"] == "en"
+
+
+@pytest.mark.slow
+def test_progress_inside_a_file_reaches_the_progress_bar(meeting: Any, tmp_path: Path) -> None:
+    """The transcribe stage's bar shows seconds done out of the file's, while the file runs."""
+    import re
+    from io import StringIO
+
+    from rich.console import Console
+
+    from modelmora.workflow.engine import transcribe_files
+    from modelmora.workflow.options import TranscribeOptions
+
+    if packaged_whisper("tiny.en") is None:
+        pytest.skip("the packaged Whisper tiny.en is not installed")
+    buffer = StringIO()
+    console = Console(file=buffer, width=120, force_terminal=True)
+    options = TranscribeOptions(model="tiny.en", formats="json", threads=1)
+    report = transcribe_files([meeting.wav], options, tmp_path, console=console)
+    assert not report.failed
+    seen = [(int(d), int(t)) for d, t in re.findall(r"transcribe (\d+)/(\d+)s", buffer.getvalue())]
+    assert seen and all(total == round(meeting.duration) for _, total in seen), seen
+    assert any(0 < done < total for done, total in seen), seen  # inside the file, not after it
 
 
 def test_prompt_and_batch_options_from_yaml_and_flags(tmp_path: Path) -> None:

@@ -12,6 +12,14 @@ faster-whisper downloads them by name. ``batch_size`` > 1 decodes VAD chunks in 
 through faster-whisper's ``BatchedInferencePipeline``; 1 is the sequential decoder.
 :meth:`WhisperAdapter.predict_stream` yields progress inside a file (seconds of audio done)
 before the transcript.
+
+A recording longer than ``window_s`` (:data:`DEFAULT_WINDOW_S`) is transcribed window by window,
+cut at pauses (:func:`modelmora.speech.windows.speech_windows`), so the features faster-whisper
+computes at once are a window's, not the recording's: the worker's memory stays bounded
+whatever the length. The windows share one language (detected in the first window that holds
+speech) and, with ``condition_on_previous_text``, each window is prompted with the end of the
+text before it; segments and words are timed from the start of the file. Audio no longer than
+one window goes through faster-whisper whole, as it always did.
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from modelmora.models import Adapter, Capabilities, check_device
 from modelmora.models.packaged import PACKAGED_WHISPER, packaged_whisper
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
 from modelmora.speech.transcript import Segment, Transcript, Word
+from modelmora.speech.windows import MIN_WINDOW_S, speech_windows
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_WHISPER_MODEL",
+    "DEFAULT_WINDOW_S",
     "DecodeOptions",
     "WhisperAdapter",
     "default_whisper_model",
@@ -46,7 +56,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_WHISPER_MODEL = "base"
 #: Sequential decoding by default: on CPU batching gains little and costs memory (docs/speech.md).
 DEFAULT_BATCH_SIZE = 1
+#: Audio longer than this (seconds) is transcribed in windows of at most this length, cut at
+#: pauses (chosen by measurement: see docs/models.md, Long recordings).
+DEFAULT_WINDOW_S = 300.0
 _CHUNK_S = 30.0  # Whisper's window: the batched decoder's chunks without VAD
+# faster-whisper drops the prompt after a 30 s chunk decoded hotter than this; so do windows
+_PROMPT_RESET_TEMPERATURE = 0.5
 
 
 def resolve_whisper_model(model: str | None = None) -> str:
@@ -150,9 +165,12 @@ class WhisperAdapter(Adapter):
             (``BatchedInferencePipeline``).
         initial_prompt, hotwords, compression_ratio_threshold, log_prob_threshold,
         no_speech_threshold, condition_on_previous_text: see :class:`DecodeOptions`.
+        window_s: audio longer than this many seconds is transcribed in windows of at most
+            this length, cut at pauses (bounded memory; see the module docstring).
 
     Raises:
-        ValueError: an unknown device, or a beam size, batch size or thread count out of range.
+        ValueError: an unknown device, or a beam size, batch size, thread count or window
+            out of range.
     """
 
     capabilities = Capabilities(
@@ -187,6 +205,7 @@ class WhisperAdapter(Adapter):
         log_prob_threshold: float = -1.0,
         no_speech_threshold: float = 0.6,
         condition_on_previous_text: bool = True,
+        window_s: float = DEFAULT_WINDOW_S,
     ) -> None:
         check_device(device)
         for label, value, low in (("beam_size", beam_size, 1), ("batch_size", batch_size, 1)):
@@ -194,6 +213,8 @@ class WhisperAdapter(Adapter):
                 raise ValueError(f"{label} must be at least {low}, got {value}")
         if cpu_threads < 0:
             raise ValueError(f"cpu_threads must be 0 (default) or more, got {cpu_threads}")
+        if window_s < MIN_WINDOW_S:
+            raise ValueError(f"window_s must be at least {MIN_WINDOW_S:g} s, got {window_s:g}")
         self.model_name = model
         self.device = device
         self.compute_type = compute_type
@@ -203,6 +224,7 @@ class WhisperAdapter(Adapter):
         self.word_timestamps = word_timestamps
         self.cpu_threads = cpu_threads
         self.batch_size = batch_size
+        self.window_s = window_s
         self.decode = DecodeOptions(
             initial_prompt,
             hotwords,
@@ -342,13 +364,10 @@ class WhisperAdapter(Adapter):
             vad_filter=self.vad_filter,
             word_timestamps=self.word_timestamps,
         )
-        if self._batched is not None:
-            options.pop("condition_on_previous_text")  # batched chunks are independent
-            if not self.vad_filter:
-                options["clip_timestamps"] = _windows(duration)
-            pieces, info = self._batched.transcribe(samples, batch_size=self.batch_size, **options)
-        else:
-            pieces, info = self._model.transcribe(samples, **options)
+        if duration > self.window_s:
+            yield from self._windowed(samples, options)
+            return
+        pieces, info = self._decode(samples, options)
         segments: list[Segment] = []
         for piece in pieces:
             segment = _segment(len(segments), piece)
@@ -358,6 +377,81 @@ class WhisperAdapter(Adapter):
         logger.debug("transcribed %.1f s into %d segments", duration, len(segments))
         probability = None if language else round(float(info.language_probability), 4)
         yield Transcript(segments, info.language, duration, language_probability=probability)
+
+    def _decode(self, samples: np.ndarray, options: dict[str, Any]) -> tuple[Any, Any]:
+        """faster-whisper's (segments generator, info) for ``samples``, batched or not."""
+        if self._batched is None:
+            return self._model.transcribe(samples, **options)
+        options = dict(options)
+        options.pop("condition_on_previous_text")  # batched chunks are independent
+        if not self.vad_filter:
+            options["clip_timestamps"] = _windows(samples.size / SAMPLE_RATE)
+        return self._batched.transcribe(samples, batch_size=self.batch_size, **options)
+
+    def _windowed(
+        self, samples: np.ndarray, options: dict[str, Any]
+    ) -> Iterator[tuple[float, float] | Transcript]:
+        """:meth:`_transcribe` of audio longer than one window, window by window."""
+        duration = samples.size / SAMPLE_RATE
+        given: str | None = options["language"]
+        detected: tuple[str, float] | None = None  # (language, probability)
+        carried: list[int] = []  # the text tokens since the last prompt reset
+        segments: list[Segment] = []
+        done = 0.0
+        info: Any = None
+        for start, end in speech_windows(samples, self.window_s):
+            offset, stop = start / SAMPLE_RATE, end / SAMPLE_RATE
+            window = {**options, "language": given or (detected[0] if detected else None)}
+            if start and self._batched is None:  # the batched decoder is never conditioned
+                window["initial_prompt"] = self._prompt(options.get("initial_prompt"), carried)
+            pieces, info = self._decode(samples[start:end], window)
+            for piece in pieces:
+                segment = _segment(len(segments), piece, offset)
+                if segment.text.strip():
+                    segments.append(segment)
+                if (piece.temperature or 0.0) > _PROMPT_RESET_TEMPERATURE:
+                    carried = []
+                else:
+                    carried = [*carried, *piece.tokens][-self._prompt_tokens() :]
+                done = max(done, min(offset + float(piece.end), stop))
+                yield (done, duration)
+            if detected is None and segments:  # the first window with speech decides
+                detected = (str(info.language), float(info.language_probability))
+            done = stop
+            yield (done, duration)
+        found, probability = detected or (str(info.language), float(info.language_probability))
+        logger.debug("transcribed %.1f s in windows into %d segments", duration, len(segments))
+        yield Transcript(
+            segments,
+            given or found,
+            duration,
+            language_probability=None if given else round(probability, 4),
+        )
+
+    def _prompt_tokens(self) -> int:
+        """How many tokens of prompt the decoder sees (faster-whisper's limit)."""
+        return int(self._model.max_length) // 2 - 1
+
+    def _prompt(self, initial: str | None, carried: list[int]) -> list[int] | None:
+        """The prompt of a window after the first: the user's prompt, then the text before.
+
+        Without ``condition_on_previous_text`` the user's prompt conditions the first window
+        only (as in faster-whisper, where it conditions the first 30 s). With it, the user's
+        prompt (names, spellings) stays ahead of the end of the previous window's text, which
+        keeps at least half of the decoder's prompt.
+        """
+        if not self.decode.condition_on_previous_text:
+            return None
+        limit = self._prompt_tokens()
+        user: list[int] = []
+        if initial:
+            encoded = self._model.hf_tokenizer.encode(
+                " " + initial.strip(), add_special_tokens=False
+            )
+            user = list(encoded.ids)
+        keep = max(limit - len(user), limit // 2)
+        tokens = [*user, *carried[-keep:]][-limit:]
+        return tokens or None
 
     def close(self) -> None:
         """Drop the model."""
@@ -381,9 +475,11 @@ def _as_samples(audio: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
     raise ValueError(f"audio must be a path or a float32 array, got {type(audio).__name__}")
 
 
-def _segment(index: int, piece: Any) -> Segment:
+def _segment(index: int, piece: Any, offset: float = 0.0) -> Segment:
+    """A faster-whisper segment as ours, timed ``offset`` seconds later (its window's start)."""
     words = [
-        Word(float(w.start), float(w.end), str(w.word), float(w.probability))
+        Word(float(w.start) + offset, float(w.end) + offset, str(w.word), float(w.probability))
         for w in piece.words or []
     ]
-    return Segment(index, float(piece.start), float(piece.end), str(piece.text), words)
+    start, end = float(piece.start) + offset, float(piece.end) + offset
+    return Segment(index, start, end, str(piece.text), words)

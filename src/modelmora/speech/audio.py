@@ -58,6 +58,10 @@ _TIMEOUT_PER_MB_S = 5.0
 # A decode shorter than this fraction of the duration the header declares counts as truncated.
 _TRUNCATION_RATIO = 0.98
 _TRUNCATION_SLACK_S = 0.1
+# FFmpeg's decode: frames are resampled in groups of this many samples (as faster-whisper does);
+# the array is first sized for this long when the header declares no duration.
+_GROUP_SAMPLES = 500_000
+_GUESS_S = 600.0
 
 
 class AudioError(ModelMoraError):
@@ -179,10 +183,9 @@ def _run_bounded(func: Any, timeout: float, what: str) -> Any:
 def _read_direct(file: Path, sr: int) -> Any:
     """Mono WAV/FLAC already at ``sr`` Hz, read straight into one float32 array; else None.
 
-    FFmpeg's path (faster-whisper's ``decode_audio``) buffers 16-bit samples, then converts
-    them twice: about 2.8 times the audio's float32 size at its peak (610 MB for an hour).
-    This reads the file once into its final array: the same values for 16-bit PCM (divided
-    by 32768), full precision for float files. Anything else, or any error, goes to FFmpeg.
+    FFmpeg's path (:func:`_decode_ffmpeg`) resamples and converts every sample; this reads
+    the file once into its final array: the same values for 16-bit PCM (divided by 32768),
+    full precision for float files. Anything else, or any error, goes to FFmpeg.
     """
     if file.suffix.lower() not in (".wav", ".flac"):
         return None
@@ -196,6 +199,58 @@ def _read_direct(file: Path, sr: int) -> Any:
     except Exception:  # not for this reader: FFmpeg decides
         return None
     return samples if samples.ndim == 1 and samples.size else None
+
+
+def _decode_ffmpeg(file: Path, sr: int, declared: float | None) -> Any:
+    """Any format FFmpeg reads, decoded to mono 16-bit at ``sr`` Hz, into one float32 array.
+
+    The same samples as faster-whisper's ``decode_audio`` (the same resampling of the same
+    500 000-sample groups, then divided by 32768), but each group is converted as it comes
+    into an array sized from the header's ``declared`` duration (grown if the header says too
+    little), so the peak is about the array itself, not 2.8 times it.
+    """
+    import gc
+
+    import av
+    import numpy as np
+
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=sr)
+    fifo = av.audio.fifo.AudioFifo()
+    out = np.empty(int((declared or _GUESS_S) * sr * 1.01) + sr, dtype=np.float32)
+    filled = 0
+
+    def store(frames: list[Any]) -> None:
+        nonlocal out, filled
+        for frame in frames:
+            pcm = frame.to_ndarray().reshape(-1)
+            if filled + pcm.size > out.size:  # the header said too little: grow
+                grown = np.empty(max(2 * out.size, filled + pcm.size), dtype=np.float32)
+                grown[:filled] = out[:filled]
+                out = grown
+            out[filled : filled + pcm.size] = pcm
+            out[filled : filled + pcm.size] /= 32768.0
+            filled += pcm.size
+
+    with av.open(str(file), mode="r", metadata_errors="ignore") as container:
+        packets = container.decode(audio=0)
+        while True:
+            try:
+                frame = next(packets)
+            except StopIteration:
+                break
+            except av.error.InvalidDataError:  # a damaged frame: skipped, as faster-whisper does
+                continue
+            frame.pts = None
+            fifo.write(frame)
+            if fifo.samples >= _GROUP_SAMPLES:
+                store(resampler.resample(fifo.read()))
+        if fifo.samples > 0:
+            store(resampler.resample(fifo.read()))
+        store(resampler.resample(None))  # flush
+    del resampler, fifo
+    gc.collect()  # PyAV's resampler objects are only freed by a collection (faster-whisper #390)
+    out.resize(filled, refcheck=False)
+    return out
 
 
 def load_audio(
@@ -245,7 +300,7 @@ def load_audio(
             from faster_whisper import decode_audio
 
             try:
-                samples = decode_audio(str(file), sampling_rate=sr)
+                samples = _decode_ffmpeg(file, sr, declared)
             except Exception as exc:
                 raise AudioError(f"{file}: cannot decode ({exc})") from None
         return np.asarray(samples, dtype=np.float32), header if header is not None else declared
