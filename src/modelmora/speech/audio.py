@@ -295,10 +295,6 @@ def load_audio(
         header = _wav_declared_duration(file)
         samples = _read_direct(file, sr)
         if samples is None:
-            # Imported here: faster-whisper brings CTranslate2 and tokenizers along, which a
-            # worker reading plain WAV/FLAC (the diarizer's, usually) has no use for.
-            from faster_whisper import decode_audio
-
             try:
                 samples = _decode_ffmpeg(file, sr, declared)
             except Exception as exc:
