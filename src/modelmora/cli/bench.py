@@ -67,13 +67,19 @@ def bench_startup(
     ] = None,
     runs: int = typer.Option(5, help="Cold (and warm) starts per model (median reported)."),
     warm: bool = typer.Option(True, help="Also start each model from a spare (framework-warm)."),
+    audio: Annotated[
+        Path | None,
+        typer.Option(help="Recording for Whisper and the diarizer (default: a 2 s tone)."),
+    ] = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Cold and framework-warm worker start → loaded → first inference, per packaged model."""
     from modelmora.bench.startup import format_table, run_startup
 
     try:
-        result = run_startup(models or None, runs=runs, warm=warm)
+        result = run_startup(
+            models or None, runs=runs, warm=warm, audio=str(audio) if audio else None
+        )
     except ValueError as exc:
         raise fail(exc, 2) from None
     show(result, format_table, as_json)
