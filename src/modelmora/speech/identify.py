@@ -98,10 +98,15 @@ def identify(
                 f"no speaker in {library.folder} is enrolled with {model}: nobody can be named "
                 "(enroll them: modelmora speakers add NAME CLIP...)"
             )
+        # The cohort of score normalisation: the file's other speakers, the other enrolled
+        # voices, and the batch's other people, each once (linked across files first, so that
+        # someone heard in many files weighs as one voice), leaving out this file's people.
+        groups, centroids = link_speakers(heard, thresholds.link, talks, thresholds.link_margin)
         for index, speakers in enumerate(heard):
-            # Named file by file (one-to-one inside a file; one person may be named in every
-            # file), against the other files' speakers as the cohort.
-            cohort = [v for j, f in enumerate(heard) if j != index for v in f.values()]
+            # Named file by file: one-to-one inside a file, one person may be named in every
+            # file.
+            present = set(groups[index].values())
+            cohort = [c for person, c in enumerate(centroids) if person not in present]
             matches[index] = match_speakers(speakers, enrolled, thresholds, cohort)
     named = [{label: m.name for label, m in found.items() if m.name} for found in matches]
     # The others are linked across files: the named are one person per name already.

@@ -98,7 +98,7 @@ class Thresholds:
     link: float
     link_margin: float = 0.0
     name_norm: float = 1.0
-    margin_norm: float = 0.5
+    margin_norm: float = 0.4
     name_floor: float = 0.45
 
 
@@ -110,7 +110,7 @@ _THRESHOLDS: dict[str, Thresholds] = {
         link=0.60,
         link_margin=0.05,
         name_norm=1.0,
-        margin_norm=0.5,
+        margin_norm=0.4,
         name_floor=0.45,
     ),
 }
@@ -456,6 +456,28 @@ def snorm(
     )
 
 
+def _trial_snorm(
+    similarity: np.ndarray, queries: np.ndarray, prints: np.ndarray, others: np.ndarray
+) -> np.ndarray:
+    """S-norm of each (speaker, print) score against the voices known to be neither.
+
+    For speaker ``i`` of a file and print ``p`` the cohort is the file's other speakers, the
+    other enrolled voices and ``others``: if ``i`` is ``p``'s person, none of them is (one
+    person is one speaker of a file, one voiceprint of a library), so a genuine score is never
+    set against the same person heard elsewhere (the speakers of other files may be).
+    """
+    score = np.empty_like(similarity)
+    for i in range(len(queries)):
+        for p in range(len(prints)):
+            cohort = np.concatenate(
+                [np.delete(queries, i, axis=0), np.delete(prints, p, axis=0), others]
+            )
+            score[i, p] = snorm(
+                similarity[i : i + 1, p : p + 1], queries[i : i + 1], prints[p : p + 1], cohort
+            )[0, 0]
+    return score
+
+
 def match_speakers(
     speakers: Mapping[K, Any],
     enrolled: Mapping[str, Voiceprint | Any],
@@ -469,9 +491,11 @@ def match_speakers(
             linked groups that are known to be different people).
         enrolled: name → :class:`Voiceprint` (or an embedding) of the same model.
         thresholds: the model's calibrated thresholds.
-        cohort: embeddings of other voices (the speakers of the batch's other files): with
-            the other enrolled voices, at least :data:`MIN_COHORT` of them turn on score
-            normalisation (:func:`snorm`) and the ``name_norm``/``margin_norm`` thresholds.
+        cohort: embeddings of other voices, known to be none of ``speakers``: with the
+            other speakers and the other enrolled voices, at least :data:`MIN_COHORT` of them
+            turn on score normalisation (:func:`snorm`; each score against the voices known
+            to be neither of its two) and the ``name_norm``/``margin_norm``/``name_floor``
+            thresholds.
 
     Returns:
         label → :class:`SpeakerMatch` for every label.
@@ -485,11 +509,9 @@ def match_speakers(
     )
     similarity = queries @ prints.T
     others = _normalise(list(cohort)) if len(cohort) else np.zeros((0, prints.shape[1]))
-    # Each print's cohort holds the other prints (it is left out of its own statistics).
-    pool = np.concatenate([others, prints])
-    normalised = len(pool) - 1 >= MIN_COHORT
+    normalised = len(labels) + len(names) - 2 + len(others) >= MIN_COHORT
     if normalised:
-        score = snorm(similarity, queries, prints, pool)
+        score = _trial_snorm(similarity, queries, prints, others)
         floor, margin = thresholds.name_norm, thresholds.margin_norm
         raw_floor = thresholds.name_floor
     else:
