@@ -438,3 +438,26 @@ def test_the_assignment_is_one_to_one_and_optimal_when_one_pairing_clearly_wins(
         assert len(set(got_cols.tolist())) == len(got_cols) == min(shape)
     empty_rows, empty_cols = linear_sum_assignment(np.zeros((0, 3)))
     assert empty_rows.size == empty_cols.size == 0
+
+
+def test_bench_counts_merged_strangers_and_short_speakers_apart() -> None:
+    from modelmora.bench.speakers import _naming_scores
+
+    reference = [
+        Turn(0.0, 8.0, "ana"),
+        Turn(8.0, 9.0, "ben"),  # enrolled, but says 1 s here: not measurable
+        Turn(9.0, 14.0, "zed"),  # a stranger the diarizer merged into Ana's speaker
+        Turn(14.0, 20.0, "yan"),  # a stranger of their own
+    ]
+    system = [Turn(0.0, 14.0, "Ana"), Turn(14.0, 20.0, "SPEAKER_00")]
+    named = Transcript([], "en", 20.0, system)
+    named.speaker_identities = {"Ana": {"name": "Ana"}, "SPEAKER_00": {"name": None}}
+    scores = _naming_scores([(named, reference, {"ana": "Ana", "ben": "Ben"})])
+    assert scores["enrolled_cases"] == 2 and scores["named_right"] == 0.5
+    assert scores["measurable"] == {
+        "min_talk_s": MIN_SPEAKER_S,
+        "named_right": 1.0,
+        "enrolled_cases": 1,
+    }
+    assert scores["strangers_merged_with_enrolled"] == 1
+    assert scores["stranger_cases"] == 1 and scores["strangers_named"] == 0.0
