@@ -446,8 +446,12 @@ def snorm(
         scores = vectors @ cohort.T
         scores = np.where(scores > 1.0 - 1e-6, -np.inf, scores)  # itself, if in the cohort
         best = -np.sort(-scores, axis=1)[:, : max(1, top)]
-        best = np.where(np.isinf(best), np.nan, best)
-        return np.nanmean(best, axis=1), np.nanstd(best, axis=1) + 0.02
+        kept = np.isfinite(best)
+        count = np.maximum(kept.sum(axis=1), 1)
+        mean = np.where(kept, best, 0.0).sum(axis=1) / count
+        spread = np.where(kept, best - mean[:, None], 0.0)
+        # The 0.02 floor keeps a cohort of near-identical scores from dividing by ~0.
+        return mean, np.sqrt((spread**2).sum(axis=1) / count) + 0.02
 
     mean_q, std_q = stats(queries)
     mean_p, std_p = stats(prints)
