@@ -10,10 +10,13 @@ import pytest
 
 from modelmora.speech.formats import write_outputs
 from modelmora.speech.speakers import (
+    MIN_COHORT,
+    MIN_SPEAKER_S,
     SpeakerLibrary,
     Thresholds,
     link_speakers,
     match_speakers,
+    snorm,
     thresholds_for,
 )
 from modelmora.speech.transcript import Segment, Transcript, Turn, Word, read_rttm
@@ -109,6 +112,77 @@ def test_identify_links_names_and_numbers_across_the_batch(tmp_path: Path) -> No
     assert [w.speaker for s in one.segments for w in s.words] == ["SPEAKER_00", "Maria"]
     unlinked = identify([first, second], None, link=False).transcripts
     assert unlinked[1].speakers == ["SPEAKER_00", "SPEAKER_01"]  # per-file labels kept
+
+
+def _alike(seed: int, common: np.ndarray, share: float) -> np.ndarray:
+    """A voice that shares ``share`` of its direction with ``common`` (one synthesizer's)."""
+    vector = share * common + (1 - share) * _voice(seed)
+    return vector / np.linalg.norm(vector)
+
+
+def test_snorm_refuses_a_voice_that_resembles_everyone() -> None:
+    common = _voice(99)
+    prints = {f"P{k}": _alike(k, common, 0.6) for k in range(4)}
+    cohort = [_alike(50 + k, common, 0.6) for k in range(MIN_COHORT)]
+    genuine = np.array(_near(prints["P1"], 1, noise=0.5))
+    stranger = _alike(77, common, 0.75)  # closer to everyone than they are to each other
+    thresholds = thresholds_for(MODEL)
+    raw = match_speakers({"s": stranger}, prints, Thresholds(0.6, 0.0, 0.6))
+    assert raw["s"].similarity is not None and raw["s"].similarity > 0.6  # raw: resembles all
+    matches = match_speakers({"g": genuine, "s": stranger}, prints, thresholds, cohort)
+    assert matches["g"].name == "P1" and matches["g"].score is not None
+    assert matches["s"].name is None
+    assert matches["s"].score is not None and matches["s"].score < thresholds.name_norm
+    record = matches["g"].to_dict()
+    assert record["score"] >= thresholds.name_norm and record["margin"] >= thresholds.margin_norm
+
+
+def test_snorm_is_zero_mean_against_the_cohort_itself() -> None:
+    cohort = np.stack([_voice(k) for k in range(30)])
+    query, prints = cohort[:1], cohort[1:2]
+    scores = snorm(query @ prints.T, query, prints, cohort, top=len(cohort))
+    # Two cohort voices score like any two: near zero, far below a match.
+    assert abs(float(scores[0, 0])) < 1.5
+
+
+def test_too_small_a_cohort_falls_back_to_raw_similarities() -> None:
+    maria = _voice(1)
+    (match,) = match_speakers(
+        {"A": _near(maria, 1)}, {"Maria": maria}, STRICT, [_voice(2)]
+    ).values()
+    assert match.name == "Maria" and match.score is None and "score" not in match.to_dict()
+
+
+def test_identify_names_one_person_in_every_file_even_unlinked(tmp_path: Path) -> None:
+    # Maria sounds different in the two files (too unlike to be linked), like herself in both.
+    maria, twist = _voice(1), _voice(5)
+    library = SpeakerLibrary(tmp_path / "lib")
+    library.add("Maria", MODEL, [maria.tolist()], [10.0])
+    first = _transcript({"SPEAKER_00": maria + 0.9 * twist, "SPEAKER_01": _voice(2)})
+    second = _transcript({"SPEAKER_00": _voice(3), "SPEAKER_01": maria - 0.9 * twist})
+    one, two = identify([first, second], library, link=True).transcripts
+    assert "Maria" in one.speakers and "Maria" in two.speakers
+    assert one.speaker_identities["Maria"]["files"] == 2
+
+
+def test_identify_leaves_a_speaker_with_too_little_speech_alone(tmp_path: Path) -> None:
+    maria = _voice(1)
+    library = SpeakerLibrary(tmp_path / "lib")
+    library.add("Maria", MODEL, [maria.tolist()], [10.0])
+    short = Transcript(
+        [],
+        "en",
+        6.0,
+        [Turn(0.0, 5.0, "SPEAKER_00"), Turn(5.0, 5.0 + MIN_SPEAKER_S / 2, "SPEAKER_01")],
+        speaker_embeddings={"SPEAKER_00": _voice(2).tolist(), "SPEAKER_01": _near(maria, 1)},
+        embedding_model=MODEL,
+    )
+    other = _transcript({"SPEAKER_00": _near(maria, 2)})
+    one, two = identify([short, other], library, link=True).transcripts
+    assert "Maria" not in one.speakers and "Maria" in two.speakers
+    (record,) = [r for r in one.speaker_identities.values() if r.get("too_little_speech")]
+    assert record["name"] is None
+    assert len(set(one.speakers)) == 2  # still a label of its own
 
 
 def test_library_add_list_rename_remove(tmp_path: Path) -> None:
@@ -364,3 +438,26 @@ def test_the_assignment_is_one_to_one_and_optimal_when_one_pairing_clearly_wins(
         assert len(set(got_cols.tolist())) == len(got_cols) == min(shape)
     empty_rows, empty_cols = linear_sum_assignment(np.zeros((0, 3)))
     assert empty_rows.size == empty_cols.size == 0
+
+
+def test_bench_counts_merged_strangers_and_short_speakers_apart() -> None:
+    from modelmora.bench.speakers import _naming_scores
+
+    reference = [
+        Turn(0.0, 8.0, "ana"),
+        Turn(8.0, 9.0, "ben"),  # enrolled, but says 1 s here: not measurable
+        Turn(9.0, 14.0, "zed"),  # a stranger the diarizer merged into Ana's speaker
+        Turn(14.0, 20.0, "yan"),  # a stranger of their own
+    ]
+    system = [Turn(0.0, 14.0, "Ana"), Turn(14.0, 20.0, "SPEAKER_00")]
+    named = Transcript([], "en", 20.0, system)
+    named.speaker_identities = {"Ana": {"name": "Ana"}, "SPEAKER_00": {"name": None}}
+    scores = _naming_scores([(named, reference, {"ana": "Ana", "ben": "Ben"})])
+    assert scores["enrolled_cases"] == 2 and scores["named_right"] == 0.5
+    assert scores["measurable"] == {
+        "min_talk_s": MIN_SPEAKER_S,
+        "named_right": 1.0,
+        "enrolled_cases": 1,
+    }
+    assert scores["strangers_merged_with_enrolled"] == 1
+    assert scores["stranger_cases"] == 1 and scores["strangers_named"] == 0.0

@@ -147,16 +147,17 @@ def _heard(vector: np.ndarray, seed: int) -> list[float]:
 
 
 def _canned(voices: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, dict[str, Any]]:
-    """Whisper's and the diarizer's outputs for files where ``voices[file]`` speak in turn."""
+    """Whisper's and the diarizer's outputs for files where ``voices[file]`` speak in turn
+    (2.5 s each: long enough to be named and linked)."""
     transcribed, diarized = {}, {}
     for n, (name, speakers) in enumerate(voices.items()):
         segments = [
-            {"start": 2.0 * i, "end": 2.0 * i + 1.5, "text": f" Line {i}.",
-             "words": [{"word": f" Line {i}.", "start": 2.0 * i, "end": 2.0 * i + 1.5,
+            {"start": 3.0 * i, "end": 3.0 * i + 2.5, "text": f" Line {i}.",
+             "words": [{"word": f" Line {i}.", "start": 3.0 * i, "end": 3.0 * i + 2.5,
                         "score": 0.9}]}
             for i in range(len(speakers))
         ]  # fmt: skip
-        transcribed[name] = {"segments": segments, "language": "en", "duration": 6.0}
+        transcribed[name] = {"segments": segments, "language": "en", "duration": 9.0}
         labelled = [
             {**seg, "speaker": label, "words": [{**w, "speaker": label} for w in seg["words"]]}
             for seg, (label, _) in zip(segments, speakers, strict=True)

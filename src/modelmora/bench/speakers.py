@@ -34,7 +34,7 @@ from rich.table import Table
 
 from modelmora.models import ModelSpec
 from modelmora.runtime.worker import Worker
-from modelmora.speech.speakers import SpeakerLibrary
+from modelmora.speech.speakers import MIN_ENROLL_SPEECH_S, MIN_SPEAKER_S, SpeakerLibrary
 from modelmora.speech.transcript import Transcript, Turn
 from modelmora.workflow.speakers import identify
 
@@ -111,6 +111,14 @@ def _majority(system: Sequence[Turn], reference: Sequence[Turn]) -> dict[str, st
     }
 
 
+def _talk(reference: Sequence[Turn]) -> dict[str, float]:
+    """Seconds each reference speaker talks."""
+    talk: dict[str, float] = {}
+    for turn in reference:
+        talk[turn.speaker] = talk.get(turn.speaker, 0.0) + turn.end - turn.start
+    return talk
+
+
 def _rttm_by_file(path: Path) -> dict[str, list[Turn]]:
     by_file: dict[str, list[Turn]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -153,24 +161,39 @@ def _link_scores(
     linked: dict[str, Transcript], references: dict[str, list[Turn]]
 ) -> dict[str, Any]:
     same_ok = same = diff_ok = diff = 0
+    heard_ok = heard = heard_diff_ok = heard_diff = 0
     for first, second in AMI_PAIRS:
         if first not in linked or second not in linked:
             continue
         a = _majority(linked[first].turns, references[first])
         b = _majority(linked[second].turns, references[second])
+        talk_a, talk_b = _talk(references[first]), _talk(references[second])
         for ref_a, label_a in a.items():
             for ref_b, label_b in b.items():
+                # Measurable: both talk long enough to be linked at all (MIN_SPEAKER_S).
+                long = min(talk_a[ref_a], talk_b[ref_b]) >= MIN_SPEAKER_S
                 if ref_a == ref_b:
                     same += 1
                     same_ok += label_a == label_b
+                    heard += long
+                    heard_ok += long and label_a == label_b
                 else:
                     diff += 1
                     diff_ok += label_a != label_b
+                    heard_diff += long
+                    heard_diff_ok += long and label_a != label_b
     return {
         "same_person_linked": _ratio(same_ok, same),
         "different_people_apart": _ratio(diff_ok, diff),
         "same_pairs": same,
         "different_pairs": diff,
+        "measurable": {
+            "min_talk_s": MIN_SPEAKER_S,
+            "same_person_linked": _ratio(heard_ok, heard),
+            "different_people_apart": _ratio(heard_diff_ok, heard_diff),
+            "same_pairs": heard,
+            "different_pairs": heard_diff,
+        },
     }
 
 
@@ -200,14 +223,30 @@ def _ratio(good: int, total: int) -> float | None:
 def _naming_scores(
     named: list[tuple[Transcript, list[Turn], dict[str, str]]],
 ) -> dict[str, Any]:
-    """Per file: the named transcript, its reference, reference speaker → enrolled name."""
-    right = enrolled = wrong_named = strangers = 0
+    """Per file: the named transcript, its reference, reference speaker → enrolled name.
+
+    A stranger whose system speaker is also an enrolled person's (the diarizer merged their
+    voices) cannot be told apart by naming: such cases are counted apart (``merged``), not
+    as strangers named. ``measurable`` keeps the enrolled people who talk at least
+    :data:`MIN_SPEAKER_S` in the file (the least that is named at all).
+    """
+    right = enrolled = wrong_named = strangers = merged = 0
+    heard = heard_right = 0
     for transcript, reference, names in named:
-        for ref, label in _majority(transcript.turns, reference).items():
+        talk = _talk(reference)
+        cover = _majority(transcript.turns, reference)
+        taken = {label for ref, label in cover.items() if ref in names}
+        for ref, label in cover.items():
             identity = transcript.speaker_identities.get(label, {})
             if ref in names:
                 enrolled += 1
-                right += identity.get("name") == names[ref]
+                ok = identity.get("name") == names[ref]
+                right += ok
+                if talk[ref] >= MIN_SPEAKER_S:
+                    heard += 1
+                    heard_right += ok
+            elif label in taken:
+                merged += 1
             else:
                 strangers += 1
                 wrong_named += identity.get("name") is not None
@@ -216,6 +255,12 @@ def _naming_scores(
         "strangers_named": _ratio(wrong_named, strangers),
         "enrolled_cases": enrolled,
         "stranger_cases": strangers,
+        "strangers_merged_with_enrolled": merged,
+        "measurable": {
+            "min_talk_s": MIN_SPEAKER_S,
+            "named_right": _ratio(heard_right, heard),
+            "enrolled_cases": heard,
+        },
     }
 
 
@@ -291,32 +336,46 @@ def _ami_naming(
     folder: Path,
     work: Path,
 ) -> dict[str, Any]:
+    """Each shared person enrolled from one file of a pair, named in the other (both ways).
+
+    Enrollment refuses clips with less than MIN_ENROLL_SPEECH_S of speech, so people who say
+    less in the source file are not enrolled (``too_little_to_enroll``); they count as people
+    not enrolled. The whole batch is identified together (its other speakers are the cohort
+    of score normalisation), the target file is scored.
+    """
     cases = []
     genuine: list[float] = []
     impostor: list[float] = []
+    refused = 0
+    stems = list(transcripts)
     for first, second in AMI_PAIRS:
         for source, target in ((first, second), (second, first)):
             shared = {t.speaker for t in references[source]} & {
                 t.speaker for t in references[target]
             }
             library = SpeakerLibrary(work / f"{source}-{target}")
+            enrolled: set[str] = set()
             for person in sorted(shared):
                 ranges = [[t.start, t.end] for t in references[source] if t.speaker == person]
                 (out,) = voiceprint.call(
                     [{"audio": str(folder / f"{source}.wav"), "ranges": ranges}]
                 )
-                library.add(
-                    f"{person}", out["model"], [out["embedding"]], [max(out["speech_s"], 3.0)]
-                )
-            (named,) = identify([transcripts[target]], library, link=False).transcripts
-            cases.append((named, references[target], {p: p for p in shared}))
+                if out["speech_s"] < MIN_ENROLL_SPEECH_S:
+                    refused += 1
+                    continue
+                library.add(f"{person}", out["model"], [out["embedding"]], [out["speech_s"]])
+                enrolled.add(person)
+            batch = identify([transcripts[s] for s in stems], library, link=True).transcripts
+            named = batch[stems.index(target)]
+            cases.append((named, references[target], {p: p for p in enrolled}))
             sims = _similarities(
-                [(transcripts[target], references[target], {p: p for p in shared})], library
+                [(transcripts[target], references[target], {p: p for p in enrolled})], library
             )
             genuine += sims["genuine"]
             impostor += sims["impostor"]
     return {
         **_naming_scores(cases),
+        "too_little_to_enroll": refused,
         "similarities": {"genuine": sorted(genuine), "impostor": sorted(impostor)},
     }
 

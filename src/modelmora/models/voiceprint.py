@@ -138,15 +138,12 @@ def name_result(
     Returns:
         The result relabelled, with ``speaker_identities`` holding each naming's similarity.
     """
-    from modelmora.speech.speakers import match_speakers, thresholds_for
-
     transcript = Transcript.from_dict({"segments": [], **result})
-    enrolled = SpeakerLibrary(library).voiceprints(model)
-    matches = match_speakers(transcript.speaker_embeddings, enrolled, thresholds_for(model))
-    mapping = {label: m.name for label, m in matches.items() if m.name}
-    identities = {mapping.get(label, label): match.to_dict() for label, match in matches.items()}
-    named = transcript.relabel(mapping)
-    named.speaker_identities = identities
+    transcript.embedding_model = transcript.embedding_model or model
+    # The batch's rules on one file: too short a speaker stays anonymous, the file's other
+    # speakers and the library's other voices are the cohort of score normalisation.
+    (named,) = identify([transcript], SpeakerLibrary(library), link=False).transcripts
+    identities = named.speaker_identities
     data = named.to_dict()
     return {
         **result,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelmora.speech.speakers import (
+    MIN_SPEAKER_S,
     SpeakerLibrary,
     SpeakerMatch,
     link_speakers,
@@ -82,21 +83,14 @@ def identify(
     result.model = model
     thresholds = thresholds_for(model)
     files = [transcripts[i].speaker_embeddings for i in usable]
-    if link:
-        links, centroids = link_speakers(
-            files,
-            thresholds.link,
-            [talk_seconds(transcripts[i]) for i in usable],
-            thresholds.link_margin,
-        )
-        people = {p: centroids[p].tolist() for p in range(len(centroids))}
-    else:
-        links, people, count = [], {}, 0
-        for speakers in files:
-            links.append({label: count + n for n, label in enumerate(speakers)})
-            people.update({count + n: speakers[label] for n, label in enumerate(speakers)})
-            count += len(speakers)
-    matches: dict[int, SpeakerMatch] = {}
+    talks = [talk_seconds(transcripts[i]) for i in usable]
+    # Too little talk gives an embedding that says little about the voice: such a speaker
+    # keeps a label of their own, neither named nor linked.
+    heard = [
+        {label: v for label, v in f.items() if talk.get(label, 0.0) >= MIN_SPEAKER_S}
+        for f, talk in zip(files, talks, strict=True)
+    ]
+    matches: list[dict[str, SpeakerMatch]] = [{} for _ in files]
     if library is not None:
         enrolled = library.voiceprints(model)
         if not enrolled:
@@ -104,46 +98,67 @@ def identify(
                 f"no speaker in {library.folder} is enrolled with {model}: nobody can be named "
                 "(enroll them: modelmora speakers add NAME CLIP...)"
             )
-        matches = match_speakers(people, enrolled, thresholds)
-    names = _labels(links, files, matches, link)
-    per_person_files: dict[int, int] = {}
-    for file_links in links:
-        for person in file_links.values():
-            per_person_files[person] = per_person_files.get(person, 0) + 1
-    for index, file_links in zip(usable, links, strict=True):
-        mapping = {label: names[person] for label, person in file_links.items()}
+        # The cohort of score normalisation: the file's other speakers, the other enrolled
+        # voices, and the batch's other people, each once (linked across files first, so that
+        # someone heard in many files weighs as one voice), leaving out this file's people.
+        groups, centroids = link_speakers(heard, thresholds.link, talks, thresholds.link_margin)
+        for index, speakers in enumerate(heard):
+            # Named file by file: one-to-one inside a file, one person may be named in every
+            # file.
+            present = set(groups[index].values())
+            cohort = [c for person, c in enumerate(centroids) if person not in present]
+            matches[index] = match_speakers(speakers, enrolled, thresholds, cohort)
+    named = [{label: m.name for label, m in found.items() if m.name} for found in matches]
+    # The others are linked across files: the named are one person per name already.
+    unnamed = [
+        {label: v for label, v in f.items() if label not in names}
+        for f, names in zip(heard, named, strict=True)
+    ]
+    if link:
+        links, _ = link_speakers(unnamed, thresholds.link, talks, thresholds.link_margin)
+    else:
+        links = [{label: n for n, label in enumerate(f)} for f in unnamed]
+    people: dict[int, str] = {}  # linked person → their anonymous label
+    labelled: list[dict[str, str]] = []
+    for speakers, file_names, file_links in zip(files, named, links, strict=True):
+        mapping: dict[str, str] = {}
+        for label in speakers:
+            if label in file_names:
+                mapping[label] = file_names[label]
+            elif not link:
+                mapping[label] = label
+            elif label in file_links:
+                person = file_links[label]
+                if person not in people:
+                    people[person] = _anonymous(people, [*labelled, mapping])
+                mapping[label] = people[person]
+            else:  # too little speech: a label of their own
+                mapping[label] = _anonymous(people, [*labelled, mapping])
+        labelled.append(mapping)
+    in_files: dict[str, int] = {}
+    for mapping in labelled:
+        for label in set(mapping.values()):
+            in_files[label] = in_files.get(label, 0) + 1
+    for number, (index, mapping) in enumerate(zip(usable, labelled, strict=True)):
         relabelled = transcripts[index].relabel(mapping)
-        relabelled.speaker_identities = {
-            names[person]: {
-                **(matches[person].to_dict() if person in matches else {"name": None}),
-                "files": per_person_files[person],
-            }
-            for person in file_links.values()
-        }
+        identities: dict[str, dict[str, Any]] = {}
+        for label, new in mapping.items():
+            match = matches[number].get(label)
+            record: dict[str, Any] = match.to_dict() if match is not None else {"name": None}
+            if label not in heard[number]:
+                record["too_little_speech"] = True
+            identities[new] = {**record, "files": in_files[new]}
+        relabelled.speaker_identities = identities
         result.transcripts[index] = relabelled
-    result.people = len(people)
-    result.named = sum(1 for m in matches.values() if m.name)
+    result.people = len({label for mapping in labelled for label in mapping.values()})
+    result.named = len({name for names in named for name in names.values()})
     return result
 
 
-def _labels(
-    links: list[dict[str, int]],
-    files: list[dict[str, Any]],
-    matches: Mapping[int, SpeakerMatch],
-    link: bool,
-) -> dict[int, str]:
-    names: dict[int, str] = {}
-    anonymous = 0
-    for file_links in links:
-        for label, person in file_links.items():
-            if person in names:
-                continue
-            match = matches.get(person)
-            if match is not None and match.name:
-                names[person] = match.name
-            elif link:
-                names[person] = f"SPEAKER_{anonymous:02d}"
-                anonymous += 1
-            else:
-                names[person] = label
-    return names
+def _anonymous(people: Mapping[int, str], labelled: Sequence[Mapping[str, str]]) -> str:
+    """The next free ``SPEAKER_NN`` (numbered across the batch by first appearance)."""
+    taken = set(people.values()) | {label for m in labelled for label in m.values()}
+    number = 0
+    while f"SPEAKER_{number:02d}" in taken:
+        number += 1
+    return f"SPEAKER_{number:02d}"

@@ -11,9 +11,15 @@ person, so a team can share it (a network folder, a git repository)::
 
 Naming (:func:`match_speakers`) compares a diarized speaker's centroid embedding with every
 enrolled voiceprint of the same model (cosine similarity) and assigns names one-to-one
-(Hungarian assignment, so two speakers of one file never both become Maria). A name is given
-only when the similarity clears the model's calibrated threshold **and** beats the runner-up
-name by a margin, so two enrolled people with similar voices are not confused silently.
+(Hungarian assignment, so two speakers of one file never both become Maria). When a cohort of
+other voices is at hand (the other enrolled voices and the speakers of the batch's other files,
+at least :data:`MIN_COHORT` of them), the similarities are score-normalised against it
+(adaptive s-norm, :func:`snorm`): how far a similarity stands out from what each of the two
+voices scores against people it is not. A voice that resembles everyone (as synthetic voices
+from one synthesizer do) then no longer clears the threshold by resemblance alone. A name is
+given only when the (normalised) score clears the model's calibrated threshold **and** beats
+the runner-up name by a margin, so two enrolled people with similar voices are not confused
+silently.
 
 Linking (:func:`link_speakers`) gives the same unknown person the same label in every file of a
 batch: each file's speakers are assigned one-to-one to the people seen so far (the same
@@ -40,7 +46,9 @@ import numpy as np
 from modelmora.paths import default_cache_dir, write_atomic
 
 __all__ = [
+    "MIN_COHORT",
     "MIN_ENROLL_SPEECH_S",
+    "MIN_SPEAKER_S",
     "SpeakerLibrary",
     "SpeakerMatch",
     "Thresholds",
@@ -58,6 +66,16 @@ K = TypeVar("K")
 
 #: Enrollment refuses clips holding less speech than this (seconds): too little for a voiceprint.
 MIN_ENROLL_SPEECH_S = 3.0
+#: A diarized speaker with less talk than this in a file (seconds) is neither named nor linked:
+#: an embedding of so little speech says little about the voice (on the AMI excerpts the same
+#: person scored 0.0 to 0.3 against themselves from under 2 s, 0.57 to 0.78 from more).
+MIN_SPEAKER_S = 2.0
+#: Score normalisation needs at least this many cohort voices (else raw cosine similarities
+#: and the raw thresholds are used).
+MIN_COHORT = 6
+#: Adaptive s-norm: the mean and spread of a voice's scores over its this many closest
+#: cohort voices.
+COHORT_TOP = 10
 
 
 @dataclass(frozen=True)
@@ -66,20 +84,35 @@ class Thresholds:
 
     Attributes:
         name: naming needs at least this cosine similarity to the enrolled voiceprint.
-        margin: and this much more than the runner-up name's similarity.
+        margin: and this much more than the runner-up name's similarity (without a cohort).
         link: linking two files' speakers needs at least this similarity.
         link_margin: and this much more than the next most similar person's.
+        name_norm: with a cohort, naming needs at least this s-normalised score instead of
+            ``margin`` (the cosine similarity must still reach ``name_floor``).
+        margin_norm: and this much more than the runner-up's s-normalised score.
+        name_floor: with a cohort, the cosine similarity naming needs at the least.
     """
 
     name: float
     margin: float
     link: float
     link_margin: float = 0.0
+    name_norm: float = 1.0
+    margin_norm: float = 0.4
+    name_floor: float = 0.45
 
 
 #: Calibrated per model family (see docs/speakers.md for how); unknown models get the default.
 _THRESHOLDS: dict[str, Thresholds] = {
-    "campplus": Thresholds(name=0.60, margin=0.15, link=0.60, link_margin=0.05),
+    "campplus": Thresholds(
+        name=0.60,
+        margin=0.15,
+        link=0.60,
+        link_margin=0.05,
+        name_norm=1.0,
+        margin_norm=0.4,
+        name_floor=0.45,
+    ),
 }
 _DEFAULT_THRESHOLDS = Thresholds(name=0.6, margin=0.15, link=0.6, link_margin=0.05)
 
@@ -333,12 +366,17 @@ class SpeakerMatch:
             is enrolled for this model).
         best: the enrolled name that resembled most (named or not).
         runner_up: the second best similarity (None with fewer than two enrolled).
+        score: the s-normalised score the decision was taken on (None: raw similarities,
+            the cohort being too small).
+        margin: that score's lead over the runner-up's (None as for ``score``).
     """
 
     name: str | None
     similarity: float | None
     best: str | None = None
     runner_up: float | None = None
+    score: float | None = None
+    margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record of this naming."""
@@ -346,12 +384,16 @@ class SpeakerMatch:
         def rounded(value: float | None) -> float | None:
             return None if value is None else round(value, 4)
 
-        return {
+        record = {
             "name": self.name,
             "similarity": rounded(self.similarity),
             "closest": self.best,
             "runner_up_similarity": rounded(self.runner_up),
         }
+        if self.score is not None:
+            record["score"] = round(self.score, 3)
+            record["margin"] = None if self.margin is None else round(self.margin, 3)
+        return record
 
 
 def linear_sum_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -375,10 +417,76 @@ def linear_sum_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array([r for r, _ in pairs], dtype=int), np.array([c for _, c in pairs], dtype=int)
 
 
+def snorm(
+    similarity: np.ndarray,
+    queries: np.ndarray,
+    prints: np.ndarray,
+    cohort: np.ndarray,
+    top: int = COHORT_TOP,
+) -> np.ndarray:
+    """Adaptive s-norm of a ``(queries, prints)`` cosine similarity matrix against a cohort.
+
+    Each score is set against the scores of both of its voices with the cohort (people known
+    to be neither of them, or mostly so): ``((s - mean_q) / std_q + (s - mean_p) / std_p) / 2``
+    over each voice's ``top`` closest cohort voices. A cohort voice that is the very print
+    (or query) being scored is left out of its statistics.
+
+    Args:
+        similarity: ``queries @ prints.T``.
+        queries: unit query embeddings ``(q, d)``.
+        prints: unit enrolled embeddings ``(p, d)``.
+        cohort: unit embeddings of other voices ``(c, d)``.
+        top: how many of each voice's closest cohort voices give its statistics.
+
+    Returns:
+        The normalised scores, shape of ``similarity``.
+    """
+
+    def stats(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = vectors @ cohort.T
+        scores = np.where(scores > 1.0 - 1e-6, -np.inf, scores)  # itself, if in the cohort
+        best = -np.sort(-scores, axis=1)[:, : max(1, top)]
+        kept = np.isfinite(best)
+        count = np.maximum(kept.sum(axis=1), 1)
+        mean = np.where(kept, best, 0.0).sum(axis=1) / count
+        spread = np.where(kept, best - mean[:, None], 0.0)
+        # The 0.02 floor keeps a cohort of near-identical scores from dividing by ~0.
+        return mean, np.sqrt((spread**2).sum(axis=1) / count) + 0.02
+
+    mean_q, std_q = stats(queries)
+    mean_p, std_p = stats(prints)
+    return 0.5 * (
+        (similarity - mean_q[:, None]) / std_q[:, None] + (similarity - mean_p[None]) / std_p[None]
+    )
+
+
+def _trial_snorm(
+    similarity: np.ndarray, queries: np.ndarray, prints: np.ndarray, others: np.ndarray
+) -> np.ndarray:
+    """S-norm of each (speaker, print) score against the voices known to be neither.
+
+    For speaker ``i`` of a file and print ``p`` the cohort is the file's other speakers, the
+    other enrolled voices and ``others``: if ``i`` is ``p``'s person, none of them is (one
+    person is one speaker of a file, one voiceprint of a library), so a genuine score is never
+    set against the same person heard elsewhere (the speakers of other files may be).
+    """
+    score = np.empty_like(similarity)
+    for i in range(len(queries)):
+        for p in range(len(prints)):
+            cohort = np.concatenate(
+                [np.delete(queries, i, axis=0), np.delete(prints, p, axis=0), others]
+            )
+            score[i, p] = snorm(
+                similarity[i : i + 1, p : p + 1], queries[i : i + 1], prints[p : p + 1], cohort
+            )[0, 0]
+    return score
+
+
 def match_speakers(
     speakers: Mapping[K, Any],
     enrolled: Mapping[str, Voiceprint | Any],
     thresholds: Thresholds,
+    cohort: Sequence[Any] = (),
 ) -> dict[K, SpeakerMatch]:
     """Name speakers by voice, one-to-one, with a threshold and a margin.
 
@@ -387,6 +495,11 @@ def match_speakers(
             linked groups that are known to be different people).
         enrolled: name → :class:`Voiceprint` (or an embedding) of the same model.
         thresholds: the model's calibrated thresholds.
+        cohort: embeddings of other voices, known to be none of ``speakers``: with the
+            other speakers and the other enrolled voices, at least :data:`MIN_COHORT` of them
+            turn on score normalisation (:func:`snorm`; each score against the voices known
+            to be neither of its two) and the ``name_norm``/``margin_norm``/``name_floor``
+            thresholds.
 
     Returns:
         label → :class:`SpeakerMatch` for every label.
@@ -399,24 +512,40 @@ def match_speakers(
         [v.centroid if isinstance(v, Voiceprint) else v for v in (enrolled[n] for n in names)]
     )
     similarity = queries @ prints.T
-    rows, cols = linear_sum_assignment(-similarity)
+    others = _normalise(list(cohort)) if len(cohort) else np.zeros((0, prints.shape[1]))
+    normalised = len(labels) + len(names) - 2 + len(others) >= MIN_COHORT
+    if normalised:
+        score = _trial_snorm(similarity, queries, prints, others)
+        floor, margin = thresholds.name_norm, thresholds.margin_norm
+        raw_floor = thresholds.name_floor
+    else:
+        score, floor, margin = similarity, thresholds.name, thresholds.margin
+        raw_floor = thresholds.name
+    rows, cols = linear_sum_assignment(-score)
     assigned = dict(zip(rows.tolist(), cols.tolist(), strict=True))
     matches = {}
     for row, label in enumerate(labels):
-        order = np.argsort(similarity[row])[::-1]
-        best = float(similarity[row, order[0]])
+        order = np.argsort(score[row])[::-1]
         runner = float(similarity[row, order[1]]) if len(names) > 1 else None
-        col = assigned.get(row)
+        col = assigned.get(row, int(order[0]))
+        rest = np.delete(score[row], col)
+        second = float(rest.max()) if rest.size else -np.inf
         name = None
-        if col is not None:
-            score = float(similarity[row, col])
-            others = np.delete(similarity[row], col)
-            second = float(others.max()) if others.size else -1.0
-            if score >= thresholds.name and score - second >= thresholds.margin:
-                name = names[col]
-        closest = names[col] if col is not None else names[int(order[0])]
-        sim = float(similarity[row, col]) if col is not None else best
-        matches[label] = SpeakerMatch(name, sim, closest, runner)
+        if (
+            row in assigned
+            and score[row, col] >= floor
+            and score[row, col] - second >= margin
+            and similarity[row, col] >= raw_floor
+        ):
+            name = names[col]
+        matches[label] = SpeakerMatch(
+            name,
+            float(similarity[row, col]),
+            names[col],
+            runner,
+            float(score[row, col]) if normalised else None,
+            (float(score[row, col]) - second) if normalised and rest.size else None,
+        )
     return matches
 
 
