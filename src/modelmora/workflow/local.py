@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from modelmora.errors import WorkerCrashed
+from modelmora.errors import WorkerCrashed, WorkerStopped
 from modelmora.runtime.worker import Worker
 from modelmora.workflow.stages import Job, StageBook, StageRunner, failure_reason
 
@@ -42,7 +42,14 @@ class LocalRunner(StageRunner):
                     except Exception as exc:  # the model cannot load: no file can run
                         book.load_failed(pending[index:], failure_reason(exc, job.path))
                         break
-                worker = self._one(book, worker, job)
+                current = worker
+                try:
+                    worker = self._one(book, current, job)
+                except WorkerStopped:  # it died between two files: this one never reached it
+                    _stop(current, book)
+                    book.restarted()
+                    worker = self._start_retrying(book)
+                    worker = self._one(book, worker, job)
         except BaseException:
             if worker is not None:  # interrupted: do not wait for the file in flight
                 worker.kill()
@@ -57,6 +64,8 @@ class LocalRunner(StageRunner):
         started = time.perf_counter()
         try:
             output = self._call(book, worker, job)
+        except WorkerStopped:
+            raise
         except Exception as exc:
             book.file_ended()
             _note_memory(worker, book)
