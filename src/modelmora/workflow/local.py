@@ -33,7 +33,9 @@ class LocalRunner(StageRunner):
         t0 = time.perf_counter()
         worker: Worker | None = None
         try:
-            for index, job in enumerate(pending):
+            index, last_stopped = 0, None
+            while index < len(pending):
+                job = pending[index]
                 if worker is None:
                     if book.stats.processed or book.stats.failed:
                         book.restarted()
@@ -45,11 +47,14 @@ class LocalRunner(StageRunner):
                 current = worker
                 try:
                     worker = self._one(book, current, job)
-                except WorkerStopped:  # it died between two files: this one never reached it
+                except WorkerStopped as exc:  # it died between two files: this one never reached it
                     _stop(current, book)
-                    book.restarted()
-                    worker = self._start_retrying(book)
-                    worker = self._one(book, worker, job)
+                    worker = None
+                    if job is not last_stopped:
+                        last_stopped = job
+                        continue  # the same file, once more, in a new worker
+                    book.failed(job, failure_reason(exc, job.path))
+                index += 1
         except BaseException:
             if worker is not None:  # interrupted: do not wait for the file in flight
                 worker.kill()
