@@ -278,6 +278,32 @@ def test_dynamic_batching(make_scheduler: MakeScheduler) -> None:
     assert one.result(5) == "alone"
 
 
+def test_a_lone_request_does_not_wait_for_company(make_scheduler: MakeScheduler) -> None:
+    scheduler = make_scheduler([toy("a", max_batch_size=8, max_wait_ms=3000)])
+    scheduler.load("a")
+    started = time.monotonic()
+    assert scheduler.submit("a", "alone").result(30) == "alone"
+    assert time.monotonic() - started < 2.0  # not the 3 s max_wait_ms
+    # items queued together go in one batch, at once
+    assert [f.result(30) for f in scheduler.submit_many("a", [0, 1, 2])] == [0, 1, 2]
+    assert batches(scheduler, "a") == 2
+    # after a batch in company, a request waits for company again: the next one joins it
+    first = scheduler.submit("a", "x")
+    second = scheduler.submit("a", "y")
+    assert (first.result(30), second.result(30)) == ("x", "y")
+    assert batches(scheduler, "a") == 3
+
+
+def test_submit_many_is_all_or_nothing_against_the_queue_limit(
+    make_scheduler: MakeScheduler,
+) -> None:
+    scheduler = make_scheduler([toy("a")], queue_limit=4)
+    with pytest.raises(QueueFull):
+        scheduler.submit_many("a", list(range(5)))
+    assert sum(scheduler.status()["queue_depths"].values()) == 0
+    assert [f.result(30) for f in scheduler.submit_many("a", list(range(4)))] == [0, 1, 2, 3]
+
+
 def test_cancelled_request_is_skipped(make_scheduler: MakeScheduler) -> None:
     scheduler = make_scheduler([toy("a")])
     scheduler.load("a")
@@ -634,7 +660,9 @@ def test_reloads_after_an_eviction_start_warm_from_a_spare(make_scheduler: MakeS
     scheduler = make_scheduler(models, memory_budget_mb=330, keep_spares={"toy": 1})
     for name in "ab":
         scheduler.submit(name, 1).result(30)
-    assert scheduler.spares.spares() == []  # nothing unloaded yet: no reload to expect
+    time.sleep(1.0)  # a spare would be preparing by now
+    status = scheduler.status()["spares"]
+    assert status["ready"] == [] and status["preparing"] == 0  # nothing unloaded: no reload ahead
     warm_pids = []
     for name in "cabca":  # each load evicts the least recently used model
         scheduler.submit(name, 1).result(30)

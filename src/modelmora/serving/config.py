@@ -106,7 +106,8 @@ class ModelConfig(BaseModel):
         footprint_mb: RAM the model takes once loaded (skips learning it).
         vram_footprint_mb: GPU memory the model takes once loaded.
         max_batch_size: most items per call into the worker.
-        max_wait_ms: how long the first item of a batch waits for more.
+        max_wait_ms: how long the first item of a batch waits for more (not waited when the
+            model's last batch held one item and its worker is idle: a lone client).
         keep_alive_s: idle seconds before the model is unloaded; ``None``: never.
         priority: eviction class (lower classes are evicted first).
         pinned: loaded at start and never evicted.

@@ -90,13 +90,12 @@ class AppState:
         return cfg.adapter
 
     async def run(self, model: str, items: list[Any], priority: str = "normal") -> list[Any]:
-        """Submit each item, await them all (within ``request_timeout_s``); outputs in order."""
+        """Submit the items together, await them all (within ``request_timeout_s``); outputs in order."""
         if not self.started.is_set():
             raise starting_error()
-        futures = []
+        futures: list[Future[Any]] = []
         try:
-            for item in items:
-                futures.append(self.scheduler.submit(model, item, priority))
+            futures = self.scheduler.submit_many(model, items, priority)
             waits = [asyncio.wrap_future(f) for f in futures]
             # The scheduler kills a call past request_timeout_s; this bound also covers the
             # wait in the queue and a (re)load, so it only fires when something is stuck.

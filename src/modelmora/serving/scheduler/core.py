@@ -204,6 +204,25 @@ class Scheduler:
             QueueFull: ``queue_limit`` requests are already waiting.
             WorkerStopped: the scheduler is closing.
         """
+        return self._enqueue(model, [item], priority, on_chunk)[0]
+
+    def submit_many(self, model: str, items: list[Any], priority: str = "normal") -> list[Future[Any]]:
+        """Queue several items for ``model`` at once; one future per item, in order.
+
+        The items are queued under one hold of the scheduler's lock, so the dispatcher sees
+        them together and batches them (an HTTP request with a list of inputs is never split
+        into a first batch of one and the rest). Raises what :meth:`submit` raises; ``QueueFull``
+        when the items do not all fit in ``queue_limit`` (then none is queued).
+        """
+        return self._enqueue(model, items, priority, None)
+
+    def _enqueue(
+        self,
+        model: str,
+        items: list[Any],
+        priority: str,
+        on_chunk: Callable[[Any], Any] | None,
+    ) -> list[Future[Any]]:
         if priority not in RANK:
             raise ValueError(f"unknown priority {priority!r}: use one of {', '.join(PRIORITIES)}")
         books = self._books
@@ -218,15 +237,18 @@ class Scheduler:
                     f"model {model!r} failed to load: {m.error}", m.unhealthy_until - now
                 )
             waiting = sum(books.depth.values())
-            if waiting >= self.config.queue_limit:
+            if waiting + len(items) > self.config.queue_limit:
                 raise QueueFull(
                     f"{waiting} requests are waiting (queue_limit {self.config.queue_limit})",
                     books.retry_after(waiting),
                 )
-            req = Request(item, Future(), priority, next(books.seq), now, on_chunk=on_chunk)
-            books.enqueue(m, req)
+            futures = []
+            for item in items:
+                req = Request(item, Future(), priority, next(books.seq), now, on_chunk=on_chunk)
+                books.enqueue(m, req)
+                futures.append(req.future)
             self._cond.notify_all()
-        return req.future
+        return futures
 
     # --- management -------------------------------------------------------------------------
 

@@ -99,8 +99,18 @@ class Dispatcher:
         return (RANK[head.priority], head.seq) if head else (len(PRIORITIES), 0)
 
     def batch_due(self, m: ModelState, now: float, wakes: list[float]) -> bool:
-        """True when ``m``'s batch is full or its oldest request waited ``max_wait_ms``."""
+        """True when ``m``'s batch is full, its oldest request waited ``max_wait_ms``, or no
+        company is to be expected.
+
+        Waiting for company pays only while requests come in company: when ``m``'s last batch
+        held one request and none of its workers is busy, the next request goes at once (a
+        lone client does not pay ``max_wait_ms`` on every call). Once a batch holds two or
+        more, batches wait again. Under load this costs at most one small batch: requests
+        queue while it runs and go together in the next.
+        """
         if m.queued() >= m.cfg.max_batch_size or m.cfg.max_wait_ms <= 0 or self.books.closing:
+            return True
+        if m.last_batch <= 1 and not any(r.state == "busy" for r in m.replicas):
             return True
         oldest = min(q[0].t_submit for q in m.queues.values() if q)
         due = oldest + m.cfg.max_wait_ms / 1000
@@ -122,6 +132,7 @@ class Dispatcher:
                 req.running = True
                 batch.append(req)
         if batch:
+            m.last_batch = len(batch)
             self.pool.run(m, rep, batch)
 
     def admit(self, m: ModelState, now: float, wakes: list[float]) -> bool:

@@ -241,7 +241,8 @@ class WorkerPool:
         )
         if self.metrics:
             self.metrics.inc_load(m.cfg.name, warm=worker.warm)
-        self.books.spares.ensure(worker.spare_key())  # the next one, if the budget allows
+        if worker.spare_key() in self.books.spares_wanted:  # a kind that was unloaded before
+            self.books.spares.ensure(worker.spare_key())  # the next one, if the budget allows
         self.books.gauge_resident()
         for fut in m.load_waiters:
             fut.set_result(None)

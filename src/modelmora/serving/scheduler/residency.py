@@ -105,6 +105,7 @@ class ModelState:
         self.vram_mb: float | None = None
         self.last_release: dict[str, Any] | None = None
         self.load_s: float | None = None  # the last load's duration: what a swap costs
+        self.last_batch = 0  # requests in the last batch started: do they come in company?
         self.counts = {
             "loads": 0,
             "warm_loads": 0,  # of the loads, those started from a spare
