@@ -90,7 +90,7 @@ class AppState:
         return cfg.adapter
 
     async def run(self, model: str, items: list[Any], priority: str = "normal") -> list[Any]:
-        """Submit the items together, await them all (within ``request_timeout_s``); outputs in order."""
+        """Submit the items together; await them all (within ``request_timeout_s``), in order."""
         if not self.started.is_set():
             raise starting_error()
         futures: list[Future[Any]] = []

@@ -206,7 +206,9 @@ class Scheduler:
         """
         return self._enqueue(model, [item], priority, on_chunk)[0]
 
-    def submit_many(self, model: str, items: list[Any], priority: str = "normal") -> list[Future[Any]]:
+    def submit_many(
+        self, model: str, items: list[Any], priority: str = "normal"
+    ) -> list[Future[Any]]:
         """Queue several items for ``model`` at once; one future per item, in order.
 
         The items are queued under one hold of the scheduler's lock, so the dispatcher sees
