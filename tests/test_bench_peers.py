@@ -41,6 +41,16 @@ def test_wrk_failure_is_an_error_not_zeros() -> None:
         parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n", connections=1)
 
 
+def test_front_end_counts_add_modelmora_variants() -> None:
+    from modelmora.bench.peers.run import _lineup
+
+    both = PeersOptions(servers=("modelmora", "litserve"), http_workers=(1, 4))
+    assert _lineup(both) == ("modelmora", "modelmora-http4", "litserve")
+    assert _lineup(PeersOptions(servers=("modelmora",), http_workers=(2,))) == ("modelmora-http2",)
+    with pytest.raises(ValueError, match="http_workers"):
+        PeersOptions(http_workers=(0,))
+
+
 def test_unknown_server_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="modelmora, litserve, ray-serve"):
         PeersOptions(servers=("triton",))

@@ -1,7 +1,7 @@
 """The HTTP layer in this process: timeouts, auth, what runs on the event loop, error statuses.
 
 These tests drive the app through Starlette's ``TestClient`` (one event loop in one thread,
-as uvicorn runs it) or :class:`AppState` directly, so they are fast and can watch what the
+as uvicorn runs it) or :class:`Serving` directly, so they are fast and can watch what the
 loop does; ``tests/test_server.py`` covers the same routes against a real server process.
 They avoid anything the declared minimum Python (3.10) lacks, so that a run on it catches
 what only happens there (``asyncio.TimeoutError`` is not ``TimeoutError`` before 3.11).
@@ -39,9 +39,8 @@ from modelmora.errors import (
 from modelmora.serving.config import ModelConfig, ServerConfig
 from modelmora.serving.http.app import create_app
 from modelmora.serving.http.errors import ApiError, map_exception
-from modelmora.serving.http.state import AppState
+from modelmora.serving.http.state import Serving
 from modelmora.serving.jobs import JobRunner, JobStore
-from modelmora.serving.metrics import Metrics
 from modelmora.serving.scheduler.core import ModelUnhealthy, QueueFull, Scheduler, UnknownModel
 from modelmora.speech.audio import AudioError
 
@@ -82,20 +81,17 @@ class _StuckScheduler:
         self.futures.append(future)
         return future
 
+    def submit_many(
+        self, model: str, items: list[Any], priority: str = "normal"
+    ) -> list[Future[Any]]:
+        return [self.submit(model, item, priority) for item in items]
 
-def _stuck_state(tmp_path: Path) -> tuple[AppState, _StuckScheduler]:
+
+def _stuck_state(tmp_path: Path) -> tuple[Serving, _StuckScheduler]:
     models = [ModelConfig(name="echo", load_timeout_s=0.1, **TOY)]
     config = _config(tmp_path, models=models, request_timeout_s=0.1)
     scheduler = _StuckScheduler()
-    store = JobStore(":memory:")
-    state = AppState(
-        config,
-        Metrics(),
-        scheduler,  # type: ignore[arg-type]
-        store,
-        JobRunner(store, scheduler),
-        tmp_path,
-    )
+    state = Serving(config=config, submitter=scheduler, uploads=tmp_path)
     state.started.set()
     return state, scheduler
 
@@ -357,7 +353,7 @@ def test_a_model_error_over_http_is_a_400_and_a_server_bug_a_500(
     def broken(self: Scheduler, *args: Any, **kwargs: Any) -> Future[Any]:
         raise KeyError("a bug in the server")
 
-    monkeypatch.setattr(Scheduler, "submit", broken)
+    monkeypatch.setattr(Scheduler, "submit_many", broken)
     reply = client.post("/api/v1/models/echo/predict", json={"input": 1})
     assert reply.status_code == 500, reply.text
     assert reply.json()["error"]["type"] == "server_error"

@@ -24,6 +24,8 @@ and a job until its ``max_attempts``; any other error is the call's own and is n
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "InvalidInput",
     "MemoryBudgetExceeded",
@@ -41,7 +43,21 @@ __all__ = [
 
 
 class ModelMoraError(Exception):
-    """Base class of every error ModelMora raises on purpose."""
+    """Base class of every error ModelMora raises on purpose.
+
+    Pickles with its attributes whatever its constructor takes, so it crosses a process
+    boundary as itself (``retry_after_s`` and the like included).
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[ModelMoraError], args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(attrs)
+    return error
 
 
 class RemoteTraceback(Exception):

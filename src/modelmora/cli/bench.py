@@ -184,6 +184,11 @@ def bench_peers(
         None, help="sentence-transformers folder (default: the packaged all-MiniLM-L6-v2)."
     ),
     no_wrk: bool = typer.Option(False, "--no-wrk", help="Use the built-in client, not wrk."),
+    http_workers: str = typer.Option(
+        "1",
+        help="Comma-separated front-end counts for ModelMora (e.g. 1,2,4): one ModelMora per "
+        "count, 'modelmora-http<N>' in the table for N > 1.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """ModelMora beside LitServe and Ray Serve: same model, same batching, same load."""
@@ -197,6 +202,7 @@ def bench_peers(
             connections=connections,
             model=model,
             use_wrk=not no_wrk,
+            http_workers=tuple(int(n) for n in http_workers.split(",") if n.strip()),
         )
     except ValueError as exc:
         raise fail(exc, 2) from None

@@ -20,6 +20,13 @@ def serve(
         "info", help="critical, error, warning, info, debug or trace (the server's own log)."
     ),
     access_log: bool = typer.Option(True, help="One line per request on stdout."),
+    http_workers: int | None = typer.Option(
+        None,
+        min=1,
+        max=64,
+        help="HTTP front-end processes over the one scheduler (default 1, or the config's "
+        "http_workers): for machines with cores to spare.",
+    ),
 ) -> None:
     """Serve models over HTTP (OpenAI-compatible and native routes) under a memory budget."""
     from modelmora.serving.config import ConfigError, default_config, load_config
@@ -27,7 +34,8 @@ def serve(
 
     try:
         settings = load_config(config) if config is not None else default_config()
-        overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+        given = (("host", host), ("port", port), ("http_workers", http_workers))
+        overrides = {k: v for k, v in given if v is not None}
         settings = settings.model_copy(update=overrides)
     except ConfigError as exc:
         raise fail(exc, 2) from None

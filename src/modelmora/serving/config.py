@@ -220,6 +220,11 @@ class ServerConfig(BaseModel):
             when a model needs the room. Default: :data:`KEEP_SPARES`; ``{}`` for none.
         speakers_dir: the speaker library (``/api/v1/speakers``) the ``diarizer`` models name
             speakers from (default ``cache_dir/speakers``).
+        http_workers: HTTP front-end processes. 1: the server is one process (and its
+            workers). N > 1: N processes parse, validate and answer the routes that run models,
+            over the one scheduler of the main process (batching, memory budget, eviction and
+            priorities stay global); the other routes are forwarded to the main process. For
+            machines with cores to spare: on a fast GPU one event loop is the limit.
         models: the registry.
     """
 
@@ -227,6 +232,7 @@ class ServerConfig(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    http_workers: int = Field(default=1, ge=1, le=64)
     memory_budget_mb: float | None = Field(default=None, gt=0)
     vram_budget_mb: float | None = Field(default=None, gt=0)
     cache_dir: Path = Field(default_factory=default_cache_dir)

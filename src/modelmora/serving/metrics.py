@@ -30,7 +30,7 @@ class Metrics:
         registry: where to register them (a new ``CollectorRegistry`` by default).
 
     Attributes:
-        registry: the registry; the HTTP layer may add its own metrics to it.
+        registry: the registry.
         content_type: the ``Content-Type`` of :meth:`render`'s output.
     """
 
@@ -39,6 +39,15 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.http_requests = Counter(
+            "modelmora_http_requests",
+            "HTTP requests, per route and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "modelmora_http_request_seconds", "HTTP request time, per route.", ["route"], registry=r
+        )
         self.request_latency = Histogram(
             "modelmora_request_latency_seconds",
             "Time from submit to result, per model.",
@@ -96,6 +105,11 @@ class Metrics:
             ["model"],
             registry=r,
         )
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one HTTP request: its route (the pattern, ``unmatched`` for none) and status."""
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_latency.labels(route).observe(seconds)
 
     def observe_latency(self, model: str, seconds: float) -> None:
         """Record one request's latency (submit to result)."""

@@ -56,6 +56,8 @@ class PeersOptions:
         connections: the concurrent connections of the loaded measurement.
         model: the sentence-transformers model folder (None: the packaged all-MiniLM-L6-v2).
         use_wrk: drive the load with ``wrk`` when available.
+        http_workers: ModelMora's front-end counts to run (``--http-workers``); each count
+            but 1 is one more server in the table, ``modelmora-http<N>``.
 
     Raises:
         ValueError: an unknown server or a count below 1.
@@ -69,11 +71,14 @@ class PeersOptions:
     use_wrk: bool = True
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
+    http_workers: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.servers if s not in PEERS]
         if unknown:
             raise ValueError(f"unknown server(s) {unknown}: choose from {', '.join(PEERS)}")
+        if not self.http_workers or min(self.http_workers) < 1:
+            raise ValueError("http_workers: one or more counts of at least 1")
         if min(self.rounds, self.connections) < 1 or self.duration_s <= 0:
             raise ValueError("rounds and connections must be at least 1, duration positive")
 
@@ -105,10 +110,11 @@ def _free_port() -> int:
 def _command(name: str, port: int, model: str, folder: Path, opts: PeersOptions) -> list[str]:
     batching = ["--max-batch-size", str(opts.max_batch_size)]
     batching += ["--batch-timeout-ms", str(opts.max_wait_ms)]
-    if name == "modelmora":
+    if name.startswith("modelmora"):
         config = {
             "cache_dir": str(folder / "cache"),
             "queue_limit": 4096,
+            "http_workers": _http_workers(name),
             "models": [
                 {
                     "name": "mini",
@@ -132,8 +138,25 @@ def _command(name: str, port: int, model: str, folder: Path, opts: PeersOptions)
     ]
 
 
+def _http_workers(name: str) -> int:
+    """``modelmora-http4`` → 4; ``modelmora`` → 1."""
+    return int(name.removeprefix("modelmora-http")) if name.startswith("modelmora-http") else 1
+
+
+def _lineup(opts: PeersOptions) -> tuple[str, ...]:
+    """The servers to run: the peers asked for, with a ModelMora per front-end count."""
+    variants = tuple(f"modelmora-http{n}" for n in opts.http_workers if n != 1)
+    names: list[str] = []
+    for name in opts.servers:
+        if name == "modelmora":
+            names += (["modelmora"] if 1 in opts.http_workers else []) + list(variants)
+        else:
+            names.append(name)
+    return tuple(names)
+
+
 def _route(name: str) -> tuple[str, bytes]:
-    if name == "modelmora":
+    if name.startswith("modelmora"):
         return "/v1/embeddings", json.dumps({"model": "mini", "input": TEXT}).encode()
     path = "/predict" if name == "litserve" else "/"
     return path, json.dumps({"input": TEXT}).encode()
@@ -410,10 +433,11 @@ def run_peers_bench(options: PeersOptions | None = None) -> dict[str, Any]:
         from modelmora.models.embedding import default_embedding_path
 
         model = default_embedding_path()
-    per_server: dict[str, list[dict[str, Any]]] = {name: [] for name in opts.servers}
+    lineup = _lineup(opts)
+    per_server: dict[str, list[dict[str, Any]]] = {name: [] for name in lineup}
     with tempfile.TemporaryDirectory(prefix="modelmora-peers-") as tmp:
         for index in range(opts.rounds):
-            order = opts.servers if index % 2 == 0 else tuple(reversed(opts.servers))
+            order = lineup if index % 2 == 0 else tuple(reversed(lineup))
             for name in order:
                 per_server[name].append(_one_round(name, model, Path(tmp), opts))
     return {
@@ -426,6 +450,7 @@ def run_peers_bench(options: PeersOptions | None = None) -> dict[str, Any]:
             "rounds": opts.rounds,
             "max_batch_size": opts.max_batch_size,
             "max_wait_ms": opts.max_wait_ms,
+            "http_workers": list(opts.http_workers),
             "load_generator": "wrk" if opts.use_wrk and shutil.which("wrk") else "built-in",
         },
         "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version()},

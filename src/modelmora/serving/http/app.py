@@ -35,6 +35,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
@@ -45,9 +47,15 @@ from starlette.exceptions import HTTPException
 
 from modelmora.serving.config import ServerConfig
 from modelmora.serving.http.errors import ApiError, add_error_handlers
+from modelmora.serving.http.frontends import FrontEnds
 from modelmora.serving.http.manage import add_registry_routes
 from modelmora.serving.http.rerank import add_rerank_routes
-from modelmora.serving.http.routes import add_job_routes, add_native_routes, add_openai_routes
+from modelmora.serving.http.routes import (
+    add_inference_routes,
+    add_job_routes,
+    add_native_routes,
+    add_openai_routes,
+)
 from modelmora.serving.http.speakers import add_speaker_routes
 from modelmora.serving.http.state import AppState
 from modelmora.serving.jobs import JobRunner, JobStore
@@ -62,7 +70,7 @@ logger = logging.getLogger(__name__)
 _PUBLIC = ("/health/",)
 
 
-def _start(state: AppState) -> None:
+def _start(state: AppState, front: FrontEnds | None = None) -> None:
     try:
         state.scheduler.start()
         state.runner.start()
@@ -71,21 +79,30 @@ def _start(state: AppState) -> None:
     except BaseException as exc:  # reported by /health/ready and every request
         state.start_error = exc
         logger.exception("the scheduler failed to start")
+    if front is not None:
+        front.started(state.start_error)
 
 
 _Lifespan = Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]
 
 
-def _make_lifespan(state: AppState) -> _Lifespan:
+def _make_lifespan(
+    state: AppState, front_ends: Callable[[AppState], FrontEnds] | None
+) -> _Lifespan:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.modelmora = state
+        front = front_ends(state) if front_ends is not None else None
+        if front is not None:
+            front.start()
         # Started in the background so /health/live answers at once and /health/ready says 503.
-        starting = asyncio.create_task(asyncio.to_thread(_start, state))
+        starting = asyncio.create_task(asyncio.to_thread(_start, state, front))
         try:
             yield
         finally:
             await starting
+            if front is not None:  # they drain their requests while the scheduler still runs
+                await asyncio.to_thread(front.stop)
             await asyncio.to_thread(_shutdown, state)
 
     return lifespan
@@ -101,26 +118,16 @@ def _shutdown(state: AppState) -> None:
 # --- middleware: auth, size limit, HTTP metrics -------------------------------------------
 
 
-class _Guard:
+#: Where the middleware records a request: (method, route, status, seconds).
+_Observe = Callable[[str, str, int, float], None]
+
+
+class Guard:
     """Pure ASGI middleware: bearer-token auth, request size limit, HTTP metrics."""
 
-    def __init__(self, app: Any, *, api_key: str | None, max_bytes: int, metrics: Metrics) -> None:
-        from prometheus_client import Counter, Histogram
-
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, *, api_key: str | None, max_bytes: int, observe: _Observe) -> None:
+        self.app, self.max_bytes, self.observe = app, max_bytes, observe
         self.expected = f"Bearer {api_key}".encode() if api_key else None
-        self.requests = Counter(
-            "modelmora_http_requests",
-            "HTTP requests, per route and status.",
-            ["method", "route", "status"],
-            registry=metrics.registry,
-        )
-        self.latency = Histogram(
-            "modelmora_http_request_seconds",
-            "HTTP request time, per route.",
-            ["route"],
-            registry=metrics.registry,
-        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -140,8 +147,7 @@ class _Guard:
         else:
             await self.app(scope, self._limited(scope, receive), send_status)
         route = getattr(scope.get("route"), "path", "unmatched")
-        self.requests.labels(scope["method"], route, str(status[0])).inc()
-        self.latency.labels(route).observe(time.perf_counter() - started)
+        self.observe(scope["method"], route, status[0], time.perf_counter() - started)
 
     def _refuse(self, scope: dict[str, Any]) -> ApiError | None:
         headers = dict(scope["headers"])
@@ -181,20 +187,37 @@ class _Guard:
 # --- app --------------------------------------------------------------------------------------
 
 
-def create_app(config: ServerConfig, *, metrics: Metrics | None = None) -> FastAPI:
+def _jobs_db(config: ServerConfig) -> Path:
+    return Path(config.jobs_db or Path(config.cache_dir) / "jobs.sqlite")
+
+
+def uploads_dir(config: ServerConfig) -> Path:
+    """Where uploaded files wait for their model (created): beside the jobs database."""
+    uploads = _jobs_db(config).parent / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    return uploads
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    metrics: Metrics | None = None,
+    front_ends: Callable[[AppState], FrontEnds] | None = None,
+) -> FastAPI:
     """Build the FastAPI app; its lifespan starts and stops the scheduler and the job runner.
 
     Args:
         config: the server configuration (models, budget, limits, auth).
         metrics: the metrics registry to use (a new one by default).
+        front_ends: builds the front-end processes that serve the public socket
+            (``http_workers`` > 1); started with the app, stopped before the scheduler.
 
     Returns:
         The app, to run with uvicorn (see :func:`serve`).
     """
     metrics = metrics or Metrics()
-    jobs_db = Path(config.jobs_db or Path(config.cache_dir) / "jobs.sqlite")
-    uploads = jobs_db.parent / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
+    jobs_db = _jobs_db(config)
+    uploads = uploads_dir(config)
     registry = RuntimeRegistry(
         config.registry_file or Path(config.cache_dir) / "registry.yaml",
         {m.name for m in config.models},
@@ -203,16 +226,28 @@ def create_app(config: ServerConfig, *, metrics: Metrics | None = None) -> FastA
     scheduler = Scheduler(config, metrics=metrics)
     store = JobStore(jobs_db)
     runner = JobRunner(store, scheduler)
-    state = AppState(config, metrics, scheduler, store, runner, uploads, registry=registry)
+    state = AppState(
+        config=config,
+        submitter=scheduler,
+        uploads=uploads,
+        metrics=metrics,
+        scheduler=scheduler,
+        store=store,
+        runner=runner,
+        registry=registry,
+    )
     app = FastAPI(
         title="ModelMora",
         summary="Models in isolated worker processes under a memory budget.",
-        lifespan=_make_lifespan(state),
+        lifespan=_make_lifespan(state, front_ends),
     )
     max_bytes = int(config.max_request_mb * 2**20)
-    app.add_middleware(_Guard, api_key=config.api_key, max_bytes=max_bytes, metrics=metrics)
+    app.add_middleware(
+        Guard, api_key=config.api_key, max_bytes=max_bytes, observe=metrics.observe_http
+    )
     add_error_handlers(app)
     add_openai_routes(app)
+    add_inference_routes(app)
     add_rerank_routes(app)
     add_native_routes(app)
     add_registry_routes(app)
@@ -224,6 +259,10 @@ def create_app(config: ServerConfig, *, metrics: Metrics | None = None) -> FastA
 def serve(config: ServerConfig, *, log_level: str = "info", access_log: bool = True) -> None:
     """Run the server with uvicorn until interrupted (SIGINT/SIGTERM stop it cleanly).
 
+    With ``config.http_workers`` > 1 this process serves its app on a private Unix socket and
+    ``http_workers`` front-end processes accept on ``host:port``
+    (:mod:`modelmora.serving.http.frontends`).
+
     Args:
         config: the configuration; ``host`` and ``port`` say where to listen.
         log_level: uvicorn's log level (critical, error, warning, info, debug, trace).
@@ -231,10 +270,38 @@ def serve(config: ServerConfig, *, log_level: str = "info", access_log: bool = T
     """
     import uvicorn
 
-    uvicorn.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        log_level=log_level,
-        access_log=access_log,
-    )
+    if config.http_workers == 1:
+        uvicorn.run(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            log_level=log_level,
+            access_log=access_log,
+        )
+        return
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    listen = socket.create_server((config.host, config.port), family=family, backlog=2048)
+    listen.set_inheritable(True)
+    with tempfile.TemporaryDirectory(prefix="modelmora-main-") as folder:
+        hub = Path(folder) / "app.sock"
+
+        def front_ends(state: AppState) -> FrontEnds:
+            return FrontEnds(
+                state, config.http_workers, listen, hub, log_level=log_level, access_log=access_log
+            )
+
+        logger.info(
+            "listening on %s:%d with %d HTTP front ends",
+            config.host,
+            listen.getsockname()[1],
+            config.http_workers,
+        )
+        try:
+            uvicorn.run(
+                create_app(config, front_ends=front_ends),
+                uds=str(hub),
+                log_level=log_level,
+                access_log=False,  # the front ends log every request, forwarded ones too
+            )
+        finally:
+            listen.close()

@@ -84,6 +84,7 @@ def add_registry_routes(app: FastAPI) -> None:
             await _blocking(state.scheduler.add_model, cfg)
             state.config.models.append(cfg)
             await _keep(state.registry, "put", cfg)
+            state.changed()
             return _entry(state, cfg.name)
 
     @app.get("/api/v1/models/{name}", tags=["registry"])
@@ -107,6 +108,7 @@ def add_registry_routes(app: FastAPI) -> None:
             models = state.config.models
             models[models.index(current)] = cfg
             await _keep(state.registry, "put", cfg)
+            state.changed()
             return _entry(state, name)
 
     @app.delete("/api/v1/models/{name}", tags=["registry"])
@@ -116,6 +118,7 @@ def add_registry_routes(app: FastAPI) -> None:
         async with state.changing:
             current = state.config.model(name)
             state.config.models.remove(current)  # no new request reaches it from now on
+            state.changed()
             try:
                 report = await _blocking(state.scheduler.remove_model, name)
             finally:

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from modelmora.models.llm import estimate_tokens
 from modelmora.serving.http.bodies import RerankRequest
 from modelmora.serving.http.errors import ApiError
-from modelmora.serving.http.state import AppState
+from modelmora.serving.http.state import Serving
 
 __all__ = ["ROUTE", "add_rerank_routes", "rerank_results"]
 
@@ -55,7 +55,7 @@ def add_rerank_routes(app: FastAPI) -> None:
 
     @app.post(ROUTE, tags=["rerank"])
     async def rerank(request: Request, body: RerankRequest) -> dict[str, Any]:
-        state: AppState = request.app.state.modelmora
+        state: Serving = request.app.state.modelmora
         state.adapter(body.model, ROUTE)
         documents = body.texts()
         (scores,) = await state.run(body.model, [{"query": body.query, "documents": documents}])

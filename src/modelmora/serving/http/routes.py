@@ -1,8 +1,10 @@
 """The HTTP routes, in groups: each ``add_*_routes`` function registers one group on the app.
 
-* :func:`add_openai_routes`: ``/v1/models``, ``/v1/embeddings``, ``/v1/audio/transcriptions``
-  and ``/v1/chat/completions`` (OpenAI's shapes, built by :mod:`modelmora.serving.http.openai`);
-* :func:`add_native_routes`: ``/api/v1/models`` (list, load, unload, predict),
+* :func:`add_openai_routes`: ``/v1/models`` (OpenAI's shapes, built by
+  :mod:`modelmora.serving.http.openai`);
+* :func:`add_inference_routes`: the routes that run models, ``/v1/embeddings``,
+  ``/v1/audio/transcriptions``, ``/v1/chat/completions`` and ``/api/v1/models/{name}/predict``;
+* :func:`add_native_routes`: ``/api/v1/models`` (list, load, unload),
   ``/api/v1/status``, ``/metrics`` and the health checks;
 * :func:`add_job_routes`: ``/api/v1/jobs`` (create, get, result, cancel).
 
@@ -29,10 +31,16 @@ import modelmora.serving.http.diarized as diarized
 import modelmora.serving.http.openai as fmt
 from modelmora.serving.http.bodies import ChatRequest, EmbeddingRequest, JobRequest, PredictRequest
 from modelmora.serving.http.errors import ApiError, map_exception, starting_error
-from modelmora.serving.http.state import AppState
+from modelmora.serving.http.state import AppState, Serving
 from modelmora.serving.jobs import Job, JobNotFound
 
-__all__ = ["FastJSONResponse", "add_job_routes", "add_native_routes", "add_openai_routes"]
+__all__ = [
+    "FastJSONResponse",
+    "add_inference_routes",
+    "add_job_routes",
+    "add_native_routes",
+    "add_openai_routes",
+]
 
 
 class FastJSONResponse(JSONResponse):
@@ -90,8 +98,13 @@ def _state(request: Request) -> AppState:
     return state
 
 
+def _serving(request: Request) -> Serving:
+    state: Serving = request.app.state.modelmora
+    return state
+
+
 def add_openai_routes(app: FastAPI) -> None:
-    """Register the OpenAI-compatible routes: models, embeddings, transcriptions, chat."""
+    """Register the OpenAI-compatible model list: ``/v1/models`` and ``/v1/models/{name}``."""
 
     @app.get("/v1/models", tags=["openai"])
     async def list_models(request: Request) -> dict[str, Any]:
@@ -103,9 +116,17 @@ def add_openai_routes(app: FastAPI) -> None:
         state.adapter(name)
         return fmt.model_entry(state.config.model(name))
 
+
+def add_inference_routes(app: FastAPI) -> None:
+    """Register the routes that run models: embeddings, transcriptions, chat and predict.
+
+    They need only :class:`~modelmora.serving.http.state.Serving`: a front-end process
+    (``--http-workers``) answers them itself and forwards every other route to the main process.
+    """
+
     @app.post("/v1/embeddings", tags=["openai"], response_class=FastJSONResponse)
     async def embeddings(request: Request, body: EmbeddingRequest) -> FastJSONResponse:
-        state = _state(request)
+        state = _serving(request)
         state.adapter(body.model, "/v1/embeddings")
         given = [body.input] if isinstance(body.input, str) else body.input
         if not given:
@@ -134,7 +155,7 @@ def add_openai_routes(app: FastAPI) -> None:
         speaker_refs: Annotated[list[str] | None, Form(alias="known_speaker_references[]")] = None,
         chunking_strategy: Annotated[str | None, Form()] = None,  # accepted; not needed here
     ) -> Response:
-        state = _state(request)
+        state = _serving(request)
         state.adapter(model, "/v1/audio/transcriptions")
         diarize = response_format == diarized.DIARIZED
         fmt.check_transcription_options(
@@ -158,7 +179,7 @@ def add_openai_routes(app: FastAPI) -> None:
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None, responses=_SSE)
     async def chat(request: Request, body: ChatRequest) -> Response:
-        state = _state(request)
+        state = _serving(request)
         state.adapter(body.model, "/v1/chat/completions")
         item = {
             "task": "chat",
@@ -174,8 +195,21 @@ def add_openai_routes(app: FastAPI) -> None:
         (result,) = await state.run(body.model, [item])
         return JSONResponse(fmt.chat_completion(body.model, result))
 
+    @app.post("/api/v1/models/{name}/predict", tags=["native"], response_model=None, responses=_SSE)
+    async def predict(
+        request: Request, name: str, body: PredictRequest
+    ) -> Response | dict[str, Any]:
+        state = _serving(request)
+        state.adapter(name)
+        fmt.check_json_input(body.input)
+        if body.stream:
+            chunks = state.stream(name, body.input, body.priority)
+            return await _event_stream(chunks, fmt.OutputChunks())
+        (output,) = await state.run(name, [body.input], body.priority)
+        return {"model": name, "output": output}
 
-def _diarizer_of(state: AppState, model: str) -> str:
+
+def _diarizer_of(state: Serving, model: str) -> str:
     """The diarizer model configured for transcription model ``model`` (400 if none)."""
     name = state.config.model(model).diarizer
     if name is None:
@@ -205,7 +239,7 @@ async def _save_upload(upload: UploadFile, folder: Path) -> Path:
 
 
 def add_native_routes(app: FastAPI) -> None:
-    """Register the native routes (models, load, unload, predict, status) and the ops routes."""
+    """Register the native routes (models, load, unload, status) and the ops routes."""
 
     async def blocking(request: Request, fn: Callable[[], Any]) -> Any:
         state = _state(request)
@@ -235,19 +269,6 @@ def add_native_routes(app: FastAPI) -> None:
         state.adapter(name)
         report = await blocking(request, lambda: state.scheduler.unload(name))
         return {"name": name, "release": report}
-
-    @app.post("/api/v1/models/{name}/predict", tags=["native"], response_model=None, responses=_SSE)
-    async def predict(
-        request: Request, name: str, body: PredictRequest
-    ) -> Response | dict[str, Any]:
-        state = _state(request)
-        state.adapter(name)
-        fmt.check_json_input(body.input)
-        if body.stream:
-            chunks = state.stream(name, body.input, body.priority)
-            return await _event_stream(chunks, fmt.OutputChunks())
-        (output,) = await state.run(name, [body.input], body.priority)
-        return {"model": name, "output": output}
 
     @app.get("/api/v1/status", tags=["native"])
     async def status(request: Request) -> dict[str, Any]:

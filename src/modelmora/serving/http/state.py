@@ -1,9 +1,11 @@
-"""What the routes share: :class:`AppState`, and its way of running requests on the scheduler.
+"""What the routes share: :class:`Serving` (what the inference routes need) and
+:class:`AppState` (all of it: the scheduler, the jobs, the registry).
 
-:meth:`AppState.run` submits each item of a request (so the scheduler batches items of
-concurrent requests together) and awaits the futures without blocking the event loop;
-:meth:`AppState.stream` submits one item with a chunk callback and yields the worker's chunks
-as they are produced.
+:meth:`Serving.run` submits the items of a request together (so the scheduler batches them with
+the items of concurrent requests) and awaits the futures without blocking the event loop;
+:meth:`Serving.stream` submits one item with a chunk callback and yields the worker's chunks as
+they are produced. Both go through a :class:`Submitter`: the scheduler itself, or in a front-end
+process (``--http-workers``) the scheduler of the main process over a local channel.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from modelmora.serving.config import ServerConfig
+from modelmora.serving.config import ModelConfig, ServerConfig
 from modelmora.serving.http.bodies import check_name
 from modelmora.serving.http.errors import ApiError, map_exception, starting_error
 from modelmora.serving.jobs import JobRunner, JobStore
@@ -25,7 +27,7 @@ from modelmora.serving.metrics import Metrics
 from modelmora.serving.registry import RuntimeRegistry
 from modelmora.serving.scheduler.core import Scheduler
 
-__all__ = ["ROUTE_TASKS", "AppState"]
+__all__ = ["ROUTE_TASKS", "AppState", "Serving", "Submitter"]
 
 #: The task each task-specific route serves (what a refusal tells the client).
 ROUTE_TASKS = {
@@ -36,26 +38,32 @@ ROUTE_TASKS = {
 }
 
 
-@dataclass
-class AppState:
-    """What the routes share: the config, the scheduler, the job store and its runner."""
+class Submitter(Protocol):
+    """What runs requests: :class:`~modelmora.serving.scheduler.core.Scheduler`'s two calls."""
+
+    def submit(
+        self,
+        model: str,
+        item: Any,
+        priority: str = "normal",
+        *,
+        on_chunk: Callable[[Any], Any] | None = None,
+    ) -> Future[Any]: ...
+
+    def submit_many(
+        self, model: str, items: list[Any], priority: str = "normal"
+    ) -> list[Future[Any]]: ...
+
+
+@dataclass(kw_only=True)
+class Serving:
+    """What the inference routes share: the config, the submitter, the uploads folder."""
 
     config: ServerConfig
-    metrics: Metrics
-    scheduler: Scheduler
-    store: JobStore
-    runner: JobRunner
+    submitter: Submitter
     uploads: Path
     started: threading.Event = field(default_factory=threading.Event)
     start_error: BaseException | None = None
-    #: the run-time changes of the registry (``None``: changes are not kept)
-    registry: RuntimeRegistry | None = None
-    #: held while the registry changes (one change at a time)
-    changing: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def origin(self, name: str) -> str:
-        """Where model ``name`` comes from: ``config``, ``runtime`` or ``config+runtime``."""
-        return self.registry.origin(name) if self.registry is not None else "config"
 
     def adapter(self, name: str, route: str = "") -> str:
         """The adapter kind of model ``name``, checked against the routes its adapter answers.
@@ -95,7 +103,7 @@ class AppState:
             raise starting_error()
         futures: list[Future[Any]] = []
         try:
-            futures = self.scheduler.submit_many(model, items, priority)
+            futures = self.submitter.submit_many(model, items, priority)
             waits = [asyncio.wrap_future(f) for f in futures]
             # The scheduler kills a call past request_timeout_s; this bound also covers the
             # wait in the queue and a (re)load, so it only fires when something is stuck.
@@ -139,7 +147,7 @@ class AppState:
                 loop.call_soon_threadsafe(queue.put_nowait, (False, future))
 
         try:
-            future = self.scheduler.submit(model, item, priority, on_chunk=on_chunk)
+            future = self.submitter.submit(model, item, priority, on_chunk=on_chunk)
         except Exception as exc:
             raise map_exception(exc) from exc
         future.add_done_callback(on_done)
@@ -161,3 +169,28 @@ class AppState:
         finally:
             stopped.set()
             future.cancel()  # still queued: dropped
+
+
+@dataclass(kw_only=True)
+class AppState(Serving):
+    """What all the routes share: :class:`Serving`, the scheduler, the job store and runner."""
+
+    metrics: Metrics
+    scheduler: Scheduler
+    store: JobStore
+    runner: JobRunner
+    #: the run-time changes of the registry (``None``: changes are not kept)
+    registry: RuntimeRegistry | None = None
+    #: held while the registry changes (one change at a time)
+    changing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: called after each change of the registry, with the models now served
+    on_change: list[Callable[[list[ModelConfig]], None]] = field(default_factory=list)
+
+    def origin(self, name: str) -> str:
+        """Where model ``name`` comes from: ``config``, ``runtime`` or ``config+runtime``."""
+        return self.registry.origin(name) if self.registry is not None else "config"
+
+    def changed(self) -> None:
+        """Tell the listeners of :attr:`on_change` (the front ends) what is served now."""
+        for listener in self.on_change:
+            listener(list(self.config.models))
