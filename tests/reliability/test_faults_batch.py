@@ -32,8 +32,9 @@ from .conftest import Tally, outputs_of, tree_of, wait_all_gone, wait_for_worker
 
 pytestmark = pytest.mark.slow
 
-#: kill -9 trials of a stage worker (the issue asks for 10).
-KILL_TRIALS = int(os.environ.get("MODELMORA_KILL_TRIALS", "10"))
+#: kill -9 trials of a stage worker: 4 in the test suite; ``scripts/reliability_report.py``
+#: runs the 10 its table counts.
+KILL_TRIALS = int(os.environ.get("MODELMORA_KILL_TRIALS", "4"))
 
 
 def _options(**kw: Any) -> TranscribeOptions:
