@@ -51,6 +51,14 @@ def test_front_end_counts_add_modelmora_variants() -> None:
         PeersOptions(http_workers=(0,))
 
 
+def test_infinity_without_its_command_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ValueError, match="--infinity-bin ENV/bin/infinity_emb"):
+        PeersOptions(servers=("modelmora", "infinity"))
+    given = PeersOptions(servers=("infinity",), infinity_bin="/opt/inf/bin/infinity_emb")
+    assert given.infinity_bin == "/opt/inf/bin/infinity_emb"
+
+
 def test_unknown_server_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="modelmora, litserve, ray-serve"):
         PeersOptions(servers=("triton",))

@@ -175,7 +175,8 @@ def bench_server(
 @bench_app.command("peers")
 def bench_peers(
     servers: str = typer.Option(
-        "modelmora,litserve,ray-serve", help="Comma-separated: modelmora, litserve, ray-serve."
+        "modelmora,litserve,ray-serve",
+        help="Comma-separated: modelmora, litserve, ray-serve, infinity.",
     ),
     rounds: int = typer.Option(2, help="Alternated rounds (each server once per round)."),
     duration: float = typer.Option(10.0, help="Seconds of load per measurement."),
@@ -189,9 +190,14 @@ def bench_peers(
         help="Comma-separated front-end counts for ModelMora (e.g. 1,2,4): one ModelMora per "
         "count, 'modelmora-http<N>' in the table for N > 1.",
     ),
+    infinity_bin: str | None = typer.Option(
+        None,
+        help="The infinity_emb command of a virtual environment of its own (infinity-emb pins "
+        "older libraries); default: the one on the PATH.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    """ModelMora beside LitServe and Ray Serve: same model, same batching, same load."""
+    """ModelMora beside LitServe, Ray Serve and infinity: same model, same batching, same load."""
     from modelmora.bench.peers.run import PeersOptions, format_table, run_peers_bench
 
     try:
@@ -203,6 +209,7 @@ def bench_peers(
             model=model,
             use_wrk=not no_wrk,
             http_workers=tuple(int(n) for n in http_workers.split(",") if n.strip()),
+            infinity_bin=infinity_bin,
         )
     except ValueError as exc:
         raise fail(exc, 2) from None

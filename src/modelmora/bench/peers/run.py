@@ -1,7 +1,9 @@
-"""``modelmora bench peers``: ModelMora beside LitServe and Ray Serve, same model, same load.
+"""``modelmora bench peers``: ModelMora beside LitServe, Ray Serve and (given its own
+environment) infinity-emb, same model, same load.
 
 Each server serves all-MiniLM-L6-v2 (the packaged copy) with its own dynamic batching at the
-same settings (max batch 32, 5 ms), one short sentence per request. Servers run one at a time,
+same settings (max batch 32, 5 ms; infinity batches what is queued and has no wait setting),
+one short sentence per request. Servers run one at a time,
 as their own processes, alternated over ``rounds``, each round driven by the same load
 generator: ``wrk`` when it is on the PATH (Debian's package), else a built-in keep-alive client
 with one thread per connection (which costs this machine's CPU too: prefer ``wrk``).
@@ -37,12 +39,21 @@ import psutil
 import yaml
 from rich.table import Table
 
-__all__ = ["PEERS", "PeersOptions", "format_table", "parse_wrk", "run_peers_bench"]
+__all__ = [
+    "DEFAULT_SERVERS",
+    "PEERS",
+    "PeersOptions",
+    "format_table",
+    "parse_wrk",
+    "run_peers_bench",
+]
 
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
 
 #: The servers this benchmark knows, in table order.
-PEERS: tuple[str, ...] = ("modelmora", "litserve", "ray-serve")
+PEERS: tuple[str, ...] = ("modelmora", "litserve", "ray-serve", "infinity")
+#: The servers run when none are named (infinity needs an interpreter of its own).
+DEFAULT_SERVERS: tuple[str, ...] = ("modelmora", "litserve", "ray-serve")
 
 
 @dataclass
@@ -58,12 +69,15 @@ class PeersOptions:
         use_wrk: drive the load with ``wrk`` when available.
         http_workers: ModelMora's front-end counts to run (``--http-workers``); each count
             but 1 is one more server in the table, ``modelmora-http<N>``.
+        infinity_bin: the ``infinity_emb`` command (infinity-emb pins older transformers and
+            numpy than ModelMora's: it gets a virtual environment of its own); default: the
+            one on the PATH.
 
     Raises:
         ValueError: an unknown server or a count below 1.
     """
 
-    servers: tuple[str, ...] = PEERS
+    servers: tuple[str, ...] = DEFAULT_SERVERS
     rounds: int = 2
     duration_s: float = 10.0
     connections: int = 32
@@ -72,11 +86,19 @@ class PeersOptions:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     http_workers: tuple[int, ...] = (1,)
+    infinity_bin: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.servers if s not in PEERS]
         if unknown:
             raise ValueError(f"unknown server(s) {unknown}: choose from {', '.join(PEERS)}")
+        if "infinity" in self.servers:
+            self.infinity_bin = self.infinity_bin or shutil.which("infinity_emb")
+            if self.infinity_bin is None:
+                raise ValueError(
+                    "infinity: no infinity_emb command; install infinity-emb[server,torch] in a "
+                    "virtual environment of its own and pass --infinity-bin ENV/bin/infinity_emb"
+                )
         if not self.http_workers or min(self.http_workers) < 1:
             raise ValueError("http_workers: one or more counts of at least 1")
         if min(self.rounds, self.connections) < 1 or self.duration_s <= 0:
@@ -131,6 +153,13 @@ def _command(name: str, port: int, model: str, folder: Path, opts: PeersOptions)
             *(sys.executable, "-m", "modelmora", "serve", "--config", str(path)),
             *("--port", str(port), "--no-access-log", "--log-level", "warning"),
         ]
+    if name == "infinity":  # batches what is queued: it has no wait setting
+        assert opts.infinity_bin is not None
+        return [
+            *(opts.infinity_bin, "v2", "--model-id", model, "--served-model-name", "mini"),
+            *("--port", str(port), "--batch-size", str(opts.max_batch_size)),
+            *("--engine", "torch", "--device", "cpu", "--log-level", "warning"),
+        ]
     module = {"litserve": "litserve_app", "ray-serve": "rayserve_app"}[name]
     return [
         *(sys.executable, "-m", f"modelmora.bench.peers.{module}"),
@@ -158,6 +187,8 @@ def _lineup(opts: PeersOptions) -> tuple[str, ...]:
 def _route(name: str) -> tuple[str, bytes]:
     if name.startswith("modelmora"):
         return "/v1/embeddings", json.dumps({"model": "mini", "input": TEXT}).encode()
+    if name == "infinity":
+        return "/embeddings", json.dumps({"model": "mini", "input": [TEXT]}).encode()
     path = "/predict" if name == "litserve" else "/"
     return path, json.dumps({"input": TEXT}).encode()
 
@@ -174,6 +205,13 @@ def _server(name: str, model: str, folder: Path, opts: PeersOptions) -> Iterator
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # no telemetry, no hub: every server reads the local model folder
+            env={
+                **os.environ,
+                "DO_NOT_TRACK": "1",
+                "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+                "HF_HUB_OFFLINE": "1",
+            },
         )
     try:
         _wait_ready(proc, port, name, log_path)
