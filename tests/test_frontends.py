@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -182,8 +183,12 @@ def test_a_front_end_that_dies_is_replaced(server: ServerProcess) -> None:
 
 def test_sigterm_stops_every_process(tmp_path: Path) -> None:
     config = {"models": [{"name": "echo", **TOY}], "http_workers": 3}
+    folders = Path(tempfile.gettempdir()).glob
+    before = set(folders("modelmora-server-*"))
     server = ServerProcess(tmp_path, config).start()
     assert server.proc is not None
+    ours = set(folders("modelmora-server-*")) - before
+    assert len(ours) == 1  # the private folder of its sockets
     with server.client() as http:
         assert http.post("/api/v1/models/echo/predict", json={"input": 1}).status_code == 200
     tree = psutil.Process(server.proc.pid).children(recursive=True)
@@ -191,6 +196,7 @@ def test_sigterm_stops_every_process(tmp_path: Path) -> None:
     assert server.stop() in (0, -signal.SIGTERM)
     _, alive = psutil.wait_procs(tree, timeout=10)
     assert not alive, alive
+    assert not any(folder.exists() for folder in ours)  # removed
 
 
 def test_errors_cross_the_channel_as_themselves() -> None:

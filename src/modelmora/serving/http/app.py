@@ -282,26 +282,24 @@ def serve(config: ServerConfig, *, log_level: str = "info", access_log: bool = T
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     listen = socket.create_server((config.host, config.port), family=family, backlog=2048)
     listen.set_inheritable(True)
-    with tempfile.TemporaryDirectory(prefix="modelmora-main-") as folder:
-        hub = Path(folder) / "app.sock"
+    # private (0700); removed when the front ends stop, in the app's shutdown (uvicorn re-raises
+    # the signal that stopped it, so nothing after uvicorn.run would run)
+    folder = Path(tempfile.mkdtemp(prefix="modelmora-server-"))
 
-        def front_ends(state: AppState) -> FrontEnds:
-            return FrontEnds(
-                state, config.http_workers, listen, hub, log_level=log_level, access_log=access_log
-            )
-
-        logger.info(
-            "listening on %s:%d with %d HTTP front ends",
-            config.host,
-            listen.getsockname()[1],
-            config.http_workers,
+    def front_ends(state: AppState) -> FrontEnds:
+        return FrontEnds(
+            state, config.http_workers, listen, folder, log_level=log_level, access_log=access_log
         )
-        try:
-            uvicorn.run(
-                create_app(config, front_ends=front_ends),
-                uds=str(hub),
-                log_level=log_level,
-                access_log=False,  # the front ends log every request, forwarded ones too
-            )
-        finally:
-            listen.close()
+
+    logger.info(
+        "listening on %s:%d with %d HTTP front ends",
+        config.host,
+        listen.getsockname()[1],
+        config.http_workers,
+    )
+    uvicorn.run(
+        create_app(config, front_ends=front_ends),
+        uds=str(folder / "app.sock"),
+        log_level=log_level,
+        access_log=False,  # the front ends log every request, forwarded ones too
+    )

@@ -39,7 +39,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -180,7 +179,9 @@ class FrontEnds:
         state: the main process's app state (its scheduler serves every front end).
         count: how many front ends.
         listen: the bound, listening public socket; the front ends inherit it.
-        hub_socket: the Unix socket the main process's app is served on (forwarded routes).
+        folder: a private folder (mode 0700) that holds the channel's socket and
+            :attr:`app_socket`, the Unix socket the main process's app is served on (the
+            forwarded routes); removed by :meth:`stop`.
         log_level: uvicorn's log level in the front ends.
         access_log: one line per request in the front ends' output.
     """
@@ -190,14 +191,15 @@ class FrontEnds:
         state: AppState,
         count: int,
         listen: socket.socket,
-        hub_socket: Path,
+        folder: Path,
         *,
         log_level: str = "info",
         access_log: bool = True,
     ) -> None:
-        self.state, self.count, self.listen, self.hub_socket = state, count, listen, hub_socket
+        self.state, self.count, self.listen = state, count, listen
         self.log_level, self.access_log = log_level, access_log
-        self._folder = Path(tempfile.mkdtemp(prefix="modelmora-frontends-"))  # mode 0700
+        self._folder = folder
+        self.app_socket = folder / "app.sock"
         self._key = secrets.token_bytes(32)
         self._channel = self._folder / "channel.sock"
         self._listener = Listener(str(self._channel), family="AF_UNIX", authkey=self._key)
@@ -254,7 +256,7 @@ class FrontEnds:
         command = [
             *(sys.executable, "-m", "modelmora.serving.http.front"),
             *("--fd", str(self.listen.fileno()), "--channel", str(self._channel)),
-            *("--hub", str(self.hub_socket), "--log-level", self.log_level),
+            *("--hub", str(self.app_socket), "--log-level", self.log_level),
             *("--index", str(index)),
         ]
         if not self.access_log:
