@@ -410,13 +410,13 @@ def test_the_transcription_route_passes_the_prompt(
     tmp_path: Path, weather_wav: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     items: list[Any] = []
-    real = Scheduler.submit
+    real = Scheduler.submit_many
 
-    def recording(self: Scheduler, model: str, item: Any, *args: Any, **kwargs: Any) -> Any:
-        items.append(item)
-        return real(self, model, item, *args, **kwargs)
+    def recording(self: Scheduler, model: str, queued: list[Any], *args: Any, **kw: Any) -> Any:
+        items.extend(queued)
+        return real(self, model, queued, *args, **kw)
 
-    monkeypatch.setattr(Scheduler, "submit", recording)
+    monkeypatch.setattr(Scheduler, "submit_many", recording)
     fast = {k: v for k, v in FAST.items() if k != "model"}
     whisper = ModelConfig(name="whisper-1", adapter="whisper", source="tiny.en", params=fast)
     with TestClient(create_app(_config(tmp_path, models=[whisper]))) as http:
