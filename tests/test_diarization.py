@@ -177,6 +177,29 @@ def test_pyannote_engine_says_what_is_missing() -> None:
 # --- real models -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+def test_pyannote_engine_runs_a_local_pipeline_in_a_worker(tmp_path: Path, meeting: Any) -> None:
+    # pyannote.audio is an optional dependency that this project's test environment cannot hold
+    # (no torchaudio wheel matches its torch): this test runs where it is installed.
+    pytest.importorskip("pyannote.audio")
+    from modelmora.models import ModelSpec
+    from modelmora.runtime.worker import Worker
+    from modelmora.testing.pyannote_pipeline import build_pipeline
+
+    folder = build_pipeline(tmp_path / "pipeline")
+    params = {"engine": "pyannote", "pipeline": str(folder), "max_speakers": 3}
+    with Worker(ModelSpec("diarizer", params)) as worker:
+        (result,) = worker.call([{"audio": str(meeting.wav)}])
+    turns = result["turns"]
+    assert turns and all(0.0 <= start < end for start, end, _ in turns)
+    speech = sum(end - start for start, end, _ in turns)
+    reference = sum(t.end - t.start for t in meeting.turns)
+    assert 0.5 * reference < speech < 1.5 * reference  # segmentation-3.0's speech regions
+    assert 1 <= len({speaker for _, _, speaker in turns}) <= 3
+    for vector in result.get("speaker_embeddings", {}).values():
+        assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3
+
+
 @pytest.fixture(scope="module")
 def embedder() -> SpeakerEmbedder:
     model = SpeakerEmbedder()

@@ -3,7 +3,8 @@
 For users with access to pyannote's gated pipelines (``pyannote/speaker-diarization-3.1``,
 ``pyannote/speaker-diarization-community-1``): pass a token with ``hf_token`` or ``HF_TOKEN``.
 A local folder (or ``config.yaml``) loads without the network. pyannote.audio is an optional
-dependency (``pip install pyannote.audio``); it is imported only in the worker.
+dependency (``pip install pyannote.audio``); it is imported only in the worker. Its usage
+metrics (``PYANNOTE_METRICS_ENABLED``) are off unless the user turns them on.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class PyannoteEngine:
             ModelLoadError: pyannote.audio is missing, or the pipeline cannot be loaded (gated
                 without a token, not found, or an incompatible version).
         """
+        # pyannote.audio 4 sends usage metrics unless told not to: off unless the user set it.
+        os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
         try:
             import torch
             from pyannote.audio import Pipeline
@@ -130,7 +133,10 @@ class PyannoteEngine:
         raw = getattr(output, "speaker_embeddings", None)
         if raw is not None and len(raw) == len(labels):
             for i, vector in enumerate(np.asarray(raw, dtype=np.float64)):
-                vectors[i] = vector / (np.linalg.norm(vector) + 1e-10)
+                norm = np.linalg.norm(vector)
+                # A speaker heard only in overlap gets no embedding (zeros or NaN): none kept.
+                if np.isfinite(norm) and norm > 1e-6:
+                    vectors[i] = vector / norm
         named, embeddings = name_by_appearance(turns, vectors)
         return Diarization(named, embeddings, f"pyannote:{self.pipeline}" if embeddings else None)
 

