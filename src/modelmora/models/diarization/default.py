@@ -159,6 +159,28 @@ def _heads(locals_: list[_Local], members: list[int]) -> list[int]:
     return list(heads.values())
 
 
+def _assign(
+    embeddings: np.ndarray,
+    centroids: np.ndarray,
+    by_chunk: dict[int, list[int]],
+    heads_of: dict[int, list[int]],
+) -> np.ndarray:
+    """Every unit's centroid, relabelled densely (centroids nobody takes are dropped).
+
+    Two local speakers of one chunk are two voices (Hungarian, on each one's longest part, its
+    head); the other parts, embedded apart, take their nearest centroid.
+    """
+    labels = np.zeros(len(embeddings), dtype=int)
+    for chunk, members in by_chunk.items():
+        first = heads_of[chunk]
+        labels[first] = assign_to_centroids(embeddings[first], centroids)
+        rest = [m for m in members if m not in first]
+        if rest:
+            labels[rest] = np.argmax(embeddings[rest] @ centroids.T, axis=1)
+    _, dense = np.unique(labels, return_inverse=True)
+    return np.asarray(dense, dtype=int)
+
+
 class DefaultEngine:
     """segmentation-3.0 + CAM++ + centroid-linkage clustering: see the module docstring.
 
@@ -179,6 +201,8 @@ class DefaultEngine:
         min_solo: two local speakers of one chunk who each talk alone this long (seconds)
             and do not sound alike set a floor on the count (see ``heard_together``; 0: no
             floor).
+        refine: passes of re-assignment to centroids of every local speaker as assigned
+            (0: the clustered sample's centroids only).
     """
 
     def __init__(
@@ -194,6 +218,7 @@ class DefaultEngine:
         same_voice: float = 0.7,
         own_run: float = 2.0,
         min_solo: float = 1.0,
+        refine: int = 1,
     ) -> None:
         check_counts(num_speakers, min_speakers, max_speakers)
         self.num_speakers = num_speakers
@@ -205,6 +230,7 @@ class DefaultEngine:
         self.same_voice = same_voice
         self.own_run = own_run
         self.min_solo = min_solo
+        self.refine = refine
         self.segmenter = Segmenter(step=step, device=device)
         self.embedder = SpeakerEmbedder(device=device)
 
@@ -303,19 +329,12 @@ class DefaultEngine:
             self.max_speakers,
             self.same_voice,
         )
-        centroids = centroids_of(embeddings[chosen], train)
-        labels = np.zeros(len(locals_), dtype=int)
-        for chunk, members in by_chunk.items():
-            # Two local speakers of one chunk are two voices (Hungarian, on each one's
-            # longest part); its other parts, embedded apart, take their nearest centroid.
-            first = heads_of[chunk]
-            labels[first] = assign_to_centroids(embeddings[first], centroids)
-            rest = [m for m in members if m not in first]
-            if rest:
-                labels[rest] = np.argmax(embeddings[rest] @ centroids.T, axis=1)
-        # Centroids no local speaker was finally assigned to are dropped: relabel densely.
-        _, dense = np.unique(labels, return_inverse=True)
-        return np.asarray(dense, dtype=int)
+        labels = _assign(embeddings, centroids_of(embeddings[chosen], train), by_chunk, heads_of)
+        for _ in range(self.refine):
+            # The clustered sample left out short and sampled-out local speakers; centroids
+            # of every local speaker as assigned are a better estimate of each voice.
+            labels = _assign(embeddings, centroids_of(embeddings, labels), by_chunk, heads_of)
+        return labels
 
     def _reconstruct(
         self,
