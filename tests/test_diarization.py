@@ -272,11 +272,11 @@ def test_default_engine_two_and_three_speakers(
 ) -> None:
     # Synthetic voices are closer to one another for CAM++ than real ones: two of the
     # stand-up's three centroids sit at cosine 0.72, just past one voice (0.7), so some of one
-    # voice's turns go to the other (DER 17.7 % when measured; real voices of different
-    # people sit far lower). The count is still right.
+    # voice's turns went to the other (DER 17.7 %); the re-assignment to centroids of every
+    # local speaker brought it to 9.0 % when measured. The count is right.
     result = engine.diarize(standup.wav)
     assert len(result.speakers) == 3
-    assert diarization_error_rate(standup.turns, result.turns) <= 0.20
+    assert diarization_error_rate(standup.turns, result.turns) <= 0.15
     result = engine.diarize(meeting.wav)
     assert len(result.speakers) == 2  # counted, not given
     assert diarization_error_rate(meeting.turns, result.turns) <= 0.10
