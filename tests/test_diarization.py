@@ -16,8 +16,8 @@ from modelmora.models.diarization import (
     SpeakerEmbedder,
     check_engine,
 )
-from modelmora.models.diarization.clustering import voice_clusters
-from modelmora.models.diarization.default import speech_runs
+from modelmora.models.diarization.clustering import heard_together, voice_clusters
+from modelmora.models.diarization.default import DefaultEngine, _Local, speech_runs
 from modelmora.models.diarization.segmentation import FRAME_STEP_S
 from modelmora.speech.transcript import Segment, Transcript, Turn, Word
 from modelmora.testing.conversation import (
@@ -116,6 +116,50 @@ def test_voice_clusters_respects_bounds() -> None:
     assert len(set(voice_clusters(_two_voices(0.8), min_speakers=2).tolist())) == 2
     assert voice_clusters(embeddings[:1]).tolist() == [0]
     assert voice_clusters(embeddings[:0]).size == 0
+
+
+def _voices(cosine: float, noise: float, count: int, seed: int = 0) -> np.ndarray:
+    """``(2, count, 64)``: noisy unit vectors around two centres ``cosine`` apart."""
+    rng = np.random.default_rng(seed)
+    centres = _two_voices(cosine)[[0, 10]]
+    points = centres[:, None, :] + noise * rng.normal(size=(2, count, 64))
+    return np.asarray(points / np.linalg.norm(points, axis=2, keepdims=True))
+
+
+def test_heard_together_counts_voices_told_apart_in_one_chunk() -> None:
+    a, b, c = np.eye(64)[:3]
+    alike = 0.8 * a + 0.6 * np.eye(64)[3]  # cosine 0.8 with a: maybe one voice
+    assert heard_together([np.stack([a, b]), np.stack([a, b]), a[None]]) == 2
+    assert heard_together([np.stack([a, b]), a[None], b[None]]) == 1  # one chunk: no evidence
+    assert heard_together([np.stack([a, alike])] * 3) == 1
+    assert heard_together([np.stack([a, b, c])] * 2) == 3
+    assert heard_together([np.stack([a, alike, b])] * 2) == 2  # the largest set of unlike ones
+    assert heard_together([np.stack([a, b])] * 2, min_chunks=3) == 1
+    assert heard_together([]) == 1
+    assert heard_together([np.zeros((0, 64))] * 4) == 1
+
+
+def test_default_engine_count_floor_keeps_voices_one_chunk_told_apart() -> None:
+    # Two voices whose centroids are as alike as one voice (0.78 > same_voice 0.7), so the
+    # threshold alone merges them; each of eight chunks heard both alone for 3 s, and their
+    # single embeddings there are far less alike (noise), so the floor keeps them apart.
+    points = _voices(0.78, noise=0.06, count=8)
+    units = [
+        _Local(chunk, voice, 4.0, points[voice, chunk], [(0, 100)], solo_s=3.0)
+        for chunk in range(8)
+        for voice in (0, 1)
+    ]
+    assert len(set(voice_clusters(points.reshape(16, 64)).tolist())) == 1
+    labels = DefaultEngine()._cluster(units)
+    assert sorted(set(labels.tolist())) == [0, 1]
+    truth = np.array([lo.index for lo in units])
+    assert (labels == truth).all() or (labels == 1 - truth).all()
+    # The same voices heard in turn (never two in one chunk), or too briefly alone: no floor.
+    apart = [_Local(lo.chunk * 2 + lo.index, 0, 4.0, lo.embedding, [(0, 100)], 3.0) for lo in units]
+    assert set(DefaultEngine()._cluster(apart).tolist()) == {0}
+    brief = [_Local(lo.chunk, lo.index, 4.0, lo.embedding, [(0, 100)], 0.5) for lo in units]
+    assert set(DefaultEngine()._cluster(brief).tolist()) == {0}
+    assert set(DefaultEngine(min_solo=0)._cluster(units).tolist()) == {0}
 
 
 def test_engines_by_name() -> None:
@@ -251,11 +295,11 @@ def test_default_engine_two_and_three_speakers(
 ) -> None:
     # Synthetic voices are closer to one another for CAM++ than real ones: two of the
     # stand-up's three centroids sit at cosine 0.72, just past one voice (0.7), so some of one
-    # voice's turns go to the other (DER 17.7 % when measured; real voices of different
-    # people sit far lower). The count is still right.
+    # voice's turns went to the other (DER 17.7 %); the re-assignment to centroids of every
+    # local speaker brought it to 9.0 % when measured. The count is right.
     result = engine.diarize(standup.wav)
     assert len(result.speakers) == 3
-    assert diarization_error_rate(standup.turns, result.turns) <= 0.20
+    assert diarization_error_rate(standup.turns, result.turns) <= 0.15
     result = engine.diarize(meeting.wav)
     assert len(result.speakers) == 2  # counted, not given
     assert diarization_error_rate(meeting.turns, result.turns) <= 0.10

@@ -10,7 +10,9 @@ Data flow for one recording::
               (the network sometimes keeps two similar voices under one local label)
           ──► centroid-linkage clustering of the embeddings of local speakers who talk long
               enough, until no two clusters are as alike as one voice: the speaker count and
-              a centroid per speaker (a bounded sample on long recordings)
+              a centroid per speaker (a bounded sample on long recordings); the count is at
+              least the most unlike voices one chunk heard talking alone (``min_solo`` s
+              each, in two chunks or more)
           ──► every local speaker of every chunk → a centroid (Hungarian: two voices of one
               chunk never merge)
           ──► frames: in each, the ``n`` best-supported speakers, ``n`` the chunks' mean count
@@ -30,6 +32,7 @@ import numpy as np
 from modelmora.models.diarization.clustering import (
     assign_to_centroids,
     centroids_of,
+    heard_together,
     voice_clusters,
 )
 from modelmora.models.diarization.common import (
@@ -136,6 +139,7 @@ class _Local:
     speech_s: float
     embedding: np.ndarray
     runs: list[tuple[int, int]]
+    solo_s: float = 0.0  # seconds the whole local speaker talks alone in the chunk
 
     def column(self, active: np.ndarray) -> np.ndarray:
         """This unit's frames of the chunk's ``(frames, 3)`` activity."""
@@ -143,6 +147,38 @@ class _Local:
         for begin, end in self.runs:
             frames[begin:end] = active[begin:end, self.index]
         return frames
+
+
+def _heads(locals_: list[_Local], members: list[int]) -> list[int]:
+    """Of one chunk's units (positions in ``locals_``), the longest part of each local speaker."""
+    heads: dict[int, int] = {}
+    for position in members:
+        head = heads.get(locals_[position].index)
+        if head is None or locals_[position].speech_s > locals_[head].speech_s:
+            heads[locals_[position].index] = position
+    return list(heads.values())
+
+
+def _assign(
+    embeddings: np.ndarray,
+    centroids: np.ndarray,
+    by_chunk: dict[int, list[int]],
+    heads_of: dict[int, list[int]],
+) -> np.ndarray:
+    """Every unit's centroid, relabelled densely (centroids nobody takes are dropped).
+
+    Two local speakers of one chunk are two voices (Hungarian, on each one's longest part, its
+    head); the other parts, embedded apart, take their nearest centroid.
+    """
+    labels = np.zeros(len(embeddings), dtype=int)
+    for chunk, members in by_chunk.items():
+        first = heads_of[chunk]
+        labels[first] = assign_to_centroids(embeddings[first], centroids)
+        rest = [m for m in members if m not in first]
+        if rest:
+            labels[rest] = np.argmax(embeddings[rest] @ centroids.T, axis=1)
+    _, dense = np.unique(labels, return_inverse=True)
+    return np.asarray(dense, dtype=int)
 
 
 class DefaultEngine:
@@ -162,6 +198,11 @@ class DefaultEngine:
         same_voice: clusters whose centroids are more alike than this (cosine) are one speaker.
         own_run: a local speaker's runs of at least this many seconds are embedded apart
             when it has two or more (0: one embedding per local speaker).
+        min_solo: two local speakers of one chunk who each talk alone this long (seconds)
+            and do not sound alike set a floor on the count (see ``heard_together``; 0: no
+            floor).
+        refine: passes of re-assignment to centroids of every local speaker as assigned
+            (0: the clustered sample's centroids only).
     """
 
     def __init__(
@@ -176,6 +217,8 @@ class DefaultEngine:
         min_gap: float = 0.5,
         same_voice: float = 0.7,
         own_run: float = 2.0,
+        min_solo: float = 1.0,
+        refine: int = 1,
     ) -> None:
         check_counts(num_speakers, min_speakers, max_speakers)
         self.num_speakers = num_speakers
@@ -186,6 +229,8 @@ class DefaultEngine:
         self.min_gap = min_gap
         self.same_voice = same_voice
         self.own_run = own_run
+        self.min_solo = min_solo
+        self.refine = refine
         self.segmenter = Segmenter(step=step, device=device)
         self.embedder = SpeakerEmbedder(device=device)
 
@@ -241,6 +286,7 @@ class DefaultEngine:
             to_frame = np.clip(centre.astype(int), 0, FRAMES_PER_CHUNK - 1)
             alone = active.sum(axis=1) == 1
             for index in range(active.shape[1]):
+                solo_s = float((active[:, index] & (active.sum(axis=1) == 1)).sum() * FRAME_STEP_S)
                 for runs in speech_runs(active[:, index], self.own_run):
                     unit = _Local(number, index, 0.0, np.zeros(0, dtype=np.float32), runs)
                     frames = unit.column(active)
@@ -251,6 +297,7 @@ class DefaultEngine:
                     use = clean if clean.sum() >= 50 else mask
                     unit.embedding = self.embedder.embed_features(feats[use])
                     unit.speech_s = float(frames.sum() * FRAME_STEP_S)
+                    unit.solo_s = solo_s
                     locals_.append(unit)
         return activities, locals_
 
@@ -263,34 +310,31 @@ class DefaultEngine:
         chosen = np.flatnonzero(strong)
         if chosen.size > self.max_cluster_points:
             chosen = chosen[np.linspace(0, chosen.size - 1, self.max_cluster_points).astype(int)]
-        train = voice_clusters(
-            embeddings[chosen],
-            self.num_speakers,
-            self.min_speakers,
-            self.max_speakers,
-            self.same_voice,
-        )
-        centroids = centroids_of(embeddings[chosen], train)
-        labels = np.zeros(len(locals_), dtype=int)
         by_chunk: dict[int, list[int]] = {}
         for position, lo in enumerate(locals_):
             by_chunk.setdefault(lo.chunk, []).append(position)
-        for members in by_chunk.values():
-            # Two local speakers of one chunk are two voices (Hungarian, on each one's
-            # longest part); its other parts, embedded apart, take their nearest centroid.
-            heads: dict[int, int] = {}
-            for position in members:
-                head = heads.get(locals_[position].index)
-                if head is None or locals_[position].speech_s > locals_[head].speech_s:
-                    heads[locals_[position].index] = position
-            first = list(heads.values())
-            labels[first] = assign_to_centroids(embeddings[first], centroids)
-            rest = [m for m in members if m not in first]
-            if rest:
-                labels[rest] = np.argmax(embeddings[rest] @ centroids.T, axis=1)
-        # Centroids no local speaker was finally assigned to are dropped: relabel densely.
-        _, dense = np.unique(labels, return_inverse=True)
-        return np.asarray(dense, dtype=int)
+        # Each local speaker's longest part stands for it (its other parts are embedded apart).
+        heads_of = {chunk: _heads(locals_, members) for chunk, members in by_chunk.items()}
+        floor = self.min_speakers
+        if self.num_speakers is None and self.min_solo > 0:
+            solo = [
+                embeddings[[h for h in heads if locals_[h].solo_s >= self.min_solo]]
+                for heads in heads_of.values()
+            ]
+            floor = max(floor, min(heard_together(solo, self.same_voice), self.max_speakers))
+        train = voice_clusters(
+            embeddings[chosen],
+            self.num_speakers,
+            floor,
+            self.max_speakers,
+            self.same_voice,
+        )
+        labels = _assign(embeddings, centroids_of(embeddings[chosen], train), by_chunk, heads_of)
+        for _ in range(self.refine):
+            # The clustered sample left out short and sampled-out local speakers; centroids
+            # of every local speaker as assigned are a better estimate of each voice.
+            labels = _assign(embeddings, centroids_of(embeddings, labels), by_chunk, heads_of)
+        return labels
 
     def _reconstruct(
         self,
