@@ -73,10 +73,7 @@ def _side_stats(
     smallest = n
     # The speaker most like each a in each file (column f: file files[f]).
     closest = np.stack(
-        [
-            np.flatnonzero(file_of == f)[np.argmax(cosine[:, file_of == f], axis=1)]
-            for f in files
-        ],
+        [np.flatnonzero(file_of == f)[np.argmax(cosine[:, file_of == f], axis=1)] for f in files],
         axis=1,
     )
     for a in range(n):
@@ -90,14 +87,18 @@ def _side_stats(
             pool = np.flatnonzero(keep)
             order = pool[np.argsort(-cosine[a, pool])][: top + 1]
             smallest = min(smallest, pool.size - 1)
-            for b in np.flatnonzero(file_of == files[column]):
-                chosen = order[order != b][:top]
-                if chosen.size == 0:
-                    continue
-                values = cosine[a, chosen]
-                mean[a, b] = values.mean()
-                # The 0.02 floor keeps a cohort of near-identical scores from dividing by ~0.
-                std[a, b] = values.std() + 0.02
+            values = cosine[a, order]
+            if values.size == 0:
+                continue
+            # Most of B's speakers are not among a's closest: one statistic serves them all.
+            targets = np.flatnonzero(file_of == files[column])
+            mean[a, targets] = values[:top].mean()
+            # The 0.02 floor keeps a cohort of near-identical scores from dividing by ~0.
+            std[a, targets] = values[:top].std() + 0.02
+            for position in np.flatnonzero(file_of[order[:top]] == files[column]):
+                b, rest = order[position], np.delete(values, position)[:top]
+                if rest.size:
+                    mean[a, b], std[a, b] = rest.mean(), rest.std() + 0.02
     return mean, std, smallest
 
 
@@ -219,7 +220,7 @@ def link_speakers(
     person_of: dict[int, int] = {}
     links: list[dict[str, int]] = [{} for _ in files]
     centroids: list[np.ndarray] = []
-    group_of = {i: g for g in np.flatnonzero(alive) for i in members[g]}
+    group_of = {i: int(g) for g in np.flatnonzero(alive) for i in members[g]}
     for i, (f, label) in enumerate(scores.keys):
         group = group_of[i]
         if group not in person_of:

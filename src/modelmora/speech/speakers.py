@@ -21,9 +21,8 @@ given only when the (normalised) score clears the model's calibrated threshold *
 the runner-up name by a margin, so two enrolled people with similar voices are not confused
 silently.
 
-Linking (:func:`link_speakers`) gives the same unknown person the same label in every file of a
-batch: each file's speakers are assigned one-to-one to the people seen so far (the same
-threshold test against the running centroid of each person), or start a new person.
+Linking (:func:`modelmora.speech.linking.link_speakers`) gives the same unknown person the
+same label in every file of a batch, with the same kind of normalised score.
 
 Pure numpy: no ML framework and no scipy is imported here (it runs in a light worker).
 """
@@ -103,8 +102,8 @@ class Thresholds:
     name_norm: float = 1.0
     margin_norm: float = 0.4
     name_floor: float = 0.45
-    link_norm: float = 1.5
-    link_floor: float = 0.4
+    link_norm: float = 1.25
+    link_floor: float = 0.5
     link_margin_norm: float = 0.0
 
 
@@ -118,6 +117,9 @@ _THRESHOLDS: dict[str, Thresholds] = {
         name_norm=1.0,
         margin_norm=0.4,
         name_floor=0.45,
+        link_norm=1.25,
+        link_floor=0.5,
+        link_margin_norm=0.0,
     ),
 }
 _DEFAULT_THRESHOLDS = Thresholds(name=0.6, margin=0.15, link=0.6, link_margin=0.05)
