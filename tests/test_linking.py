@@ -6,6 +6,7 @@ import numpy as np
 
 from modelmora.speech.linking import link_scores, link_speakers
 from modelmora.speech.speakers import Thresholds, thresholds_for
+from modelmora.speech.transcript import Transcript, Turn
 
 RAW = Thresholds(name=0.8, margin=0.05, link=0.8)
 CAMPPLUS = thresholds_for("campplus_cn_en_common@test")
@@ -145,3 +146,15 @@ def test_empty_and_single_file_batches() -> None:
     assert link_speakers([], CAMPPLUS) == ([], [])
     links, people = link_speakers([{}, {"S": _voice(1).tolist()}], CAMPPLUS)
     assert links == [{}, {"S": 0}] and len(people) == 1
+
+
+def test_bench_finds_reference_speakers_before_relabelling() -> None:
+    from modelmora.bench.speakers import _linked_majority
+
+    # Ben talks inside Ana's turn: a tie, which goes to the speaker's own label; after
+    # relabelling no label is anyone's own, so the tie must be broken before.
+    reference = [Turn(0.0, 10.0, "ana"), Turn(2.0, 4.0, "ben"), Turn(10.0, 12.0, "ben")]
+    before = Transcript([], "en", 12.0, [Turn(0.0, 10.0, "ana"), Turn(2.0, 4.0, "ben")])
+    linked = before.relabel({"ana": "SPEAKER_01", "ben": "SPEAKER_00"})
+    want = {"ana": "SPEAKER_01", "ben": "SPEAKER_00"}
+    assert _linked_majority(before, linked, reference) == want
