@@ -1,4 +1,4 @@
-"""The score distributions behind the speaker naming thresholds (see docs/speakers.md).
+"""The score distributions behind the speaker naming and linking thresholds (docs/speakers.md).
 
 Every reference speaker (cut at the reference turns) of the AMI excerpts and of the generated
 conversations of ``modelmora bench speakers`` is embedded as enrollment embeds a clip (CAM++,
@@ -12,9 +12,18 @@ enrolled voice (``impostor``); and how many of each the thresholds name.
   with at least 3 s of speech in A is enrolled, and the speakers of B are named.
 - Generated: the bench's eight enrolled voices and eight conversations (four strangers).
 
+Linking (``linking``): the same reference speakers, each batch scored by
+:func:`modelmora.speech.linking.link_scores` and linked by ``link_speakers`` as a batch is
+(speakers who talk under 2 s left out): for every same-person pair across two files its score
+and cosine (``genuine``); for every speaker and every other file where someone else is closest,
+the best score among that file's other people (``impostor``: the chances of a false link); and
+how many pairs the linking got right. Batches: the nine AMI excerpts, the same cut in halves
+(18 files: more same-person pairs), and the eight generated conversations.
+
 Usage::
 
     python scripts/speaker_scores.py --ami-dir path/to/ami [--audio-dir CACHE] [--threads 1]
+        [--save-batches FILE]     # the embedded batches, for linking.py without the model
 """
 
 from __future__ import annotations
@@ -37,8 +46,14 @@ from modelmora.bench.speakers import (
 )
 from modelmora.models.voiceprint import model_key, speech_only
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
-from modelmora.speech.identify import identify
-from modelmora.speech.speakers import MIN_ENROLL_SPEECH_S, SpeakerLibrary, thresholds_for
+from modelmora.speech.identify import identify, talk_seconds
+from modelmora.speech.linking import link_scores, link_speakers
+from modelmora.speech.speakers import (
+    MIN_ENROLL_SPEECH_S,
+    MIN_SPEAKER_S,
+    SpeakerLibrary,
+    thresholds_for,
+)
 from modelmora.speech.transcript import Transcript, Turn
 
 
@@ -102,7 +117,7 @@ def _summary(genuine: list[dict], impostor: list[dict]) -> dict[str, Any]:
     }
 
 
-def ami(embedder: Any, folder: Path, work: Path) -> dict[str, Any]:
+def ami(embedder: Any, folder: Path, work: Path) -> tuple[dict[str, Any], list[Transcript]]:
     """Every ordered pair of the excerpts: A's speakers enrolled, B's named (one batch)."""
     references = _rttm_by_file(folder / "ami.rttm")
     stems = sorted(references)
@@ -131,10 +146,10 @@ def ami(embedder: Any, folder: Path, work: Path) -> dict[str, Any]:
                 mine, others = _decisions(batch[stem], transcript, enrolled)
                 genuine += mine
                 impostor += others
-    return _summary(genuine, impostor)
+    return _summary(genuine, impostor), [batch[s] for s in stems]
 
 
-def generated(embedder: Any, audio: Path, work: Path) -> dict[str, Any]:
+def generated(embedder: Any, audio: Path, work: Path) -> tuple[dict[str, Any], list[Transcript]]:
     """The bench's generated voices: eight enrolled, named in eight conversations."""
     from modelmora.testing.conversation import make_conversation
 
@@ -162,7 +177,72 @@ def generated(embedder: Any, audio: Path, work: Path) -> dict[str, Any]:
         mine, others = _decisions(before, transcript, own)
         genuine += mine
         impostor += others
-    return _summary(genuine, impostor)
+    return _summary(genuine, impostor), transcripts
+
+
+def halves(embedder: Any, folder: Path) -> list[Transcript]:
+    """Each AMI excerpt cut at its middle into two files, each embedded on its own."""
+    out = []
+    for stem, turns in sorted(_rttm_by_file(folder / "ami.rttm").items()):
+        end = max(t.end for t in turns)
+        for lo, hi in ((0.0, end / 2), (end / 2, end)):
+            part = [
+                Turn(max(t.start, lo), min(t.end, hi), t.speaker)
+                for t in turns
+                if t.end > lo and t.start < hi
+            ]
+            out.append(_reference(embedder, folder / f"{stem}.wav", part)[0])
+    return out
+
+
+def linking(batch: list[Transcript]) -> dict[str, Any]:
+    """Linking's score distributions and outcome on one batch (labels: the true people)."""
+    files = [
+        {label: v for label, v in t.speaker_embeddings.items() if talk.get(label, 0.0) >= s}
+        for t, talk, s in ((t, talk_seconds(t), MIN_SPEAKER_S) for t in batch)
+    ]
+    scores = link_scores(files)
+    links, _ = link_speakers(files, thresholds_for(batch[0].embedding_model or ""))
+    score = scores.cosine if scores.score is None else scores.score
+    genuine: list[list[float]] = []
+    impostor: list[list[float]] = []
+    same = same_ok = apart = apart_ok = 0
+    for i, (file_a, person) in enumerate(scores.keys):
+        for file_b in range(len(files)):
+            cols = [j for j, (f, _) in enumerate(scores.keys) if f == file_b]
+            if file_b == file_a or not cols:
+                continue
+            wrong = [j for j in cols if scores.keys[j][1] != person]
+            if wrong:
+                j = max(wrong, key=lambda j: score[i, j])
+                impostor.append(
+                    [round(float(score[i, j]), 3), round(float(scores.cosine[i, j]), 3)]
+                )
+            if file_b < file_a:
+                continue
+            for j in cols:
+                together = links[file_a][person] == links[file_b][scores.keys[j][1]]
+                if scores.keys[j][1] == person:
+                    same, same_ok = same + 1, same_ok + together
+                    genuine.append(
+                        [round(float(score[i, j]), 3), round(float(scores.cosine[i, j]), 3)]
+                    )
+                else:
+                    apart, apart_ok = apart + 1, apart_ok + (not together)
+    ranked = sorted(s for s, _ in impostor)
+    return {
+        "files": len(files),
+        "speakers": len(scores.keys),
+        "normalised": scores.score is not None,
+        "cohort_min": scores.cohort,
+        "genuine_score_cosine": sorted(genuine),
+        "impostor_cases": len(impostor),
+        "impostor_score_p95": ranked[int(0.95 * (len(ranked) - 1))] if ranked else None,
+        "impostor_score_max": ranked[-1] if ranked else None,
+        "impostor_top_score_cosine": sorted(impostor)[-10:],
+        "same_person_linked": [same_ok, same],
+        "different_people_apart": [apart_ok, apart],
+    }
 
 
 def main() -> None:
@@ -170,6 +250,7 @@ def main() -> None:
     parser.add_argument("--ami-dir", type=Path, required=True)
     parser.add_argument("--audio-dir", type=Path, default=None, help="generated voices cache")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save-batches", type=Path, default=None, help="embedded batches (JSON)")
     args = parser.parse_args()
     import torch
 
@@ -180,12 +261,20 @@ def main() -> None:
     embedder.load()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        ami_naming, ami_batch = ami(embedder, args.ami_dir, work)
+        gen_naming, gen_batch = generated(embedder, args.audio_dir or work / "audio", work)
+        batches = {"ami": ami_batch, "ami_halves": halves(embedder, args.ami_dir)}
+        batches["generated"] = gen_batch
         result = {
             "model": model_key(embedder),
             "thresholds": thresholds_for(model_key(embedder)).__dict__,
-            "ami": ami(embedder, args.ami_dir, work),
-            "generated": generated(embedder, args.audio_dir or work / "audio", work),
+            "ami": ami_naming,
+            "generated": gen_naming,
+            "linking": {name: linking(batch) for name, batch in batches.items()},
         }
+    if args.save_batches:
+        saved = {name: [t.to_dict() for t in batch] for name, batch in batches.items()}
+        args.save_batches.write_text(json.dumps(saved), encoding="utf-8")
     print(json.dumps(result, indent=1))
 
 

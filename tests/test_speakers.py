@@ -14,7 +14,6 @@ from modelmora.speech.speakers import (
     MIN_SPEAKER_S,
     SpeakerLibrary,
     Thresholds,
-    link_speakers,
     match_speakers,
     snorm,
     thresholds_for,
@@ -66,21 +65,6 @@ def test_match_is_one_to_one_within_a_file() -> None:
     maria = _voice(1)
     matches = match_speakers({"A": _near(maria, 1), "B": _near(maria, 2)}, {"Maria": maria}, STRICT)
     assert sorted(m.name or "-" for m in matches.values()) == ["-", "Maria"]
-
-
-def test_link_same_voice_across_files_never_within_one() -> None:
-    a, b, c = _voice(1), _voice(2), _voice(3)
-    files = [
-        {"SPEAKER_00": _near(a, 1), "SPEAKER_01": _near(b, 2)},
-        {"SPEAKER_00": _near(b, 3), "SPEAKER_01": _near(c, 4)},
-        {"SPEAKER_00": _near(a, 5), "SPEAKER_01": _near(a, 6)},  # a split in two by mistake
-    ]
-    links, people = link_speakers(files, threshold=0.8)
-    assert links[0] == {"SPEAKER_00": 0, "SPEAKER_01": 1}
-    assert links[1] == {"SPEAKER_00": 1, "SPEAKER_01": 2}
-    assert links[2]["SPEAKER_00"] != links[2]["SPEAKER_01"]  # one file: two different labels
-    assert 0 in links[2].values()
-    assert len(people) == 4
 
 
 def _transcript(speakers: dict[str, np.ndarray | list[float]]) -> Transcript:

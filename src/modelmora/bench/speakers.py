@@ -157,16 +157,30 @@ def _timed_identify(
     return result.transcripts, elapsed, peak / 2**20
 
 
+def _linked_majority(
+    before: Transcript, linked: Transcript, reference: list[Turn]
+) -> dict[str, str]:
+    """Reference speaker → their system speaker's label after linking.
+
+    The system speaker is found before relabelling: its ties go to the reference speaker's own
+    label, which the reference-turn transcripts carry until linking renames them.
+    """
+    renamed = {a.speaker: b.speaker for a, b in zip(before.turns, linked.turns, strict=True)}
+    return {ref: renamed[label] for ref, label in _majority(before.turns, reference).items()}
+
+
 def _link_scores(
-    linked: dict[str, Transcript], references: dict[str, list[Turn]]
+    linked: dict[str, Transcript],
+    references: dict[str, list[Turn]],
+    before: dict[str, Transcript],
 ) -> dict[str, Any]:
     same_ok = same = diff_ok = diff = 0
     heard_ok = heard = heard_diff_ok = heard_diff = 0
     for first, second in AMI_PAIRS:
         if first not in linked or second not in linked:
             continue
-        a = _majority(linked[first].turns, references[first])
-        b = _majority(linked[second].turns, references[second])
+        a = _linked_majority(before[first], linked[first], references[first])
+        b = _linked_majority(before[second], linked[second], references[second])
         talk_a, talk_b = _talk(references[first]), _talk(references[second])
         for ref_a, label_a in a.items():
             for ref_b, label_b in b.items():
@@ -321,7 +335,7 @@ def _ami(folder: Path, voiceprint: Worker, work: Path, engine: str) -> dict[str,
     result: dict[str, Any] = {"files": stems, "diarize_stage": stage}
     for kind, transcripts in (("diarizer", diarized), ("reference_turns", oracle)):
         linked, link_s, link_mb = _timed_identify([transcripts[s] for s in stems], None, True)
-        scores = _link_scores(dict(zip(stems, linked, strict=True)), references)
+        scores = _link_scores(dict(zip(stems, linked, strict=True)), references, transcripts)
         scores["similarities"] = _link_similarities(transcripts, references)
         naming = _ami_naming(transcripts, references, voiceprint, folder, work / kind)
         result[kind] = {"linking": scores, "naming": naming, "identify_s": round(link_s, 4)}

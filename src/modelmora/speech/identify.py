@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelmora.speech.linking import link_speakers
 from modelmora.speech.speakers import (
     MIN_SPEAKER_S,
     SpeakerLibrary,
     SpeakerMatch,
-    link_speakers,
     match_speakers,
     thresholds_for,
 )
@@ -101,7 +101,7 @@ def identify(
         # The cohort of score normalisation: the file's other speakers, the other enrolled
         # voices, and the batch's other people, each once (linked across files first, so that
         # someone heard in many files weighs as one voice), leaving out this file's people.
-        groups, centroids = link_speakers(heard, thresholds.link, talks, thresholds.link_margin)
+        groups, centroids = link_speakers(heard, thresholds, talks)
         for index, speakers in enumerate(heard):
             # Named file by file: one-to-one inside a file, one person may be named in every
             # file.
@@ -115,7 +115,7 @@ def identify(
         for f, names in zip(heard, named, strict=True)
     ]
     if link:
-        links, _ = link_speakers(unnamed, thresholds.link, talks, thresholds.link_margin)
+        links, _ = link_speakers(unnamed, thresholds, talks)
     else:
         links = [{label: n for n, label in enumerate(f)} for f in unnamed]
     people: dict[int, str] = {}  # linked person → their anonymous label

@@ -21,9 +21,8 @@ given only when the (normalised) score clears the model's calibrated threshold *
 the runner-up name by a margin, so two enrolled people with similar voices are not confused
 silently.
 
-Linking (:func:`link_speakers`) gives the same unknown person the same label in every file of a
-batch: each file's speakers are assigned one-to-one to the people seen so far (the same
-threshold test against the running centroid of each person), or start a new person.
+Linking (:func:`modelmora.speech.linking.link_speakers`) gives the same unknown person the
+same label in every file of a batch, with the same kind of normalised score.
 
 Pure numpy: no ML framework and no scipy is imported here (it runs in a light worker).
 """
@@ -55,7 +54,6 @@ __all__ = [
     "Voiceprint",
     "check_name",
     "default_library_dir",
-    "link_speakers",
     "match_speakers",
     "thresholds_for",
 ]
@@ -91,6 +89,10 @@ class Thresholds:
             ``margin`` (the cosine similarity must still reach ``name_floor``).
         margin_norm: and this much more than the runner-up's s-normalised score.
         name_floor: with a cohort, the cosine similarity naming needs at the least.
+        link_norm: with a cohort, linking needs at least this s-normalised score instead of
+            ``link`` (:mod:`modelmora.speech.linking`).
+        link_floor: and at least this cosine similarity.
+        link_margin_norm: and this much more than the competing candidates' scores.
     """
 
     name: float
@@ -100,6 +102,9 @@ class Thresholds:
     name_norm: float = 1.0
     margin_norm: float = 0.4
     name_floor: float = 0.45
+    link_norm: float = 1.25
+    link_floor: float = 0.5
+    link_margin_norm: float = 0.0
 
 
 #: Calibrated per model family (see docs/speakers.md for how); unknown models get the default.
@@ -112,6 +117,9 @@ _THRESHOLDS: dict[str, Thresholds] = {
         name_norm=1.0,
         margin_norm=0.4,
         name_floor=0.45,
+        link_norm=1.25,
+        link_floor=0.5,
+        link_margin_norm=0.0,
     ),
 }
 _DEFAULT_THRESHOLDS = Thresholds(name=0.6, margin=0.15, link=0.6, link_margin=0.05)
@@ -547,52 +555,3 @@ def match_speakers(
             (float(score[row, col]) - second) if normalised and rest.size else None,
         )
     return matches
-
-
-def link_speakers(
-    files: Sequence[Mapping[str, Any]],
-    threshold: float,
-    weights: Sequence[Mapping[str, float]] | None = None,
-    margin: float = 0.0,
-) -> tuple[list[dict[str, int]], list[np.ndarray]]:
-    """Link the per-file speakers of a batch: the same voice gets the same person number.
-
-    Files are taken in order; each file's speakers are assigned one-to-one (two speakers of one
-    file are never one person) to the people met so far, when the cosine similarity to that
-    person's running centroid is at least ``threshold``; the others become new people.
-
-    Args:
-        files: per file, label → centroid embedding.
-        threshold: the model's linking threshold.
-        weights: per file, label → seconds of speech (weights the running centroids).
-        margin: a link also needs this much more similarity than the next closest person.
-
-    Returns:
-        Per file, label → person number (0, 1... by first appearance), and each person's
-        centroid.
-    """
-    sums: list[np.ndarray] = []
-    links: list[dict[str, int]] = []
-    for index, speakers in enumerate(files):
-        labels = list(speakers)
-        link: dict[str, int] = {}
-        if labels and sums:
-            queries = _normalise([speakers[label] for label in labels])
-            similarity = queries @ _normalise(sums).T
-            rows, cols = linear_sum_assignment(-similarity)
-            for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
-                others = np.delete(similarity[row], col)
-                second = float(others.max()) if others.size else -1.0
-                score = float(similarity[row, col])
-                if score >= threshold and score - second >= margin:
-                    link[labels[row]] = col
-        for label in labels:
-            weight = (weights[index].get(label, 1.0) if weights else 1.0) or 1.0
-            vector = _normalise(speakers[label]) * weight
-            if label in link:
-                sums[link[label]] = sums[link[label]] + vector
-            else:
-                link[label] = len(sums)
-                sums.append(vector)
-        links.append(link)
-    return links, [_normalise(s) for s in sums]
