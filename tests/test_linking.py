@@ -7,28 +7,12 @@ import numpy as np
 from modelmora.speech.linking import link_scores, link_speakers
 from modelmora.speech.speakers import Thresholds, thresholds_for
 from modelmora.speech.transcript import Transcript, Turn
+from modelmora.testing.voiceprints import alike_voice, heard_again, random_voice
 
 RAW = Thresholds(name=0.8, margin=0.05, link=0.8)
 CAMPPLUS = thresholds_for("campplus_cn_en_common@test")
 #: These synthetic voices' impostor scores spread less than real ones: a threshold of their own.
 SYNTH = Thresholds(name=0.6, margin=0.15, link=0.6, link_norm=3.0, link_floor=0.4)
-
-
-def _voice(seed: int, dim: int = 32) -> np.ndarray:
-    vector = np.random.default_rng(seed).normal(size=dim)
-    return vector / np.linalg.norm(vector)
-
-
-def _near(vector: np.ndarray, seed: int, noise: float = 0.15) -> list[float]:
-    """The same voice heard again: a small random change, re-normalised."""
-    other = vector + noise * np.random.default_rng(1000 + seed).normal(size=vector.size) / 5
-    return (other / np.linalg.norm(other)).tolist()
-
-
-def _alike(seed: int, common: np.ndarray, share: float) -> np.ndarray:
-    """A voice sharing ``share`` of its direction with ``common`` (one synthesizer's voices)."""
-    vector = share * common + (1 - share) * _voice(seed)
-    return vector / np.linalg.norm(vector)
 
 
 def _partition(links: list[dict[str, int]]) -> set[frozenset[tuple[int, str]]]:
@@ -40,11 +24,14 @@ def _partition(links: list[dict[str, int]]) -> set[frozenset[tuple[int, str]]]:
 
 
 def test_small_batch_links_by_raw_cosine_never_within_one_file() -> None:
-    a, b, c = _voice(1), _voice(2), _voice(3)
+    a, b, c = random_voice(1), random_voice(2), random_voice(3)
     files = [
-        {"SPEAKER_00": _near(a, 1), "SPEAKER_01": _near(b, 2)},
-        {"SPEAKER_00": _near(b, 3), "SPEAKER_01": _near(c, 4)},
-        {"SPEAKER_00": _near(a, 5), "SPEAKER_01": _near(a, 6)},  # a split in two by mistake
+        {"SPEAKER_00": heard_again(a, 1), "SPEAKER_01": heard_again(b, 2)},
+        {"SPEAKER_00": heard_again(b, 3), "SPEAKER_01": heard_again(c, 4)},
+        {
+            "SPEAKER_00": heard_again(a, 5),
+            "SPEAKER_01": heard_again(a, 6),
+        },  # a split in two by mistake
     ]
     assert link_scores(files).score is None  # 3 cohort voices at most: too few to normalise
     links, people = link_speakers(files, RAW)
@@ -58,13 +45,15 @@ def test_small_batch_links_by_raw_cosine_never_within_one_file() -> None:
 
 def _alike_batch() -> tuple[list[dict[str, list[float]]], dict[tuple[int, str], int]]:
     """Eight files of three voices that all resemble each other; voices 0-5 recur."""
-    common = _voice(99)
-    voices = [_alike(k, common, 0.55) for k in range(14)]
+    common = random_voice(99)
+    voices = [alike_voice(k, common, 0.55) for k in range(14)]
     cast = [[0, 1, 6], [2, 3, 7], [4, 5, 8], [0, 2, 9], [1, 4, 10], [3, 5, 11], [0, 5, 12]]
     cast.append([1, 3, 13])
     files, truth = [], {}
     for index, people in enumerate(cast):
-        files.append({f"S{k}": _near(voices[p], 10 * index + k) for k, p in enumerate(people)})
+        files.append(
+            {f"S{k}": heard_again(voices[p], 10 * index + k) for k, p in enumerate(people)}
+        )
         truth.update({(index, f"S{k}"): p for k, p in enumerate(people)})
     return files, truth
 
@@ -108,12 +97,12 @@ def test_linking_does_not_depend_on_the_order_of_the_files() -> None:
 def test_someone_heard_in_every_file_still_links() -> None:
     # A weekly meeting: the same chair in ten files, with two different guests each time. The
     # chair's other appearances are left out of the chair's cohort, so the scores stay high.
-    chair, dim = _voice(1, 192), 192
+    chair, dim = random_voice(1, 192), 192
     files = [
         {
-            "chair": _near(chair, k),
-            "g1": _voice(100 + 2 * k, dim).tolist(),
-            "g2": _voice(101 + 2 * k, dim).tolist(),
+            "chair": heard_again(chair, k),
+            "g1": random_voice(100 + 2 * k, dim).tolist(),
+            "g2": random_voice(101 + 2 * k, dim).tolist(),
         }
         for k in range(10)
     ]
@@ -127,11 +116,19 @@ def test_someone_heard_in_every_file_still_links() -> None:
 def test_an_ambiguous_link_is_refused() -> None:
     # File 1 holds two speakers almost equally like file 0's first speaker: a margin refuses
     # to guess which is them; with no margin the closer one is linked.
-    a = _voice(1)
+    a = random_voice(1)
     files = [
-        {"A": _near(a, 1), "B": _voice(2).tolist(), "C": _voice(3).tolist()},
-        {"X": _near(a, 2, noise=0.05), "Y": _near(a, 3, noise=0.05), "Z": _voice(4).tolist()},
-        {"P": _voice(5).tolist(), "Q": _voice(6).tolist(), "R": _voice(7).tolist()},
+        {"A": heard_again(a, 1), "B": random_voice(2).tolist(), "C": random_voice(3).tolist()},
+        {
+            "X": heard_again(a, 2, noise=0.05),
+            "Y": heard_again(a, 3, noise=0.05),
+            "Z": random_voice(4).tolist(),
+        },
+        {
+            "P": random_voice(5).tolist(),
+            "Q": random_voice(6).tolist(),
+            "R": random_voice(7).tolist(),
+        },
     ]
     strict = Thresholds(name=0.8, margin=0.05, link=0.8, link_norm=1.0, link_margin_norm=1.0)
     loose = Thresholds(name=0.8, margin=0.05, link=0.8, link_norm=1.0, link_margin_norm=0.0)
@@ -144,7 +141,7 @@ def test_an_ambiguous_link_is_refused() -> None:
 
 def test_empty_and_single_file_batches() -> None:
     assert link_speakers([], CAMPPLUS) == ([], [])
-    links, people = link_speakers([{}, {"S": _voice(1).tolist()}], CAMPPLUS)
+    links, people = link_speakers([{}, {"S": random_voice(1).tolist()}], CAMPPLUS)
     assert links == [{}, {"S": 0}] and len(people) == 1
 
 

@@ -19,27 +19,21 @@ from modelmora.speech.speakers import (
     thresholds_for,
 )
 from modelmora.speech.transcript import Segment, Transcript, Turn, Word, read_rttm
+from modelmora.testing.voiceprints import alike_voice, heard_again, random_voice
 from modelmora.workflow.speakers import identify, parse_relabels, relabel_run
 
 MODEL = "campplus_cn_en_common@test"
 STRICT = Thresholds(name=0.8, margin=0.05, link=0.8)
 
 
-def _voice(seed: int, dim: int = 32) -> np.ndarray:
-    vector = np.random.default_rng(seed).normal(size=dim)
-    return vector / np.linalg.norm(vector)
-
-
-def _near(vector: np.ndarray, seed: int, noise: float = 0.15) -> list[float]:
-    """The same voice heard again: a small random change, re-normalised."""
-    other = vector + noise * np.random.default_rng(1000 + seed).normal(size=vector.size) / 5
-    return (other / np.linalg.norm(other)).tolist()
-
-
 def test_match_names_right_voices_and_refuses_strangers() -> None:
-    maria, omar, stranger = _voice(1), _voice(2), _voice(3)
+    maria, omar, stranger = random_voice(1), random_voice(2), random_voice(3)
     matches = match_speakers(
-        {"SPEAKER_00": _near(omar, 1), "SPEAKER_01": _near(maria, 2), "SPEAKER_02": stranger},
+        {
+            "SPEAKER_00": heard_again(omar, 1),
+            "SPEAKER_01": heard_again(maria, 2),
+            "SPEAKER_02": stranger,
+        },
         {"Maria": maria, "Omar": omar},
         STRICT,
     )
@@ -51,10 +45,10 @@ def test_match_names_right_voices_and_refuses_strangers() -> None:
 
 
 def test_match_needs_a_margin_between_similar_voices() -> None:
-    maria = _voice(1)
-    twin = np.array(_near(maria, 7, noise=0.05))  # enrolled, nearly the same voice
+    maria = random_voice(1)
+    twin = np.array(heard_again(maria, 7, noise=0.05))  # enrolled, nearly the same voice
     (match,) = match_speakers(
-        {"A": _near(maria, 3, noise=0.05)}, {"Maria": maria, "Twin": twin}, STRICT
+        {"A": heard_again(maria, 3, noise=0.05)}, {"Maria": maria, "Twin": twin}, STRICT
     ).values()
     assert match.name is None  # both clear the threshold, neither by the margin
     assert match.similarity is not None and match.similarity >= STRICT.name
@@ -62,8 +56,10 @@ def test_match_needs_a_margin_between_similar_voices() -> None:
 
 
 def test_match_is_one_to_one_within_a_file() -> None:
-    maria = _voice(1)
-    matches = match_speakers({"A": _near(maria, 1), "B": _near(maria, 2)}, {"Maria": maria}, STRICT)
+    maria = random_voice(1)
+    matches = match_speakers(
+        {"A": heard_again(maria, 1), "B": heard_again(maria, 2)}, {"Maria": maria}, STRICT
+    )
     assert sorted(m.name or "-" for m in matches.values()) == ["-", "Maria"]
 
 
@@ -81,11 +77,15 @@ def _transcript(speakers: dict[str, np.ndarray | list[float]]) -> Transcript:
 
 
 def test_identify_links_names_and_numbers_across_the_batch(tmp_path: Path) -> None:
-    maria, stranger, other = _voice(1), _voice(2), _voice(3)
+    maria, stranger, other = random_voice(1), random_voice(2), random_voice(3)
     library = SpeakerLibrary(tmp_path / "lib")
     library.add("Maria", MODEL, [maria.tolist()], [10.0])
-    first = _transcript({"SPEAKER_00": _near(stranger, 1), "SPEAKER_01": _near(maria, 2)})
-    second = _transcript({"SPEAKER_00": _near(other, 3), "SPEAKER_01": _near(stranger, 4)})
+    first = _transcript(
+        {"SPEAKER_00": heard_again(stranger, 1), "SPEAKER_01": heard_again(maria, 2)}
+    )
+    second = _transcript(
+        {"SPEAKER_00": heard_again(other, 3), "SPEAKER_01": heard_again(stranger, 4)}
+    )
     result = identify([first, second], library, link=True)
     one, two = result.transcripts
     assert one.speakers == ["SPEAKER_00", "Maria"]
@@ -98,18 +98,12 @@ def test_identify_links_names_and_numbers_across_the_batch(tmp_path: Path) -> No
     assert unlinked[1].speakers == ["SPEAKER_00", "SPEAKER_01"]  # per-file labels kept
 
 
-def _alike(seed: int, common: np.ndarray, share: float) -> np.ndarray:
-    """A voice that shares ``share`` of its direction with ``common`` (one synthesizer's)."""
-    vector = share * common + (1 - share) * _voice(seed)
-    return vector / np.linalg.norm(vector)
-
-
 def test_snorm_refuses_a_voice_that_resembles_everyone() -> None:
-    common = _voice(99)
-    prints = {f"P{k}": _alike(k, common, 0.6) for k in range(4)}
-    cohort = [_alike(50 + k, common, 0.6) for k in range(MIN_COHORT)]
-    genuine = np.array(_near(prints["P1"], 1, noise=0.5))
-    stranger = _alike(77, common, 0.75)  # closer to everyone than they are to each other
+    common = random_voice(99)
+    prints = {f"P{k}": alike_voice(k, common, 0.6) for k in range(4)}
+    cohort = [alike_voice(50 + k, common, 0.6) for k in range(MIN_COHORT)]
+    genuine = np.array(heard_again(prints["P1"], 1, noise=0.5))
+    stranger = alike_voice(77, common, 0.75)  # closer to everyone than they are to each other
     thresholds = thresholds_for(MODEL)
     raw = match_speakers({"s": stranger}, prints, Thresholds(0.6, 0.0, 0.6))
     assert raw["s"].similarity is not None and raw["s"].similarity > 0.6  # raw: resembles all
@@ -122,7 +116,7 @@ def test_snorm_refuses_a_voice_that_resembles_everyone() -> None:
 
 
 def test_snorm_is_zero_mean_against_the_cohort_itself() -> None:
-    cohort = np.stack([_voice(k) for k in range(30)])
+    cohort = np.stack([random_voice(k) for k in range(30)])
     query, prints = cohort[:1], cohort[1:2]
     scores = snorm(query @ prints.T, query, prints, cohort, top=len(cohort))
     # Two cohort voices score like any two: near zero, far below a match.
@@ -130,27 +124,27 @@ def test_snorm_is_zero_mean_against_the_cohort_itself() -> None:
 
 
 def test_too_small_a_cohort_falls_back_to_raw_similarities() -> None:
-    maria = _voice(1)
+    maria = random_voice(1)
     (match,) = match_speakers(
-        {"A": _near(maria, 1)}, {"Maria": maria}, STRICT, [_voice(2)]
+        {"A": heard_again(maria, 1)}, {"Maria": maria}, STRICT, [random_voice(2)]
     ).values()
     assert match.name == "Maria" and match.score is None and "score" not in match.to_dict()
 
 
 def test_identify_names_one_person_in_every_file_even_unlinked(tmp_path: Path) -> None:
     # Maria sounds different in the two files (too unlike to be linked), like herself in both.
-    maria, twist = _voice(1), _voice(5)
+    maria, twist = random_voice(1), random_voice(5)
     library = SpeakerLibrary(tmp_path / "lib")
     library.add("Maria", MODEL, [maria.tolist()], [10.0])
-    first = _transcript({"SPEAKER_00": maria + 0.9 * twist, "SPEAKER_01": _voice(2)})
-    second = _transcript({"SPEAKER_00": _voice(3), "SPEAKER_01": maria - 0.9 * twist})
+    first = _transcript({"SPEAKER_00": maria + 0.9 * twist, "SPEAKER_01": random_voice(2)})
+    second = _transcript({"SPEAKER_00": random_voice(3), "SPEAKER_01": maria - 0.9 * twist})
     one, two = identify([first, second], library, link=True).transcripts
     assert "Maria" in one.speakers and "Maria" in two.speakers
     assert one.speaker_identities["Maria"]["files"] == 2
 
 
 def test_identify_leaves_a_speaker_with_too_little_speech_alone(tmp_path: Path) -> None:
-    maria = _voice(1)
+    maria = random_voice(1)
     library = SpeakerLibrary(tmp_path / "lib")
     library.add("Maria", MODEL, [maria.tolist()], [10.0])
     short = Transcript(
@@ -158,10 +152,13 @@ def test_identify_leaves_a_speaker_with_too_little_speech_alone(tmp_path: Path) 
         "en",
         6.0,
         [Turn(0.0, 5.0, "SPEAKER_00"), Turn(5.0, 5.0 + MIN_SPEAKER_S / 2, "SPEAKER_01")],
-        speaker_embeddings={"SPEAKER_00": _voice(2).tolist(), "SPEAKER_01": _near(maria, 1)},
+        speaker_embeddings={
+            "SPEAKER_00": random_voice(2).tolist(),
+            "SPEAKER_01": heard_again(maria, 1),
+        },
         embedding_model=MODEL,
     )
-    other = _transcript({"SPEAKER_00": _near(maria, 2)})
+    other = _transcript({"SPEAKER_00": heard_again(maria, 2)})
     one, two = identify([short, other], library, link=True).transcripts
     assert "Maria" not in one.speakers and "Maria" in two.speakers
     (record,) = [r for r in one.speaker_identities.values() if r.get("too_little_speech")]
@@ -171,8 +168,8 @@ def test_identify_leaves_a_speaker_with_too_little_speech_alone(tmp_path: Path) 
 
 def test_library_add_list_rename_remove(tmp_path: Path) -> None:
     library = SpeakerLibrary(tmp_path / "team")
-    path = library.add("María José", MODEL, [_voice(1).tolist()], [6.0])
-    library.add("María José", MODEL, [_voice(2).tolist()], [4.0])  # a second clip adds
+    path = library.add("María José", MODEL, [random_voice(1).tolist()], [6.0])
+    library.add("María José", MODEL, [random_voice(2).tolist()], [4.0])  # a second clip adds
     assert path.parent == tmp_path / "team" and path.suffix == ".json"
     (row,) = library.describe()
     assert row["name"] == "María José" and row["clips"] == 2 and row["speech_s"] == 10.0
@@ -190,9 +187,9 @@ def test_library_add_list_rename_remove(tmp_path: Path) -> None:
 def test_library_refuses_too_little_speech_and_bad_names(tmp_path: Path) -> None:
     library = SpeakerLibrary(tmp_path)
     with pytest.raises(ValueError, match=r"only 1\.2 s of speech; enrollment needs at least 3 s"):
-        library.add("Omar", MODEL, [_voice(1).tolist()], [1.2])
+        library.add("Omar", MODEL, [random_voice(1).tolist()], [1.2])
     with pytest.raises(ValueError, match="anonymous label"):
-        library.add("SPEAKER_01", MODEL, [_voice(1).tolist()], [5.0])
+        library.add("SPEAKER_01", MODEL, [random_voice(1).tolist()], [5.0])
     assert library.names() == []
 
 
@@ -204,8 +201,8 @@ def test_thresholds_are_per_model_family() -> None:
 
 def _fake_run(folder: Path) -> None:
     """A finished run's folder: outputs of two files and the report naming them."""
-    first = _transcript({"SPEAKER_00": _voice(1), "SPEAKER_01": _voice(2)})
-    second = _transcript({"SPEAKER_01": _voice(2)})
+    first = _transcript({"SPEAKER_00": random_voice(1), "SPEAKER_01": random_voice(2)})
+    second = _transcript({"SPEAKER_01": random_voice(2)})
     files = []
     for stem, transcript in (("a", first), ("b", second)):
         paths = write_outputs(transcript, folder, stem, "all")
