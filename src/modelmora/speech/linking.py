@@ -30,14 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from modelmora.speech.speakers import COHORT_TOP, MIN_COHORT, Thresholds
+from modelmora.speech.speakers import COHORT_TOP, MIN_COHORT, Thresholds, unit
 
 __all__ = ["LinkScores", "link_scores", "link_speakers"]
-
-
-def _unit(vectors: Any) -> np.ndarray:
-    array = np.asarray(vectors, dtype=np.float64)
-    return array / (np.linalg.norm(array, axis=-1, keepdims=True) + 1e-12)
 
 
 @dataclass(frozen=True)
@@ -116,7 +111,7 @@ def link_scores(files: Sequence[Mapping[str, Any]], top: int = COHORT_TOP) -> Li
     keys = [(index, label) for index, speakers in enumerate(files) for label in speakers]
     if not keys:
         return LinkScores([], np.zeros((0, 0)), None, 0)
-    vectors = _unit([files[f][label] for f, label in keys])
+    vectors = unit([files[f][label] for f, label in keys])
     cosine = vectors @ vectors.T
     file_of = np.array([f for f, _ in keys])
     if len(np.unique(file_of)) < 2:
@@ -227,6 +222,6 @@ def link_speakers(
             person_of[group] = len(person_of)
             centroids.append(np.zeros(len(files[f][label])))
         weight = (weights[f].get(label, 1.0) if weights else 1.0) or 1.0
-        centroids[person_of[group]] = centroids[person_of[group]] + weight * _unit(files[f][label])
+        centroids[person_of[group]] = centroids[person_of[group]] + weight * unit(files[f][label])
         links[f][label] = person_of[group]
-    return links, [_unit(c) for c in centroids]
+    return links, [unit(c) for c in centroids]

@@ -45,6 +45,7 @@ import numpy as np
 from modelmora.paths import default_cache_dir, write_atomic
 
 __all__ = [
+    "COHORT_TOP",
     "MIN_COHORT",
     "MIN_ENROLL_SPEECH_S",
     "MIN_SPEAKER_S",
@@ -56,6 +57,7 @@ __all__ = [
     "default_library_dir",
     "match_speakers",
     "thresholds_for",
+    "unit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,7 +142,8 @@ def default_library_dir() -> Path:
     return Path(env).expanduser() if env else default_cache_dir() / "speakers"
 
 
-def _normalise(vector: Any) -> np.ndarray:
+def unit(vector: Any) -> np.ndarray:
+    """``vector`` (or each row of a matrix) scaled to length 1, in float64."""
     array = np.asarray(vector, dtype=np.float64)
     return array / (np.linalg.norm(array, axis=-1, keepdims=True) + 1e-12)
 
@@ -163,7 +166,7 @@ class Voiceprint:
     def centroid(self) -> np.ndarray:
         """The speech-weighted mean embedding, re-normalised."""
         weights = np.asarray(self.speech_s or [1.0] * len(self.embeddings), dtype=np.float64)
-        return _normalise(weights @ _normalise(self.embeddings))
+        return unit(weights @ unit(self.embeddings))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record (embeddings rounded to 6 decimals)."""
@@ -305,7 +308,7 @@ class SpeakerLibrary:
         record = data["voiceprints"].setdefault(model, {"embeddings": [], "speech_s": []})
         voiceprint = Voiceprint(
             model,
-            [*record["embeddings"], *(_normalise(e).tolist() for e in embeddings)],
+            [*record["embeddings"], *(unit(e).tolist() for e in embeddings)],
             [*record.get("speech_s", []), *(float(s) for s in speech_s)],
         )
         data["voiceprints"][model] = voiceprint.to_dict()
@@ -515,12 +518,12 @@ def match_speakers(
     labels, names = list(speakers), list(enrolled)
     if not labels or not names:
         return {label: SpeakerMatch(None, None) for label in labels}
-    queries = _normalise([speakers[label] for label in labels])
-    prints = _normalise(
+    queries = unit([speakers[label] for label in labels])
+    prints = unit(
         [v.centroid if isinstance(v, Voiceprint) else v for v in (enrolled[n] for n in names)]
     )
     similarity = queries @ prints.T
-    others = _normalise(list(cohort)) if len(cohort) else np.zeros((0, prints.shape[1]))
+    others = unit(list(cohort)) if len(cohort) else np.zeros((0, prints.shape[1]))
     normalised = len(labels) + len(names) - 2 + len(others) >= MIN_COHORT
     if normalised:
         score = _trial_snorm(similarity, queries, prints, others)
