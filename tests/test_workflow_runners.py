@@ -107,10 +107,15 @@ def test_ctrl_c_mid_file_stops_the_batch_at_once(tmp_path: Path) -> None:
         interrupted["at"] = time.monotonic()
         os.kill(os.getpid(), signal.SIGINT)
 
-    with stage_model("transcribe", lambda spec: ModelSpec("toy")), crash_on("*hang*", "hang"):
-        threading.Thread(target=interrupt, daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
-            transcribe_files(paths, TranscribeOptions(), tmp_path / "out")
+    # A shell's background job inherits SIGINT ignored; Ctrl-C in a terminal is the case here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with stage_model("transcribe", lambda spec: ModelSpec("toy")), crash_on("*hang*", "hang"):
+            threading.Thread(target=interrupt, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                transcribe_files(paths, TranscribeOptions(), tmp_path / "out")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     stop_s = time.monotonic() - interrupted["at"]
     assert stop_s < 3.0, f"the batch took {stop_s:.1f} s to stop after SIGINT"
     assert not _workers()

@@ -23,14 +23,19 @@ from modelmora.runtime.worker import Worker
 from modelmora.speech.audio import SAMPLE_RATE, load_audio
 from modelmora.speech.transcript import Turn, read_rttm
 
-__all__ = ["format_table", "run_diarization_bench"]
+__all__ = ["format_table", "references", "run_diarization_bench"]
 
 logger = logging.getLogger(__name__)
 
 _AUDIO = (".wav", ".flac")
 
 
-def _references(folder: Path, stems: Sequence[str]) -> dict[str, list[Turn]]:
+def references(folder: Path, stems: Sequence[str]) -> dict[str, list[Turn]]:
+    """Each stem's reference turns: ``folder/<stem>.rttm``, else its lines in any RTTM there.
+
+    Raises:
+        ValueError: a stem has no reference.
+    """
     refs: dict[str, list[Turn]] = {}
     shared: dict[str, list[Turn]] = {}
     for rttm in sorted(folder.glob("*.rttm")):
@@ -167,7 +172,7 @@ def run_diarization_bench(
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in _AUDIO)
     if not files:
         raise ValueError(f"no .wav or .flac files in {root}")
-    refs = _references(root, [p.stem for p in files])
+    refs = references(root, [p.stem for p in files])
     uem = _uem(root)
     results = [
         _score_engine(e, files, refs, uem, device, dict(params or {}), threads) for e in engines
