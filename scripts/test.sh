@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests scripts
-.venv/bin/ruff format --check src tests scripts README.md docs
+.venv/bin/ruff format --check  # every Python file and the Python blocks of the Markdown docs
 .venv/bin/mypy
 # Tests that need no model and no ML framework: they catch what only the oldest Python does
 # differently (asyncio.TimeoutError is not TimeoutError before 3.11, ...).
