@@ -227,11 +227,13 @@ class SentenceTransformerAdapter(EmbeddingAdapter):
         for group in (texts, images):
             if not group:
                 continue
-            vectors = self.model.encode(
-                [value for _, value in group],
-                batch_size=len(group),
-                normalize_embeddings=self.normalize,
-            )
+            values = [value for _, value in group]
+            if group is texts:
+                vectors = self.encode_texts(values)
+            else:
+                vectors = self.model.encode(
+                    values, batch_size=len(group), normalize_embeddings=self.normalize
+                )
             for (i, _), vector in zip(group, vectors, strict=True):
                 outputs[i] = vector.tolist()
         return outputs
