@@ -109,9 +109,12 @@ class EmbeddingAdapter(Adapter):
         except OnnxUnavailable as exc:
             if self.backend == "onnx":
                 raise ValueError(f"backend='onnx' cannot run this model: {exc}") from exc
+            if not exc.traced:  # not a text transformer (a CLIP model, say): PyTorch's job
+                logger.info("embedding model runs under PyTorch: %s", exc)
+                return
             logger.warning("embedding model runs under PyTorch: %s", exc)
-            if exc.traced:  # a failed trace may have left the module changed: load it again
-                self.model = SentenceTransformer(name, device=device)
+            # The export had started and may have left the module changed: load it again.
+            self.model = SentenceTransformer(name, device=device)
 
     def predict(self, batch: list[Any]) -> list[Any]:
         for item in batch:

@@ -227,6 +227,8 @@ def _export(network: Any, features: dict[str, Any], folder: Path) -> None:
                 dynamo=True,
                 verbose=False,
             )
+        if program is None:
+            raise RuntimeError("the exporter returned no program")
         partial.mkdir(exist_ok=True)
         program.save(str(partial / "model.onnx"))
         os.replace(partial, folder)

@@ -2,10 +2,10 @@
 
 Real models of real architectures (saved with ``save_pretrained``, loaded by the real
 ``transformers`` / ``sentence-transformers`` code paths) that take a few MB and load in about a
-second: a BERT text classifier, a BERT cross-encoder, a ViT image classifier and a CLIP model
-with its processor. Their outputs are deterministic for a seed and meaningless otherwise:
-compare them with the same model run directly, not with expected labels. Imports torch and
-transformers (test side only).
+second: a BERT text classifier, a BERT cross-encoder, a BERT sentence embedder, a ViT image
+classifier and a CLIP model with its processor. Their outputs are deterministic for a seed
+and meaningless otherwise: compare them with the same model run directly, not with expected
+labels. Imports torch and transformers (test side only).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ __all__ = [
     "tiny_bert_classifier",
     "tiny_clip",
     "tiny_cross_encoder",
+    "tiny_sentence_bert",
     "tiny_vit_classifier",
 ]
 
@@ -112,6 +113,34 @@ def tiny_bert_classifier(folder: str | Path, seed: int = 0) -> Path:
 def tiny_cross_encoder(folder: str | Path, seed: int = 1) -> Path:
     """A one-logit BERT sequence classifier: what ``sentence_transformers.CrossEncoder`` loads."""
     return _bert_for_classification(Path(folder), ["relevance"], seed)
+
+
+def tiny_sentence_bert(folder: str | Path, seed: int = 4) -> Path:
+    """A sentence-transformers text embedder: a BERT, mean pooling, L2 normalisation."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers 6 moved its modules
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models  # type: ignore[no-redef,attr-defined]
+
+    tf = _transformers()
+    folder = Path(folder)
+    bert = folder / "bert"
+    tokenizer = _bert_tokenizer(bert)
+    torch.manual_seed(seed)
+    tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, **_BERT)).eval().save_pretrained(
+        bert
+    )
+    tokenizer.save_pretrained(bert)
+    first = models.Transformer(str(bert))
+    dimension = (
+        getattr(first, "get_embedding_dimension", None) or first.get_word_embedding_dimension
+    )
+    pooling = models.Pooling(dimension(), "mean")
+    SentenceTransformer(modules=[first, pooling, models.Normalize()]).save(str(folder))
+    return folder
 
 
 def tiny_clip(folder: str | Path, seed: int = 2) -> Path:
