@@ -83,7 +83,8 @@ class EmbeddingAdapter(Adapter):
         self.normalize = normalize
         self.backend = backend
         self.model: Any = None
-        self.onnx: Any = None
+        self.onnx: Any = None  # an OnnxTextEncoder once loaded under ONNX Runtime
+        self.backend_used = "torch"  # what load() chose
 
     def load(self) -> None:
         name = self.model_name

@@ -224,18 +224,21 @@ class SentenceTransformerAdapter(EmbeddingAdapter):
                     "an embedding input is a text, {'text': ...} or {'image': base64/data URL}"
                 )
         outputs: list[Any] = [None] * len(batch)
-        for group in (texts, images):
-            if not group:
-                continue
-            values = [value for _, value in group]
-            if group is texts:
-                vectors = self.encode_texts(values)
-            else:
-                vectors = self.model.encode(
-                    values, batch_size=len(group), normalize_embeddings=self.normalize
-                )
+
+        def fill(group: list[tuple[int, Any]], vectors: Any) -> None:
             for (i, _), vector in zip(group, vectors, strict=True):
                 outputs[i] = vector.tolist()
+
+        if texts:  # under ONNX Runtime when the model was loaded so
+            fill(texts, self.encode_texts([text for _, text in texts]))
+        if images:
+            pictures = [image for _, image in images]
+            fill(
+                images,
+                self.model.encode(
+                    pictures, batch_size=len(pictures), normalize_embeddings=self.normalize
+                ),
+            )
         return outputs
 
 
