@@ -442,3 +442,68 @@ def test_bench_counts_merged_strangers_and_short_speakers_apart() -> None:
     }
     assert scores["strangers_merged_with_enrolled"] == 1
     assert scores["stranger_cases"] == 1 and scores["strangers_named"] == 0.0
+
+
+def test_known_voices_keep_alike_people_apart_and_leave_strangers_anonymous() -> None:
+    from modelmora.models.diarization.clustering import voice_clusters
+    from modelmora.models.diarization.seeding import seeded_clusters
+
+    common = random_voice(0)
+    ana, ben = alike_voice(1, common, 0.6), alike_voice(2, common, 0.6)
+    stranger = random_voice(3)
+    assert 0.7 < float(ana @ ben) < 0.9  # one voice, to the clustering alone
+    units = np.array(
+        [heard_again(v, seed, noise=0.3) for seed, v in enumerate([ana, ben, stranger] * 4)]
+    )
+    speech = np.full(len(units), 3.0)
+    assert len(set(voice_clusters(units).tolist())) == 2  # Ana and Ben merged
+    labels = seeded_clusters(units, speech, {"Ana": ana, "Ben": ben}, MODEL)
+    assert labels is not None
+    assert [len(set(labels[i::3].tolist())) for i in range(3)] == [1, 1, 1]
+    assert len(set(labels.tolist())) == 3
+    assert labels[0] == 0 and labels[1] == 1  # the present people first, in library order
+    # Nobody enrolled is in the recording: the clustering is left as it was.
+    assert seeded_clusters(units, speech, {"Zed": random_voice(9)}, MODEL) is None
+
+
+@pytest.mark.slow
+def test_default_engine_takes_enrolled_voices_as_known(
+    people: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two voices CAM++ hears as one (cosine 0.78) stay two speakers once both are enrolled."""
+    from modelmora.bench.speakers import _majority
+    from modelmora.models.diarization import DiarizerAdapter
+    from modelmora.models.voiceprint import model_key
+    from modelmora.testing.conversation import DEFAULT_VOICES, Voice, make_conversation
+
+    ana, dev = DEFAULT_VOICES[0], Voice("en+m2", speed=200, pitch=20)
+    lines = [
+        "Let's look at the numbers before we decide anything.",
+        "The printing company needs our order by Friday afternoon.",
+        "I will call them and ask for two more weeks.",
+        "What about the new chairs people keep asking about?",
+        "We can order them once the budget is approved.",
+        "Then let's meet again on Monday at ten.",
+    ]
+    pair = make_conversation(
+        tmp_path / "pair.wav", [(i % 2, line) for i, line in enumerate(lines)], [ana, dev]
+    ).wav
+    dev_clip = make_conversation(tmp_path / "dev.wav", [(0, _ENROLL_TEXT)], [dev]).wav
+    reference = read_rttm(pair.with_suffix(".rttm"))
+    shelf = SpeakerLibrary(tmp_path / "library")
+
+    def heard(known_voices: str | None) -> dict[str, str]:
+        adapter = DiarizerAdapter(known_voices=known_voices)
+        adapter.load()
+        if known_voices is None:
+            embedder = adapter.engine.embedder
+            for name, clip in (("Ana", people["ana"]), ("Dev", dev_clip)):
+                shelf.add(name, model_key(embedder), [embedder.embed(clip).tolist()], [10.0])
+        else:
+            assert set(adapter.engine.known) == {"Ana", "Dev"}
+        (out,) = adapter.predict([{"audio": str(pair), "segments": []}])
+        adapter.close()
+        return _majority([Turn(a, b, s) for a, b, s in out["turns"]], reference)
+
+    assert len(set(heard(None).values())) == 1  # merged by the clustering alone
+    assert len(set(heard(str(tmp_path / "library")).values())) == 2

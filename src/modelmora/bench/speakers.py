@@ -311,11 +311,14 @@ def _similarities(
 
 
 def _diarize_all(
-    audio: Sequence[Path], engine: str
+    audio: Sequence[Path], engine: str, library: SpeakerLibrary | None = None
 ) -> tuple[dict[str, Transcript], dict[str, Any]]:
     outputs: dict[str, Transcript] = {}
     t0 = time.perf_counter()
-    spec = ModelSpec("diarizer", {"device": "cpu", "engine": engine})
+    params: dict[str, Any] = {"device": "cpu", "engine": engine}
+    if library is not None:
+        params["known_voices"] = str(library.folder)
+    spec = ModelSpec("diarizer", params)
     with Worker(spec, name="diarize") as worker:
         for path in audio:
             (output,) = worker.call([{"audio": str(path), "segments": []}])
@@ -337,7 +340,14 @@ def _ami(folder: Path, voiceprint: Worker, work: Path, engine: str) -> dict[str,
         linked, link_s, link_mb = _timed_identify([transcripts[s] for s in stems], None, True)
         scores = _link_scores(dict(zip(stems, linked, strict=True)), references, transcripts)
         scores["similarities"] = _link_similarities(transcripts, references)
-        naming = _ami_naming(transcripts, references, voiceprint, folder, work / kind)
+        naming = _ami_naming(
+            transcripts,
+            references,
+            voiceprint,
+            folder,
+            work / kind,
+            engine if kind == "diarizer" else None,
+        )
         result[kind] = {"linking": scores, "naming": naming, "identify_s": round(link_s, 4)}
         result[kind]["identify_peak_mb"] = round(link_mb, 3)
     return result
@@ -349,13 +359,15 @@ def _ami_naming(
     voiceprint: Worker,
     folder: Path,
     work: Path,
+    engine: str | None = None,
 ) -> dict[str, Any]:
     """Each shared person enrolled from one file of a pair, named in the other (both ways).
 
     Enrollment refuses clips with less than MIN_ENROLL_SPEECH_S of speech, so people who say
     less in the source file are not enrolled (``too_little_to_enroll``); they count as people
     not enrolled. The whole batch is identified together (its other speakers are the cohort
-    of score normalisation), the target file is scored.
+    of score normalisation), the target file is scored. With ``engine``, the target is
+    diarized again with the library's voices known, as ``transcribe --speakers`` does.
     """
     cases = []
     genuine: list[float] = []
@@ -379,7 +391,11 @@ def _ami_naming(
                     continue
                 library.add(f"{person}", out["model"], [out["embedding"]], [out["speech_s"]])
                 enrolled.add(person)
-            batch = identify([transcripts[s] for s in stems], library, link=True).transcripts
+            given = dict(transcripts)
+            if engine is not None and enrolled:
+                seeded, _ = _diarize_all([folder / f"{target}.wav"], engine, library)
+                given[target] = seeded[target]
+            batch = identify([given[s] for s in stems], library, link=True).transcripts
             named = batch[stems.index(target)]
             cases.append((named, references[target], {p: p for p in enrolled}))
             sims = _similarities(
@@ -417,7 +433,7 @@ def _generated(work: Path, audio_dir: Path, voiceprint: Worker, engine: str) -> 
         )
         files.append(conv.wav)
         references[conv.wav.stem] = (conv.turns, {f"spk{k}": p for k, p in enumerate(talkers)})
-    diarized, stage = _diarize_all(files, engine)
+    diarized, stage = _diarize_all(files, engine, library)
     stems = [path.stem for path in files]
     named, name_s, name_mb = _timed_identify([diarized[s] for s in stems], library, True)
     cases = []

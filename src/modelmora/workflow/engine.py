@@ -171,6 +171,8 @@ def _diarize_stage(run: Run) -> Stage:
         params["pipeline"] = opts.diarizer_model
     if opts.hf_token is not None:
         params["hf_token"] = opts.hf_token
+    if opts.speakers:  # enrolled voices guide the clustering (True: the default library)
+        params["known_voices"] = opts.library or True
 
     def accept(job: Job, output: Any) -> None:
         assert job.transcript is not None

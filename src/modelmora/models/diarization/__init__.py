@@ -97,6 +97,10 @@ class DiarizerAdapter(Adapter):
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         speakers: a speaker library folder: name the speakers whose voices are enrolled there
             (the server's use; a batch links and names in the parent instead).
+        known_voices: a speaker library folder (True: the default library) whose voiceprints
+            guide the clustering: the default engine takes the enrolled people it hears as
+            known voices, so two of them never merge into one speaker (:mod:`.seeding`);
+            default: ``speakers``.
         **options: the engine's own options (``pipeline``/``hf_token`` for ``pyannote``,
             ``step`` for ``default``...).
 
@@ -129,10 +133,12 @@ class DiarizerAdapter(Adapter):
         max_speakers: int = 8,
         device: str = "cpu",
         speakers: str | None = None,
+        known_voices: str | bool | None = None,
         **options: Any,
     ) -> None:
         check_engine(engine)
         self.speakers = speakers
+        self.known_voices = known_voices or speakers
         self.device = device
         self._embedder: SpeakerEmbedder | None = None
         check_counts(num_speakers, min_speakers, max_speakers)
@@ -147,8 +153,15 @@ class DiarizerAdapter(Adapter):
         )
 
     def load(self) -> None:
-        """Load the engine's models."""
+        """Load the engine's models (and the known voices, for an engine that takes them)."""
         self.engine.load()
+        if self.known_voices and hasattr(self.engine, "known"):  # the default engine
+            from modelmora.models.voiceprint import model_key
+            from modelmora.speech.speakers import SpeakerLibrary
+
+            folder = None if self.known_voices is True else self.known_voices
+            prints = SpeakerLibrary(folder).voiceprints(model_key(self.engine.embedder))
+            self.engine.known = {name: vp.centroid for name, vp in prints.items()}
 
     def diarize(self, audio: AudioInput) -> Diarization:
         """Diarize one recording (no transcript needed)."""

