@@ -160,8 +160,9 @@ class DiarizerAdapter(Adapter):
             from modelmora.speech.speakers import SpeakerLibrary
 
             folder = None if self.known_voices is True else self.known_voices
-            prints = SpeakerLibrary(folder).voiceprints(model_key(self.engine.embedder))
-            self.engine.known = {name: vp.centroid for name, vp in prints.items()}
+            embedder = getattr(self.engine, "embedder")  # noqa: B009 (not on the Engine protocol)
+            prints = SpeakerLibrary(folder).voiceprints(model_key(embedder))
+            setattr(self.engine, "known", {name: vp.centroid for name, vp in prints.items()})  # noqa: B010
 
     def diarize(self, audio: AudioInput) -> Diarization:
         """Diarize one recording (no transcript needed)."""

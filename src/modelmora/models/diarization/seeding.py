@@ -32,9 +32,7 @@ from modelmora.speech.speakers import MIN_SPEAKER_S, match_speakers, thresholds_
 __all__ = ["claim_units", "seeded_clusters"]
 
 
-def claim_units(
-    embeddings: np.ndarray, known: Mapping[str, np.ndarray], model: str
-) -> np.ndarray:
+def claim_units(embeddings: np.ndarray, known: Mapping[str, np.ndarray], model: str) -> np.ndarray:
     """Which enrolled voice each unit embedding is, by the naming rule; -1 for nobody.
 
     Args:
@@ -84,7 +82,9 @@ def seeded_clusters(
     """
     names = list(known)
     claims = claim_units(embeddings, known, model)
-    claimed_s = np.bincount(claims[claims >= 0], weights=speech_s[claims >= 0], minlength=len(known))
+    claimed_s = np.bincount(
+        claims[claims >= 0], weights=speech_s[claims >= 0], minlength=len(known)
+    )
     present = [j for j in np.argsort(-claimed_s) if claimed_s[j] >= MIN_SPEAKER_S]
     present = present[:max_speakers]
     if not present:
@@ -103,10 +103,10 @@ def seeded_clusters(
         label_of = {names[j]: label for label, j in enumerate(present)}
         next_label = len(present)
         for group in range(len(groups)):
-            label = label_of.get(matches[group].name or "")
-            if label is None:  # nobody, or an enrolled person none of whose units was claimed
-                label, next_label = next_label, next_label + 1
-            labels[rest[anonymous == group]] = label
+            joined = label_of.get(matches[group].name or "")
+            if joined is None:  # nobody, or an enrolled person none of whose units was claimed
+                joined, next_label = next_label, next_label + 1
+            labels[rest[anonymous == group]] = joined
     elif rest.size:
         # No room for anyone else: the rest take the nearest present person.
         people = centroids_of(embeddings[labels >= 0], labels[labels >= 0])
