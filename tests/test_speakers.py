@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelmora.bench.speakers import _LINES  # the benchmark's conversation lines
 from modelmora.speech.formats import write_outputs
 from modelmora.speech.speakers import (
     MIN_COHORT,
@@ -280,19 +281,13 @@ def people(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for name, voice in (("ana", ana), ("ben", ben), ("cleo", cleo))
     }
     files["short"] = make_conversation(folder / "short.wav", [(0, "Hi there.")], [ana]).wav
-    lines = [
-        "Let's look at the numbers before we decide anything.",
-        "The printing company needs our order by Friday afternoon.",
-        "I will call them and ask for two more weeks.",
-        "What about the new chairs people keep asking about?",
-        "We can order them once the budget is approved.",
-        "Then let's meet again on Monday at ten.",
-    ]
     files["first"] = make_conversation(
-        folder / "first.wav", [(i % 3, line) for i, line in enumerate(lines)], [ana, ben, stranger]
+        folder / "first.wav", [(i % 3, line) for i, line in enumerate(_LINES)], [ana, ben, stranger]
     ).wav
     files["second"] = make_conversation(
-        folder / "second.wav", [(i % 2, line) for i, line in enumerate(lines[:4])], [cleo, stranger]
+        folder / "second.wav",
+        [(i % 2, line) for i, line in enumerate(_LINES[:4])],
+        [cleo, stranger],
     ).wav
     return files
 
@@ -477,16 +472,8 @@ def test_default_engine_takes_enrolled_voices_as_known(
     from modelmora.testing.conversation import DEFAULT_VOICES, Voice, make_conversation
 
     ana, dev = DEFAULT_VOICES[0], Voice("en+m2", speed=200, pitch=20)
-    lines = [
-        "Let's look at the numbers before we decide anything.",
-        "The printing company needs our order by Friday afternoon.",
-        "I will call them and ask for two more weeks.",
-        "What about the new chairs people keep asking about?",
-        "We can order them once the budget is approved.",
-        "Then let's meet again on Monday at ten.",
-    ]
     pair = make_conversation(
-        tmp_path / "pair.wav", [(i % 2, line) for i, line in enumerate(lines)], [ana, dev]
+        tmp_path / "pair.wav", [(i % 2, line) for i, line in enumerate(_LINES)], [ana, dev]
     ).wav
     dev_clip = make_conversation(tmp_path / "dev.wav", [(0, _ENROLL_TEXT)], [dev]).wav
     reference = read_rttm(pair.with_suffix(".rttm"))

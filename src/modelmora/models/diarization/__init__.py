@@ -155,14 +155,11 @@ class DiarizerAdapter(Adapter):
     def load(self) -> None:
         """Load the engine's models (and the known voices, for an engine that takes them)."""
         self.engine.load()
-        if self.known_voices and hasattr(self.engine, "known"):  # the default engine
-            from modelmora.models.voiceprint import model_key
-            from modelmora.speech.speakers import SpeakerLibrary
+        if self.known_voices:
+            from modelmora.models.diarization.default import DefaultEngine
 
-            folder = None if self.known_voices is True else self.known_voices
-            embedder = getattr(self.engine, "embedder")  # noqa: B009 (not on the Engine protocol)
-            prints = SpeakerLibrary(folder).voiceprints(model_key(embedder))
-            setattr(self.engine, "known", {name: vp.centroid for name, vp in prints.items()})  # noqa: B010
+            if isinstance(self.engine, DefaultEngine):  # the engine that takes known voices
+                self.engine.use_library(None if self.known_voices is True else self.known_voices)
 
     def diarize(self, audio: AudioInput) -> Diarization:
         """Diarize one recording (no transcript needed)."""

@@ -250,6 +250,17 @@ class DefaultEngine:
 
         return model_key(self.embedder)
 
+    def use_library(self, folder: str | None) -> None:
+        """Take the voiceprints of this model in a speaker library as known voices.
+
+        Args:
+            folder: the library folder (None: the default library).
+        """
+        from modelmora.speech.speakers import SpeakerLibrary
+
+        prints = SpeakerLibrary(folder).voiceprints(self._model_key())
+        self.known = {name: vp.centroid for name, vp in prints.items()}
+
     def close(self) -> None:
         """Drop both networks."""
         self.segmenter.close()

@@ -82,9 +82,8 @@ def seeded_clusters(
     """
     names = list(known)
     claims = claim_units(embeddings, known, model)
-    claimed_s = np.bincount(
-        claims[claims >= 0], weights=speech_s[claims >= 0], minlength=len(known)
-    )
+    mine = claims >= 0
+    claimed_s = np.bincount(claims[mine], weights=speech_s[mine], minlength=len(known))
     present = [j for j in np.argsort(-claimed_s) if claimed_s[j] >= MIN_SPEAKER_S]
     present = present[:max_speakers]
     if not present:
